@@ -1,0 +1,368 @@
+"""The agent's HTTP API (see DESIGN.md, "The agent's HTTP API", and README.md).
+
+`GET /` is open and says nothing secret; every other route needs `Authorization: Bearer
+$AGENT_TOKEN`, compared in constant time. `create_app(settings)` builds the app, so tests can
+hand it their own settings; `fastapi_app.py` builds it from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent_settings import MAX_WAIT_SECONDS, Settings, project_version
+from job_runner import BusyError, JobRunner
+from run_store import RunRecord, RunStore, is_valid_run_id
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_LOG_BYTES = 4 * 1024 * 1024
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+# -- public models ---------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    busy: bool
+
+
+class RunCreate(BaseModel):
+    mode: Literal["run", "test"]
+
+
+class RunPublic(BaseModel):
+    id: str
+    mode: str
+    status: str
+    exit_code: int | None
+    error: str | None
+    started_at: str
+    finished_at: str | None
+    idempotency_key: str | None
+
+    @classmethod
+    def of(cls, rec: RunRecord) -> RunPublic:
+        return cls(
+            id=rec.id,
+            mode=rec.mode,
+            status=rec.status,
+            exit_code=rec.exit_code,
+            error=rec.error,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+            idempotency_key=rec.idempotency_key,
+        )
+
+
+class RunsPublic(BaseModel):
+    data: list[RunPublic]
+    count: int
+
+
+class SyncResult(BaseModel):
+    status: Literal["ok"]
+    message: str
+    run: RunPublic
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+class BodySizeLimit:
+    """Answer 413 to a request body over max_bytes, declared or streamed, before any handler."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)
+            return
+        # A chunked body: read it here, within the limit, then replay it to the app.
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body too large (limit {self.max_bytes} bytes)"},
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+        )
+        await response(scope, receive, send)
+
+
+def short_validation_detail(errors: list[Any]) -> str:
+    """`invalid request: body.mode: Input should be 'run' or 'test'`, from pydantic's errors."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    msg = first.get("msg", "invalid")
+    return f"invalid request: {where}: {msg}" if where else f"invalid request: {msg}"
+
+
+def get_runner(request: Request) -> JobRunner:
+    return request.app.state.runner
+
+
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+_bearer = HTTPBearer(auto_error=False, description="AGENT_TOKEN")
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 unless the request carries `Authorization: Bearer $AGENT_TOKEN`."""
+    settings: Settings = request.app.state.settings
+    expected = settings.agent_token.get_secret_value().encode()
+    given = credentials.credentials.encode() if credentials is not None else b""
+    if not secrets.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or invalid bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    get_runner(request).touch()
+
+
+def checked_run_id(run_id: str) -> str:
+    if not is_valid_run_id(run_id):
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, "malformed run id: ids are 32 lowercase hex characters"
+        )
+    return run_id
+
+
+RunId = Annotated[str, Depends(checked_run_id)]
+
+
+def record_or_404(rec: RunRecord | None) -> RunRecord:
+    if rec is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "run not found")
+    return rec
+
+
+def busy_response(exc: BusyError, **extra: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            **extra,
+            "detail": f"another run is in progress ({exc.run_id}); wait for it or cancel it",
+            "run_id": exc.run_id,
+        },
+        status_code=status.HTTP_409_CONFLICT,
+    )
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+open_router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_token)])
+
+
+@open_router.get("/", response_model=Health)
+def health(request: Request, runner: RunnerDep) -> Health:
+    """Health check: open, and says nothing secret."""
+    return Health(status="ok", version=request.app.state.version, busy=runner.busy)
+
+
+@router.post(
+    "/runs",
+    response_model=RunPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        200: {"model": RunPublic, "description": "replay of an earlier run"},
+        409: {"description": "another run is in progress"},
+    },
+)
+async def create_run(
+    request: Request,
+    runner: RunnerDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Start a run in the background; the same Idempotency-Key returns the earlier run."""
+    raw = await request.body()
+    try:
+        body = RunCreate.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        if not raw.strip():
+            detail = 'body must be JSON: {"mode": "run"} or {"mode": "test"}'
+        else:
+            detail = short_validation_detail(exc.errors())
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
+    if idempotency_key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(idempotency_key):
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            "Idempotency-Key must be 1 to 200 printable ASCII characters",
+        )
+    try:
+        rec, created = await runner.start(body.mode, idempotency_key)
+    except BusyError as exc:
+        return busy_response(exc)
+    return JSONResponse(
+        RunPublic.of(rec).model_dump(),
+        status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+    )
+
+
+@router.get("/runs", response_model=RunsPublic)
+def list_runs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20) -> RunsPublic:
+    """Recent runs, newest first."""
+    runs = [RunPublic.of(r) for r in request.app.state.store.recent(limit)]
+    return RunsPublic(data=runs, count=len(runs))
+
+
+@router.get("/runs/{run_id}", response_model=RunPublic)
+async def get_run(
+    run_id: RunId,
+    runner: RunnerDep,
+    wait: Annotated[
+        float, Query(ge=0, description=f"long poll, capped at {MAX_WAIT_SECONDS:g} s")
+    ] = 0,
+) -> RunPublic:
+    """The run's record; with `wait=S`, answers when the run ends or after S seconds."""
+    rec = record_or_404(runner.store.get(run_id))
+    if wait > 0 and rec.status == "running":
+        rec = record_or_404(await runner.wait(run_id, min(wait, MAX_WAIT_SECONDS)))
+    return RunPublic.of(rec)
+
+
+@router.get("/runs/{run_id}/log", response_class=PlainTextResponse)
+def get_run_log(run_id: RunId, request: Request) -> PlainTextResponse:
+    """The job's combined stdout and stderr (the last 4 MiB of it)."""
+    store: RunStore = request.app.state.store
+    record_or_404(store.get(run_id))
+    try:
+        with store.log_path(run_id).open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - MAX_LOG_BYTES))
+            data = f.read(MAX_LOG_BYTES)
+    except FileNotFoundError:
+        data = b""
+    return PlainTextResponse(data.decode("utf-8", "replace"))
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunPublic)
+async def cancel_run(run_id: RunId, runner: RunnerDep) -> RunPublic:
+    """Stop the run's process group (SIGTERM, then SIGKILL); a no-op on an ended run."""
+    record_or_404(runner.store.get(run_id))
+    return RunPublic.of(record_or_404(await runner.cancel(run_id)))
+
+
+async def run_to_the_end(runner: JobRunner, mode: str) -> Any:
+    try:
+        rec, _ = await runner.start(mode, None)
+    except BusyError as exc:
+        return busy_response(exc, status="error")
+    rec = record_or_404(await runner.wait(rec.id, None))
+    if rec.status != "succeeded":
+        return JSONResponse(
+            {
+                "status": "error",
+                "detail": rec.error or rec.status,
+                "run": RunPublic.of(rec).model_dump(),
+            },
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    return SyncResult(status="ok", message=f"{mode}() executed", run=RunPublic.of(rec))
+
+
+@router.get("/run", response_model=SyncResult)
+async def run_sync(runner: RunnerDep) -> Any:
+    """Run the job to the end (the seed's synchronous call): 200 ok or 500 error."""
+    return await run_to_the_end(runner, "run")
+
+
+@router.get("/test", response_model=SyncResult)
+async def test_sync(runner: RunnerDep) -> Any:
+    """Run the job in test mode (DRY_RUN=1) to the end: 200 ok or 500 error."""
+    return await run_to_the_end(runner, "test")
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings, job_env: dict[str, str] | None = None, job_argv: list[str] | None = None
+) -> FastAPI:
+    """The agent, configured by settings; job_env adds variables for the job (from .env)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = RunStore(settings.state_dir)
+        runner = JobRunner(settings, store, job_env, job_argv)
+        runner.recover()
+        app.state.store, app.state.runner = store, runner
+        watchdog = app.state.watchdog = asyncio.create_task(runner.idle_watchdog())
+        logger.info(
+            "agent %s ready: state in %s, idle shutdown %s",
+            app.state.version,
+            settings.state_dir.resolve(),
+            f"after {settings.idle_shutdown:g} s" if settings.idle_shutdown else "off",
+        )
+        try:
+            yield
+        finally:
+            watchdog.cancel()
+            await runner.shutdown()
+            store.close()
+
+    app = FastAPI(title="VM job agent", version=project_version(), lifespan=lifespan)
+    app.state.settings = settings
+    app.state.version = app.version
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": short_validation_detail(list(exc.errors()))},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    app.include_router(open_router)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    return app

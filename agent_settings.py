@@ -1,0 +1,85 @@
+"""The agent's settings: environment first, then `.env` in the working directory, then defaults.
+
+Every setting is documented in README.md ("Agent settings"). A missing or short `AGENT_TOKEN`
+stops the agent at start-up with one line on stderr and exit code 2, never at the first request.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+APP_DIR = Path(__file__).resolve().parent
+ENV_FILE = Path(".env")
+MIN_TOKEN_LENGTH = 16
+# Longest a `GET /runs/{id}?wait=S` long poll is held, in seconds; a larger S is capped to this.
+MAX_WAIT_SECONDS = 60.0
+
+
+def project_version() -> str:
+    """Version from pyproject.toml beside this file ("unknown" when it cannot be read)."""
+    try:
+        with (APP_DIR / "pyproject.toml").open("rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+class Settings(BaseSettings):
+    """The agent's configuration; field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore")
+
+    agent_token: SecretStr
+    job_command: str | None = None
+    job_timeout: Annotated[float, Field(gt=0)] = 3600.0
+    state_dir: Path = Path("state")
+    idle_shutdown: Annotated[float, Field(ge=0)] = 900.0
+    shutdown_command: str = "poweroff"
+    kill_grace: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("agent_token")
+    @classmethod
+    def token_long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
+        return v
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming each bad setting, without echoing its value (it may be a secret)."""
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        msg = (
+            "is required" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+        )
+        parts.append(f"{name} {msg}")
+    return "; ".join(parts)
+
+
+def job_environment(env_file: Path = ENV_FILE) -> dict[str, str]:
+    """Variables from `.env` that the job should see too (the environment still wins)."""
+    if not env_file.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+
+
+def load_settings_or_exit() -> Settings:
+    """Read the settings; on a bad one print one line to stderr and exit with status 2."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(f"agent: configuration error: {describe_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,165 @@
+"""Shared fixtures: the agent in-process (TestClient) and as a real uvicorn process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from agent_api import create_app
+from agent_settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def finished(client: TestClient | httpx.Client, run_id: str, wait: float = 30) -> dict:
+    """Long-poll a run until it is no longer running."""
+    deadline = time.monotonic() + wait
+    while True:
+        r = client.get(f"/runs/{run_id}", params={"wait": 10}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        if r.json()["status"] != "running":
+            return r.json()
+        assert time.monotonic() < deadline, f"run {run_id} still running after {wait} s"
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """make(**settings) -> a started TestClient over the real app; stopped after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def make(job_env: dict[str, str] | None = None, **overrides: object) -> TestClient:
+            values = {
+                "agent_token": TOKEN,
+                "state_dir": tmp_path / "state",
+                "idle_shutdown": 0,
+                "kill_grace": 1,
+                **overrides,
+            }
+            settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+            return stack.enter_context(TestClient(create_app(settings, job_env=job_env)))
+
+        yield make
+
+
+class LiveAgent:
+    """`uvicorn fastapi_app:app` as its own process on a free loopback port."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "agent.log"
+
+    def start(self, wait: bool = True) -> LiveAgent:
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(REPO),
+            "fastapi_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if wait:
+            wait_until(self.ready, 20, f"the agent on {self.url}")
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"agent exited with {self.proc.returncode}: {self.log.read_text()}"
+            )
+        try:
+            return httpx.get(self.url + "/", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the agent only (not the job's own process group), as a crash would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def live_agent(tmp_path: Path) -> Iterator[Callable[..., LiveAgent]]:
+    """make(**env) -> a running uvicorn agent in tmp_path; stopped after the test."""
+    agents: list[LiveAgent] = []
+
+    def make(start: bool = True, **env: str) -> LiveAgent:
+        full_env = {
+            **os.environ,
+            "AGENT_TOKEN": TOKEN,
+            "STATE_DIR": str(tmp_path / "state"),
+            "IDLE_SHUTDOWN": "0",
+            "KILL_GRACE": "1",
+            **env,
+        }
+        live = LiveAgent(tmp_path, full_env)
+        agents.append(live)
+        return live.start() if start else live
+
+    yield make
+    for live in agents:
+        live.stop()
