@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from agent_api import create_app
 from agent_settings import Settings
+from tests.harness import EmulatorProcess
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789abcdef"
@@ -163,3 +165,23 @@ def live_agent(tmp_path: Path) -> Iterator[Callable[..., LiveAgent]]:
     yield make
     for live in agents:
         live.stop()
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Callable[..., EmulatorProcess]]:
+    """start(toml_text) -> the emulator serving that configuration; stopped after the test."""
+    started: list[EmulatorProcess] = []
+
+    def start(config: str | None = None) -> EmulatorProcess:
+        n = len(started)
+        path = None
+        if config is not None:
+            path = tmp_path / f"emulator-{n}.toml"
+            path.write_text(textwrap.dedent(config))
+        emu = EmulatorProcess(path, tmp_path / f"emulator-{n}")
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        emu.stop()

@@ -1,0 +1,7 @@
+"""A local stand-in for the parts of Google Cloud this project uses.
+
+Compute Engine v1 (instances, addresses, zone operations, serial port), Secret Manager v1 and
+the metadata server, on one loopback port, faithful enough that the real `gcloud` CLI cannot
+tell (see GCP_REFERENCE.md). Starting an instance runs its `startup-script` as a local process
+group (the guest). `python -m gcp_emulator --help` for the CLI; README.md for the rest.
+"""

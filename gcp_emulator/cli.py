@@ -1,0 +1,222 @@
+"""`python -m gcp_emulator serve|run`: start the emulator on a loopback port.
+
+serve [--config F] [--port P]      print the `export` lines a shell needs, serve until Ctrl-C
+run [--config F] [--port P] -- CMD start it, run CMD with that environment, stop every guest
+                                   and the emulator, exit with CMD's status
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+
+from gcp_emulator.cloud import Cloud
+from gcp_emulator.config import ConfigError, EmulatorConfig, load_config
+from gcp_emulator.server import EmulatorApp
+
+logger = logging.getLogger("gcp_emulator")
+
+POWEROFF = """#!/usr/bin/env bash
+# poweroff for an emulated VM: asks the emulator to stop this instance, as the real one would.
+exec curl -fsS -X POST -H 'Metadata-Flavor: Google' \\
+  "http://${GCE_METADATA_HOST:?not inside an emulated VM}/emulator/poweroff" >/dev/null
+"""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handling: the CLI owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Emulator:
+    """The emulator in this process's event loop: `async with Emulator(cfg) as emu: ...`."""
+
+    def __init__(
+        self,
+        cfg: EmulatorConfig,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        state_dir: Path | None = None,
+    ) -> None:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError(f"--host {host}: the emulator listens on loopback addresses only")
+        self.cfg = cfg
+        self.host = host
+        self.port = port
+        self._own_state = state_dir is None
+        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="gcp-emulator-"))
+        self.url = ""
+        self.cloud: Cloud | None = None
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Emulator:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+        self.port = sock.getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        bin_dir = self.state_dir / "guest-bin"
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "poweroff").write_text(POWEROFF)
+        (bin_dir / "poweroff").chmod(0o755)
+        self.cloud = Cloud(self.cfg, self.state_dir, self.url, bin_dir)
+        config = uvicorn.Config(
+            EmulatorApp(self.cloud),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the emulator's server stopped during start-up")
+            await asyncio.sleep(0.005)
+        self.cloud.boot_configured()
+        logger.info("emulator ready on %s (state in %s)", self.url, self.state_dir)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.cloud is not None:
+                await self.cloud.close()
+        finally:
+            if self.cloud is not None:
+                self.cloud.kill_all_now()
+            if self._server is not None and self._task is not None:
+                self._server.should_exit = True
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            if self._own_state:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        """The variables that point gcloud (and our scripts) at this emulator."""
+        if self.cloud is None:
+            raise RuntimeError("start the emulator first")
+        gcloud_dir = self.state_dir / "gcloud"
+        gcloud_dir.mkdir(exist_ok=True)
+        env = self.cloud.gcloud_env(gcloud_dir)
+        env["GCP_EMULATOR_URL"] = self.url
+        env["GCE_METADATA_ROOT"] = env["GCE_METADATA_IP"] = f"{self.host}:{self.port}"
+        env["PROJECT_ID"] = self.cfg.project
+        env["REGION"] = self.cfg.region
+        env["ZONE"] = self.cfg.zone
+        if len(self.cfg.instances) == 1:
+            env["INSTANCE"] = self.cfg.instances[0].name
+        if len(self.cfg.addresses) == 1:
+            env["STATIC_NAME"] = self.cfg.addresses[0].name
+        return env
+
+
+# -- commands --------------------------------------------------------------------------------
+
+CONVENIENCE = ("PROJECT_ID", "REGION", "ZONE", "INSTANCE", "STATIC_NAME")
+
+
+async def serve(emu: Emulator) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with emu:
+        for key, value in emu.env().items():
+            print(f"export {key}={shlex.quote(value)}")
+        print(f"# emulator on {emu.url}; Ctrl-C stops it and every guest", flush=True)
+        await stop.wait()
+    return 0
+
+
+async def run(emu: Emulator, command: list[str]) -> int:
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+    async with emu:
+        env = dict(os.environ)
+        for key, value in emu.env().items():
+            if key in CONVENIENCE:
+                env.setdefault(key, value)  # the caller's own choice stands
+            else:
+                env[key] = value
+        try:
+            child = await asyncio.create_subprocess_exec(*command, env=env, process_group=0)
+        except OSError as exc:
+            print(f"gcp_emulator: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+            return 127
+
+        def forward(sig: int) -> None:
+            received.append(sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, sig)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, forward, sig)
+        rc = await child.wait()
+    if rc < 0:
+        return 128 - rc
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gcp_emulator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("serve", "run"):
+        p = sub.add_parser(name)
+        p.add_argument("--config", type=Path, help="TOML file (default: one VM, one address)")
+        p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: free)")
+        p.add_argument("--host", default="127.0.0.1", help="a loopback address to listen on")
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            help="guest disks and serial logs (default: a temp dir, removed after)",
+        )
+        p.add_argument("-v", "--verbose", action="store_true", help="log lifecycle events")
+        if name == "run":
+            p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s gcp_emulator %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        emu = Emulator(
+            load_config(args.config), port=args.port, host=args.host, state_dir=args.state_dir
+        )
+        if args.command == "serve":
+            return asyncio.run(serve(emu))
+        command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not command:
+            parser.error("run needs a command: python -m gcp_emulator run -- CMD [ARGS...]")
+        return asyncio.run(run(emu, command))
+    except ConfigError as exc:
+        print(f"gcp_emulator: configuration error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,600 @@
+"""The emulated cloud's state and the instance lifecycle (GCP_REFERENCE.md section 2).
+
+start: TERMINATED -> PROVISIONING -> STAGING -> RUNNING (the operation is DONE here), then
+after `boot_delay` the guest's startup script starts. stop: -> STOPPING, the guest gets SIGTERM
+then SIGKILL, -> TERMINATED (DONE). start on RUNNING and stop on TERMINATED are no-op
+operations. Every status change and guest event goes to the journal with the request log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig
+from gcp_emulator.guest import Guest, SerialPort
+
+logger = logging.getLogger(__name__)
+ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes any token)
+_ids = itertools.count(1000000000000000001)
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, Compute `reason` (or Secret Manager `status`), message."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "-00:00")
+
+
+def fingerprint() -> str:
+    """A fresh base64 fingerprint, as Compute returns them (gcloud decodes them)."""
+    return base64.b64encode(os.urandom(8)).decode()
+
+
+def not_found(path: str) -> ApiError:
+    return ApiError(404, "notFound", f"The resource '{path}' was not found")
+
+
+@dataclass
+class Operation:
+    name: str
+    zone: str
+    op_type: str
+    target_path: str
+    target_id: str
+    status: str = "RUNNING"
+    insert_time: str = field(default_factory=now_rfc3339)
+    end_time: str | None = None
+    error: ApiError | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self, error: ApiError | None = None) -> None:
+        if self.status == "DONE":
+            return
+        self.status = "DONE"
+        self.error = error
+        self.end_time = now_rfc3339()
+        self.done.set()
+
+
+@dataclass
+class Instance:
+    cfg: InstanceConfig
+    project: str
+    id: str
+    network_ip: str
+    dir: Path
+    serial: SerialPort
+    status: str = "TERMINATED"
+    metadata: dict[str, str] = field(default_factory=dict)
+    metadata_fingerprint: str = field(default_factory=fingerprint)
+    labels: dict[str, str] = field(default_factory=dict)
+    label_fingerprint: str = field(default_factory=fingerprint)
+    access_configs: list[dict[str, Any]] = field(default_factory=list)
+    nic_fingerprint: str = field(default_factory=fingerprint)
+    guest: Guest | None = None
+    task: asyncio.Task[None] | None = None
+    waiting: dict[str, list[Operation]] = field(default_factory=dict)
+    created: str = field(default_factory=now_rfc3339)
+    last_start: str | None = None
+    last_stop: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def zone(self) -> str:
+        return self.cfg.zone
+
+    @property
+    def path(self) -> str:
+        return f"projects/{self.project}/zones/{self.zone}/instances/{self.name}"
+
+    @property
+    def workdir(self) -> Path:
+        return self.cfg.workdir or self.dir / "disk"
+
+    def external_ip(self) -> str | None:
+        return self.access_configs[0].get("natIP") if self.access_configs else None
+
+
+@dataclass
+class Address:
+    cfg: AddressConfig
+    project: str
+    id: str
+    users: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return f"projects/{self.project}/regions/{self.cfg.region}/addresses/{self.cfg.name}"
+
+
+@dataclass
+class SecretVersion:
+    number: int
+    data: bytes
+    created: str = field(default_factory=now_rfc3339)
+    state: str = "ENABLED"
+
+
+@dataclass
+class Secret:
+    name: str
+    created: str = field(default_factory=now_rfc3339)
+    labels: dict[str, str] = field(default_factory=dict)
+    replication: dict[str, Any] = field(default_factory=lambda: {"automatic": {}})
+    versions: list[SecretVersion] = field(default_factory=list)
+
+    def add(self, data: bytes) -> SecretVersion:
+        version = SecretVersion(len(self.versions) + 1, data)
+        self.versions.append(version)
+        return version
+
+
+class Cloud:
+    def __init__(self, cfg: EmulatorConfig, state_root: Path, base_url: str, bin_dir: Path) -> None:
+        self.cfg = cfg
+        self.project = cfg.project
+        self.state_root = state_root
+        self.base_url = base_url
+        self.bin_dir = bin_dir
+        self.journal: list[dict[str, Any]] = []
+        self._seq = itertools.count(1)
+        self.operations: dict[tuple[str, str], Operation] = {}
+        self.instances: dict[tuple[str, str], Instance] = {}
+        self.addresses: dict[tuple[str, str], Address] = {}
+        self.secrets: dict[str, Secret] = {}
+        self._ephemeral = (f"127.0.200.{n}" for n in itertools.count(1))
+        for n, ic in enumerate(cfg.instances, start=2):
+            self.add_instance(ic, ic.network_ip or f"127.0.100.{n}")
+        for ac in cfg.addresses:
+            self.addresses[(ac.region, ac.name)] = Address(ac, self.project, str(next(_ids)))
+        for sc in cfg.secrets:
+            secret = self.secrets[sc.name] = Secret(sc.name)
+            for data in sc.versions:
+                secret.add(data)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def record(self, kind: str, **fields: Any) -> None:
+        self.journal.append({"seq": next(self._seq), "time": time.time(), "kind": kind, **fields})
+
+    def link(self, path: str) -> str:
+        return f"{self.base_url}/compute/v1/{path}"
+
+    def add_instance(self, ic: InstanceConfig, network_ip: str) -> Instance:
+        inst_dir = self.state_root / "instances" / ic.zone / ic.name
+        inst_dir.mkdir(parents=True, exist_ok=True)
+        inst = Instance(
+            cfg=ic,
+            project=self.project,
+            id=str(next(_ids)),
+            network_ip=network_ip,
+            dir=inst_dir,
+            serial=SerialPort(inst_dir / "serial-port-1.log"),
+            metadata=dict(ic.metadata),
+        )
+        self.instances[(ic.zone, ic.name)] = inst
+        return inst
+
+    def boot_configured(self) -> None:
+        """At start-up: instances the configuration declares RUNNING boot their guest now."""
+        for inst in self.instances.values():
+            if inst.cfg.status == "RUNNING":
+                self.force_state(inst, "RUNNING")
+
+    def instance(self, project: str, zone: str, name: str) -> Instance:
+        inst = self.instances.get((zone, name)) if project == self.project else None
+        if inst is None:
+            raise not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        return inst
+
+    def address(self, project: str, region: str, name: str) -> Address:
+        addr = self.addresses.get((region, name)) if project == self.project else None
+        if addr is None:
+            raise not_found(f"projects/{project}/regions/{region}/addresses/{name}")
+        return addr
+
+    def operation(self, project: str, zone: str, name: str) -> Operation:
+        op = self.operations.get((zone, name)) if project == self.project else None
+        if op is None:
+            raise not_found(f"projects/{project}/zones/{zone}/operations/{name}")
+        return op
+
+    def new_operation(self, inst: Instance, op_type: str) -> Operation:
+        name = f"operation-{int(time.time() * 1000)}-{os.urandom(7).hex()[:13]}"
+        op = Operation(
+            name=name, zone=inst.zone, op_type=op_type, target_path=inst.path, target_id=inst.id
+        )
+        self.operations[(inst.zone, name)] = op
+        return op
+
+    def done_operation(
+        self, inst: Instance, op_type: str, error: ApiError | None = None
+    ) -> Operation:
+        op = self.new_operation(inst, op_type)
+        op.finish(error)
+        return op
+
+    def set_status(self, inst: Instance, status: str) -> None:
+        inst.status = status
+        self.record("event", event="status", instance=f"{inst.zone}/{inst.name}", status=status)
+        logger.info("%s/%s: %s", inst.zone, inst.name, status)
+        for op in inst.waiting.pop(status, []):
+            op.finish()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, inst: Instance) -> Operation:
+        if inst.status == "RUNNING":
+            return self.done_operation(inst, "start")
+        if inst.status in ("STOPPING", "SUSPENDING"):
+            raise ApiError(400, "resourceNotReady", f"The resource '{inst.path}' is not ready")
+        op = self.new_operation(inst, "start")
+        inst.waiting.setdefault("RUNNING", []).append(op)
+        if inst.status == "TERMINATED":
+            inst.last_start = now_rfc3339()
+            self.set_status(inst, "PROVISIONING")
+            inst.task = asyncio.get_running_loop().create_task(self._boot(inst))
+        return op
+
+    async def _boot(self, inst: Instance, skip_delays: bool = False) -> None:
+        if not skip_delays:
+            await asyncio.sleep(inst.cfg.provision_delay)
+            self.set_status(inst, "STAGING")
+            await asyncio.sleep(inst.cfg.staging_delay)
+        self.set_status(inst, "RUNNING")
+        await asyncio.sleep(inst.cfg.boot_delay)
+        inst.guest = Guest(
+            f"{inst.zone}/{inst.name}", inst.serial, inst.workdir, inst.dir, self.guest_env(inst)
+        )
+        script = inst.metadata.get("startup-script")
+        await inst.guest.boot(script)
+        self.record(
+            "event",
+            event="guest_start",
+            instance=f"{inst.zone}/{inst.name}",
+            pid=inst.guest.proc.pid if inst.guest.proc else None,
+        )
+
+    def stop(self, inst: Instance) -> Operation:
+        if inst.status == "TERMINATED":
+            return self.done_operation(inst, "stop")
+        op = self.new_operation(inst, "stop")
+        inst.waiting.setdefault("TERMINATED", []).append(op)
+        if inst.status != "STOPPING":
+            self._begin_stop(inst)
+        return op
+
+    def _begin_stop(self, inst: Instance) -> None:
+        booting = inst.task
+        self.set_status(inst, "STOPPING")
+        inst.task = asyncio.get_running_loop().create_task(self._shutdown(inst, booting))
+
+    async def _shutdown(self, inst: Instance, booting: asyncio.Task[None] | None) -> None:
+        if booting is not None and not booting.done():
+            booting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await booting
+        if inst.guest is not None:
+            await inst.guest.shutdown(inst.cfg.shutdown_grace)
+            self.record("event", event="guest_stop", instance=f"{inst.zone}/{inst.name}")
+            inst.guest = None
+        await asyncio.sleep(inst.cfg.stop_delay)
+        inst.last_stop = now_rfc3339()
+        self.set_status(inst, "TERMINATED")
+        for op in inst.waiting.pop("RUNNING", []):  # a start that a stop overtook
+            op.finish()
+
+    def power_off_from_guest(self, inst: Instance) -> None:
+        """The guest ran `poweroff`: the VM stops as if asked through the API."""
+        self.record("event", event="guest_poweroff", instance=f"{inst.zone}/{inst.name}")
+        if inst.status not in ("STOPPING", "TERMINATED"):
+            self._begin_stop(inst)
+
+    def force_state(self, inst: Instance, status: str) -> None:
+        """Test hook: put a VM straight into RUNNING (guest booted at once) or TERMINATED."""
+        if status == inst.status:
+            return
+        if status == "RUNNING":
+            inst.last_start = now_rfc3339()
+            inst.task = asyncio.get_running_loop().create_task(self._boot(inst, skip_delays=True))
+        elif status == "TERMINATED":
+            self._begin_stop(inst)
+        else:
+            raise ApiError(400, "invalid", f"status must be RUNNING or TERMINATED, not {status}")
+
+    async def close(self) -> None:
+        """Stop every guest (the emulator is exiting)."""
+        for inst in self.instances.values():
+            if inst.task is not None and not inst.task.done():
+                inst.task.cancel()
+            if inst.guest is not None:
+                await inst.guest.shutdown(min(inst.cfg.shutdown_grace, 5))
+                inst.guest = None
+
+    def kill_all_now(self) -> None:
+        for inst in self.instances.values():
+            if inst.guest is not None:
+                inst.guest.kill_now()
+
+    def guest_env(self, inst: Instance) -> dict[str, str]:
+        keep = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "TERM")
+        env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("UV_")}
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+        metadata_host = f"{self.base_url.removeprefix('http://')}/vm/{inst.zone}/{inst.name}"
+        config_dir = inst.dir / "gcloud"
+        config_dir.mkdir(exist_ok=True)
+        env.update(self.gcloud_env(config_dir))
+        env.update(
+            {
+                "GCE_METADATA_HOST": metadata_host,
+                "GCE_METADATA_ROOT": metadata_host,
+                "GCE_METADATA_IP": self.base_url.removeprefix("http://"),
+                # The guest's stand-in for NAT: it listens on the address callers use.
+                "AGENT_HOST": inst.external_ip() or inst.network_ip,
+                "HOSTNAME": inst.name,
+            }
+        )
+        env.update(inst.cfg.env)
+        return env
+
+    def gcloud_env(self, config_dir: Path) -> dict[str, str]:
+        """What points the real gcloud at this emulator."""
+        return {
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": f"{self.base_url}/compute/v1/",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER": f"{self.base_url}/",
+            "CLOUDSDK_AUTH_ACCESS_TOKEN": ACCESS_TOKEN,
+            "CLOUDSDK_CORE_PROJECT": self.project,
+            "CLOUDSDK_CONFIG": str(config_dir),
+            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+            "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
+            "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
+        }
+
+    # -- network ---------------------------------------------------------------------------
+
+    def add_access_config(self, inst: Instance, nic: str, body: dict[str, Any]) -> Operation:
+        self._nic(inst, nic)
+        if inst.access_configs:
+            raise ApiError(400, "badRequest", "At most one access config currently supported.")
+        nat_ip = body.get("natIP")
+        address = None
+        if nat_ip:
+            address = self.address_by_ip(nat_ip)
+            if address is None:
+                raise ApiError(
+                    400,
+                    "invalid",
+                    f"Invalid value for field 'resource.natIP': '{nat_ip}'. "
+                    "The specified external IP address was not found in region "
+                    f"'{self.cfg.region}'.",
+                )
+            if address.users and address.users != [self.link(inst.path)]:
+                raise ApiError(
+                    400,
+                    "invalid",
+                    f"The IP address '{nat_ip}' is already being used by another resource.",
+                )
+        else:
+            nat_ip = next(self._ephemeral)
+        inst.access_configs.append(
+            {
+                "kind": "compute#accessConfig",
+                "type": body.get("type", "ONE_TO_ONE_NAT"),
+                "name": body.get("name", "external-nat"),
+                "natIP": nat_ip,
+                "networkTier": body.get("networkTier", "PREMIUM"),
+            }
+        )
+        if address is not None:
+            address.users = [self.link(inst.path)]
+        inst.nic_fingerprint = fingerprint()
+        return self.done_operation(inst, "addAccessConfig")
+
+    def delete_access_config(self, inst: Instance, nic: str, name: str) -> Operation:
+        self._nic(inst, nic)
+        for ac in inst.access_configs:
+            if ac["name"] == name:
+                inst.access_configs.remove(ac)
+                address = self.address_by_ip(ac.get("natIP", ""))
+                if address is not None:
+                    address.users = []
+                inst.nic_fingerprint = fingerprint()
+                return self.done_operation(inst, "deleteAccessConfig")
+        raise ApiError(
+            400,
+            "invalid",
+            f"Invalid value for field 'accessConfig': '{name}'. The access config was not found.",
+        )
+
+    def _nic(self, inst: Instance, nic: str) -> None:
+        if nic != "nic0":
+            raise ApiError(
+                400,
+                "invalid",
+                f"Invalid value for field 'networkInterface': '{nic}'. "
+                "The network interface was not found.",
+            )
+
+    def address_by_ip(self, ip: str) -> Address | None:
+        for addr in self.addresses.values():
+            if addr.cfg.address == ip:
+                return addr
+        return None
+
+    def set_metadata(self, inst: Instance, body: dict[str, Any]) -> Operation:
+        if body.get("fingerprint") != inst.metadata_fingerprint:
+            return self.done_operation(
+                inst,
+                "setMetadata",
+                ApiError(
+                    412,
+                    "CONDITION_NOT_MET",
+                    "Supplied fingerprint does not match current metadata fingerprint.",
+                ),
+            )
+        items = body.get("items") or []
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("key"), str) for i in items
+        ):
+            raise ApiError(400, "invalid", "Invalid value for field 'resource.items'.")
+        inst.metadata = {i["key"]: str(i.get("value", "")) for i in items}
+        inst.metadata_fingerprint = fingerprint()
+        return self.done_operation(inst, "setMetadata")
+
+    def set_labels(self, inst: Instance, body: dict[str, Any]) -> Operation:
+        if body.get("labelFingerprint") != inst.label_fingerprint:
+            return self.done_operation(
+                inst,
+                "setLabels",
+                ApiError(
+                    412,
+                    "CONDITION_NOT_MET",
+                    "Labels fingerprint either invalid or resource labels have changed",
+                ),
+            )
+        labels = body.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise ApiError(400, "invalid", "Invalid value for field 'labels'.")
+        inst.labels = {str(k): str(v) for k, v in labels.items()}
+        inst.label_fingerprint = fingerprint()
+        return self.done_operation(inst, "setLabels")
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def instance_json(self, inst: Instance) -> dict[str, Any]:
+        zone_link = self.link(f"projects/{self.project}/zones/{inst.zone}")
+        nic: dict[str, Any] = {
+            "kind": "compute#networkInterface",
+            "name": "nic0",
+            "network": self.link(f"projects/{self.project}/global/networks/default"),
+            "subnetwork": self.link(
+                f"projects/{self.project}/regions/{self.cfg.region}/subnetworks/default"
+            ),
+            "networkIP": inst.network_ip,
+            "fingerprint": inst.nic_fingerprint,
+            "stackType": "IPV4_ONLY",
+        }
+        if inst.access_configs:
+            nic["accessConfigs"] = [dict(ac) for ac in inst.access_configs]
+        body: dict[str, Any] = {
+            "kind": "compute#instance",
+            "id": inst.id,
+            "creationTimestamp": inst.created,
+            "name": inst.name,
+            "zone": zone_link,
+            "machineType": f"{zone_link}/machineTypes/e2-small",
+            "status": inst.status,
+            "networkInterfaces": [nic],
+            "metadata": {
+                "kind": "compute#metadata",
+                "fingerprint": inst.metadata_fingerprint,
+                "items": [{"key": k, "value": v} for k, v in sorted(inst.metadata.items())],
+            },
+            "labelFingerprint": inst.label_fingerprint,
+            "selfLink": self.link(inst.path),
+            "cpuPlatform": "Unknown CPU Platform",
+            "canIpForward": False,
+            "deletionProtection": False,
+        }
+        if inst.labels:
+            body["labels"] = dict(inst.labels)
+        if inst.last_start:
+            body["lastStartTimestamp"] = inst.last_start
+        if inst.last_stop:
+            body["lastStopTimestamp"] = inst.last_stop
+        return body
+
+    def operation_json(self, op: Operation) -> dict[str, Any]:
+        zone_link = self.link(f"projects/{self.project}/zones/{op.zone}")
+        body: dict[str, Any] = {
+            "kind": "compute#operation",
+            "id": str(abs(hash(op.name)) % 10**18),
+            "name": op.name,
+            "zone": zone_link,
+            "operationType": op.op_type,
+            "targetLink": self.link(op.target_path),
+            "targetId": op.target_id,
+            "status": op.status,
+            "user": "emulator@example.com",
+            "progress": 100 if op.status == "DONE" else 0,
+            "insertTime": op.insert_time,
+            "startTime": op.insert_time,
+            "selfLink": f"{zone_link}/operations/{op.name}",
+        }
+        if op.end_time:
+            body["endTime"] = op.end_time
+        if op.error is not None:
+            body["error"] = {"errors": [{"code": op.error.reason, "message": op.error.message}]}
+            body["httpErrorStatusCode"] = op.error.code
+            body["httpErrorMessage"] = "PRECONDITION FAILED" if op.error.code == 412 else "ERROR"
+        return body
+
+    def address_json(self, addr: Address) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "kind": "compute#address",
+            "id": addr.id,
+            "creationTimestamp": now_rfc3339(),
+            "name": addr.cfg.name,
+            "address": addr.cfg.address,
+            "addressType": "EXTERNAL",
+            "networkTier": "PREMIUM",
+            "status": "IN_USE" if addr.users else "RESERVED",
+            "region": self.link(f"projects/{self.project}/regions/{addr.cfg.region}"),
+            "selfLink": self.link(addr.path),
+        }
+        if addr.users:
+            body["users"] = list(addr.users)
+        return body
+
+    def state_json(self) -> dict[str, Any]:
+        """Everything tests assert on, in one document."""
+        return {
+            "instances": [
+                {
+                    "zone": i.zone,
+                    "name": i.name,
+                    "status": i.status,
+                    "access_configs": [dict(ac) for ac in i.access_configs],
+                    "metadata": dict(i.metadata),
+                    "labels": dict(i.labels),
+                    "guest_pids": i.guest.pids() if i.guest else [],
+                    "guest_exit_status": i.guest.exit_status if i.guest else None,
+                    "workdir": str(i.workdir),
+                    "dir": str(i.dir),
+                    "network_ip": i.network_ip,
+                }
+                for i in self.instances.values()
+            ],
+            "addresses": [
+                {
+                    "region": a.cfg.region,
+                    "name": a.cfg.name,
+                    "address": a.cfg.address,
+                    "status": "IN_USE" if a.users else "RESERVED",
+                    "users": list(a.users),
+                }
+                for a in self.addresses.values()
+            ],
+            "secrets": {s.name: len(s.versions) for s in self.secrets.values()},
+        }

@@ -1,0 +1,258 @@
+"""The emulator's configuration: a TOML file (README.md, "The emulator") or the defaults.
+
+Every key is checked: an unknown key, a wrong type or a bad value is a ConfigError whose
+message names the key, and the CLI prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
+INSTANCE_TIMINGS = {
+    # seconds; what a real VM spends in each step, shortened
+    "provision_delay": 0.05,  # start: TERMINATED -> PROVISIONING -> STAGING
+    "staging_delay": 0.05,  # STAGING -> RUNNING (the start operation is DONE here)
+    "boot_delay": 0.0,  # RUNNING -> the startup script starts (the guest OS boots)
+    "stop_delay": 0.05,  # guest gone -> TERMINATED
+    "shutdown_grace": 5.0,  # SIGTERM to the guest -> SIGKILL (a real VM allows 90 s)
+}
+STATUSES = ("TERMINATED", "RUNNING")
+
+
+class ConfigError(Exception):
+    """A bad configuration; the message is one line naming the key."""
+
+
+@dataclass
+class InstanceConfig:
+    name: str
+    zone: str
+    status: str = "TERMINATED"
+    metadata: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: Path | None = None
+    network_ip: str | None = None
+    provision_delay: float = INSTANCE_TIMINGS["provision_delay"]
+    staging_delay: float = INSTANCE_TIMINGS["staging_delay"]
+    boot_delay: float = INSTANCE_TIMINGS["boot_delay"]
+    stop_delay: float = INSTANCE_TIMINGS["stop_delay"]
+    shutdown_grace: float = INSTANCE_TIMINGS["shutdown_grace"]
+
+
+@dataclass
+class AddressConfig:
+    name: str
+    region: str
+    address: str
+
+
+@dataclass
+class SecretConfig:
+    name: str
+    versions: list[bytes]
+
+
+@dataclass
+class EmulatorConfig:
+    project: str = "demo-project"
+    project_number: int = 123456789012
+    region: str = "us-central1"
+    zone: str = "us-central1-a"
+    operation_wait_cap: float = 30.0
+    instances: list[InstanceConfig] = field(default_factory=list)
+    addresses: list[AddressConfig] = field(default_factory=list)
+    secrets: list[SecretConfig] = field(default_factory=list)
+
+
+def default_config() -> EmulatorConfig:
+    """One stopped VM and one static address: enough to try the CLI without a file."""
+    cfg = EmulatorConfig()
+    cfg.instances.append(InstanceConfig(name="vm-1", zone=cfg.zone))
+    cfg.addresses.append(AddressConfig(name="static-ip-1", region=cfg.region, address="127.0.0.2"))
+    return cfg
+
+
+# -- checking --------------------------------------------------------------------------------
+
+
+def _take(
+    table: dict[str, Any],
+    where: str,
+    key: str,
+    kind: type | tuple[type, ...],
+    default: Any = None,
+    required: bool = False,
+) -> Any:
+    if key not in table:
+        if required:
+            raise ConfigError(f"{where}{key} is required")
+        return default
+    value = table.pop(key)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}{key}: expected {names}, got {value!r}")
+    return value
+
+
+def _no_more(table: dict[str, Any], where: str) -> None:
+    if table:
+        raise ConfigError(f"{where}{sorted(table)[0]}: unknown key")
+
+
+def _name(value: str, where: str, pattern: re.Pattern[str] = NAME_RE) -> str:
+    if not pattern.fullmatch(value):
+        raise ConfigError(f"{where}: {value!r} is not a valid resource name")
+    return value
+
+
+def _str_map(value: dict[str, Any], where: str) -> dict[str, str]:
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}.{k}: expected str, got {v!r}")
+    return dict(value)
+
+
+def _loopback(value: str, where: str) -> str:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not an IP address") from None
+    if not ip.is_loopback or ip.version != 4:
+        raise ConfigError(f"{where}: {value} must be an IPv4 loopback address (127.x.y.z)")
+    return value
+
+
+def _instance(
+    raw: Any, i: int, cfg: EmulatorConfig, defaults: dict[str, float], base: Path
+) -> InstanceConfig:
+    where = f"instances[{i}]."
+    if not isinstance(raw, dict):
+        raise ConfigError(f"instances[{i}]: expected a table")
+    t = dict(raw)
+    inst = InstanceConfig(
+        name=_name(_take(t, where, "name", str, required=True), where + "name"),
+        zone=_name(_take(t, where, "zone", str, cfg.zone), where + "zone"),
+    )
+    inst.status = _take(t, where, "status", str, "TERMINATED")
+    if inst.status not in STATUSES:
+        raise ConfigError(f"{where}status: must be one of {', '.join(STATUSES)}")
+    inst.metadata = _str_map(_take(t, where, "metadata", dict, {}), where + "metadata")
+    for key, rel in _str_map(
+        _take(t, where, "metadata_from_file", dict, {}), where + "metadata_from_file"
+    ).items():
+        path = base / rel
+        try:
+            inst.metadata[key] = path.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}metadata_from_file.{key}: cannot read {path}: {exc.strerror}"
+            ) from None
+    inst.env = _str_map(_take(t, where, "env", dict, {}), where + "env")
+    workdir = _take(t, where, "workdir", str)
+    inst.workdir = (base / workdir).resolve() if workdir else None
+    ip = _take(t, where, "network_ip", str)
+    inst.network_ip = _loopback(ip, where + "network_ip") if ip else None
+    for key in INSTANCE_TIMINGS:
+        value = _take(t, where, key, float, defaults[key])
+        if value < 0:
+            raise ConfigError(f"{where}{key}: must be >= 0, got {value}")
+        setattr(inst, key, value)
+    _no_more(t, where)
+    return inst
+
+
+def parse_config(data: dict[str, Any], base: Path) -> EmulatorConfig:
+    """Check a parsed TOML document; relative paths in it are taken from base."""
+    t = dict(data)
+    cfg = EmulatorConfig()
+    cfg.project = _take(t, "", "project", str, cfg.project)
+    cfg.project_number = _take(t, "", "project_number", int, cfg.project_number)
+    cfg.region = _name(_take(t, "", "region", str, cfg.region), "region")
+    cfg.zone = _name(_take(t, "", "zone", str, cfg.zone), "zone")
+    cfg.operation_wait_cap = _take(t, "", "operation_wait_cap", float, cfg.operation_wait_cap)
+    if cfg.operation_wait_cap <= 0:
+        raise ConfigError("operation_wait_cap: must be > 0")
+
+    raw_defaults = dict(_take(t, "", "defaults", dict, {}))
+    defaults = {
+        k: _take(raw_defaults, "defaults.", k, float, v) for k, v in INSTANCE_TIMINGS.items()
+    }
+    _no_more(raw_defaults, "defaults.")
+
+    for i, raw in enumerate(_take(t, "", "instances", list, [])):
+        cfg.instances.append(_instance(raw, i, cfg, defaults, base))
+
+    for i, raw in enumerate(_take(t, "", "addresses", list, [])):
+        where = f"addresses[{i}]."
+        if not isinstance(raw, dict):
+            raise ConfigError(f"addresses[{i}]: expected a table")
+        a = dict(raw)
+        cfg.addresses.append(
+            AddressConfig(
+                name=_name(_take(a, where, "name", str, required=True), where + "name"),
+                region=_name(_take(a, where, "region", str, cfg.region), where + "region"),
+                address=_loopback(
+                    _take(a, where, "address", str, required=True), where + "address"
+                ),
+            )
+        )
+        _no_more(a, where)
+
+    for i, raw in enumerate(_take(t, "", "secrets", list, [])):
+        where = f"secrets[{i}]."
+        if not isinstance(raw, dict):
+            raise ConfigError(f"secrets[{i}]: expected a table")
+        s = dict(raw)
+        name = _name(_take(s, where, "name", str, required=True), where + "name", SECRET_NAME_RE)
+        value = _take(s, where, "value", str)
+        file = _take(s, where, "file", str)
+        if (value is None) == (file is None):
+            raise ConfigError(f"{where}: give exactly one of value or file")
+        if file is not None:
+            try:
+                data_bytes = (base / file).read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}file: cannot read {base / file}: {exc.strerror}"
+                ) from None
+        else:
+            data_bytes = value.encode()
+        cfg.secrets.append(SecretConfig(name=name, versions=[data_bytes]))
+        _no_more(s, where)
+
+    _no_more(t, "")
+    _unique([i.name for i in cfg.instances], "instances")
+    _unique([a.name for a in cfg.addresses], "addresses")
+    _unique([a.address for a in cfg.addresses], "addresses' address")
+    _unique([s.name for s in cfg.secrets], "secrets")
+    return cfg
+
+
+def _unique(names: list[str], what: str) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ConfigError(f"{what}: {n!r} appears twice")
+        seen.add(n)
+
+
+def load_config(path: Path | None) -> EmulatorConfig:
+    if path is None:
+        return default_config()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path.resolve().parent)

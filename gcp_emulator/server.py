@@ -1,0 +1,642 @@
+"""The emulator's HTTP front: Compute Engine v1, Secret Manager v1, the metadata server, and
+the test hooks under /_emulator/, on one loopback port.
+
+Each API call has a name (`compute.instances.start`, `secretmanager.versions.access`, ...)
+used by the journal and by fault injection. Errors take the shape of the API they imitate:
+Compute's `{"error": {"code", "message", "errors": [{"reason", ...}]}}`, Secret Manager's
+`{"error": {"code", "message", "status"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from gcp_emulator.cloud import ApiError, Cloud, Instance, Secret, now_rfc3339
+from gcp_emulator.crc32c import crc32c
+
+logger = logging.getLogger(__name__)
+
+RPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+FAULT_REASON = {429: "rateLimitExceeded", 403: "forbidden", 404: "notFound", 400: "badRequest"}
+
+Handler = Callable[[Cloud, Request, dict[str, str], Any], Awaitable[Response]]
+
+
+@dataclass
+class Fault:
+    status: int | None
+    count: int  # how many calls it still affects; -1: every call
+    delay: float
+    message: str
+
+
+@dataclass
+class RouteDef:
+    method: str
+    pattern: re.Pattern[str]
+    api: str
+    handler: Handler
+
+
+ROUTES: list[RouteDef] = []
+
+
+def route(method: str, path: str, api: str) -> Callable[[Handler], Handler]:
+    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/:]+)", path)
+    regex = regex.replace("(?P<rest>[^/:]+)", "(?P<rest>.*)")
+
+    def register(fn: Handler) -> Handler:
+        ROUTES.append(RouteDef(method, re.compile(f"^{regex}$"), api, fn))
+        return fn
+
+    return register
+
+
+def api_family(api: str) -> str:
+    return api.split(".", 1)[0]
+
+
+def error_response(api: str, err: ApiError) -> Response:
+    if api_family(api) == "secretmanager" or err.code == 401:
+        body = {
+            "code": err.code,
+            "message": err.message,
+            "status": RPC_STATUS.get(err.code, "UNKNOWN"),
+        }
+    else:
+        body = {
+            "code": err.code,
+            "message": err.message,
+            "errors": [{"message": err.message, "domain": "global", "reason": err.reason}],
+        }
+    return JSONResponse({"error": body}, status_code=err.code)
+
+
+def fault_error(status: int, message: str) -> ApiError:
+    if not message:
+        message = (
+            "Rate Limit Exceeded"
+            if status == 429
+            else "Internal error. Please try again."
+            if status >= 500
+            else f"Injected error {status}"
+        )
+    reason = FAULT_REASON.get(status, "backendError")
+    return ApiError(status, reason, message)
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ApiError(400, "parseError", "Invalid JSON payload received.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "parseError", "Invalid JSON payload received.")
+    return body
+
+
+# -- Compute Engine --------------------------------------------------------------------------
+
+C = "/compute/v1/projects/{project}"
+
+
+def _inst(cloud: Cloud, m: dict[str, str]) -> Instance:
+    return cloud.instance(m["project"], m["zone"], m["instance"])
+
+
+def _op(cloud: Cloud, op: Any) -> Response:
+    return JSONResponse(cloud.operation_json(op))
+
+
+@route("GET", C + "/zones/{zone}/instances/{instance}", "compute.instances.get")
+async def instances_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    return JSONResponse(cloud.instance_json(_inst(cloud, m)))
+
+
+@route("GET", C + "/zones/{zone}/instances", "compute.instances.list")
+async def instances_list(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    items = [
+        cloud.instance_json(i)
+        for (z, _n), i in sorted(cloud.instances.items())
+        if z == m["zone"] and m["project"] == cloud.project
+    ]
+    return JSONResponse(
+        {
+            "kind": "compute#instanceList",
+            "items": items,
+            "selfLink": cloud.link(f"projects/{cloud.project}/zones/{m['zone']}/instances"),
+        }
+    )
+
+
+@route("POST", C + "/zones/{zone}/instances/{instance}/start", "compute.instances.start")
+async def instances_start(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    return _op(cloud, cloud.start(_inst(cloud, m)))
+
+
+@route("POST", C + "/zones/{zone}/instances/{instance}/stop", "compute.instances.stop")
+async def instances_stop(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    return _op(cloud, cloud.stop(_inst(cloud, m)))
+
+
+@route(
+    "POST",
+    C + "/zones/{zone}/instances/{instance}/addAccessConfig",
+    "compute.instances.addAccessConfig",
+)
+async def add_access_config(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    inst = _inst(cloud, m)
+    body = await json_body(request)
+    nic = request.query_params.get("networkInterface", "")
+    return _op(cloud, cloud.add_access_config(inst, nic, body))
+
+
+@route(
+    "POST",
+    C + "/zones/{zone}/instances/{instance}/deleteAccessConfig",
+    "compute.instances.deleteAccessConfig",
+)
+async def delete_access_config(
+    cloud: Cloud, request: Request, m: dict[str, str], _: Any
+) -> Response:
+    inst = _inst(cloud, m)
+    q = request.query_params  # form-decoded: "External+NAT" arrives as "External NAT"
+    return _op(
+        cloud,
+        cloud.delete_access_config(inst, q.get("networkInterface", ""), q.get("accessConfig", "")),
+    )
+
+
+@route(
+    "POST", C + "/zones/{zone}/instances/{instance}/setMetadata", "compute.instances.setMetadata"
+)
+async def set_metadata(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    inst = _inst(cloud, m)
+    return _op(cloud, cloud.set_metadata(inst, await json_body(request)))
+
+
+@route("POST", C + "/zones/{zone}/instances/{instance}/setLabels", "compute.instances.setLabels")
+async def set_labels(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    inst = _inst(cloud, m)
+    return _op(cloud, cloud.set_labels(inst, await json_body(request)))
+
+
+@route(
+    "GET",
+    C + "/zones/{zone}/instances/{instance}/serialPort",
+    "compute.instances.getSerialPortOutput",
+)
+async def serial_port(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    inst = _inst(cloud, m)
+    port = request.query_params.get("port", "1")
+    if port != "1":
+        raise ApiError(400, "invalid", f"Invalid value for field 'port': '{port}'.")
+    try:
+        start = int(request.query_params.get("start", "0"))
+    except ValueError:
+        raise ApiError(400, "invalid", "Invalid value for field 'start'.") from None
+    contents, start, nxt = inst.serial.read(start)
+    return JSONResponse(
+        {
+            "kind": "compute#serialPortOutput",
+            "contents": contents,
+            "start": str(start),
+            "next": str(nxt),
+            "selfLink": cloud.link(inst.path) + "/serialPort",
+        }
+    )
+
+
+@route("GET", C + "/regions/{region}/addresses/{address}", "compute.addresses.get")
+async def addresses_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    return JSONResponse(cloud.address_json(cloud.address(m["project"], m["region"], m["address"])))
+
+
+@route("GET", C + "/regions/{region}/addresses", "compute.addresses.list")
+async def addresses_list(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    items = [
+        cloud.address_json(a)
+        for (r, _n), a in sorted(cloud.addresses.items())
+        if r == m["region"] and m["project"] == cloud.project
+    ]
+    return JSONResponse({"kind": "compute#addressList", "items": items})
+
+
+@route("GET", C + "/zones/{zone}/operations/{operation}", "compute.zoneOperations.get")
+async def operations_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    return _op(cloud, cloud.operation(m["project"], m["zone"], m["operation"]))
+
+
+@route("POST", C + "/zones/{zone}/operations/{operation}/wait", "compute.zoneOperations.wait")
+async def operations_wait(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    op = cloud.operation(m["project"], m["zone"], m["operation"])
+    # Like the real wait: after the cap, answer with the operation as it is, not DONE yet.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(op.done.wait(), cloud.cfg.operation_wait_cap)
+    return _op(cloud, op)
+
+
+# -- Secret Manager --------------------------------------------------------------------------
+
+S = "/v1/projects/{project}/secrets"
+
+
+def _secret(cloud: Cloud, m: dict[str, str]) -> Secret:
+    secret = (
+        cloud.secrets.get(m["secret"])
+        if m["project"] in (cloud.project, str(cloud.cfg.project_number))
+        else None
+    )
+    if secret is None:
+        raise ApiError(404, "notFound", f"Secret [{_secret_name(cloud, m['secret'])}] not found.")
+    return secret
+
+
+def _secret_name(cloud: Cloud, name: str) -> str:
+    return f"projects/{cloud.cfg.project_number}/secrets/{name}"
+
+
+def _secret_json(cloud: Cloud, secret: Secret) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": _secret_name(cloud, secret.name),
+        "replication": secret.replication,
+        "createTime": secret.created,
+        "etag": f'"{len(secret.versions)}"',
+    }
+    if secret.labels:
+        body["labels"] = secret.labels
+    return body
+
+
+def _version_json(cloud: Cloud, secret: Secret, number: int) -> dict[str, Any]:
+    v = secret.versions[number - 1]
+    return {
+        "name": f"{_secret_name(cloud, secret.name)}/versions/{v.number}",
+        "createTime": v.created,
+        "state": v.state,
+        "etag": f'"{v.number}"',
+        "replicationStatus": {"automatic": {}},
+        "clientSpecifiedPayloadChecksum": True,
+    }
+
+
+def _version(cloud: Cloud, m: dict[str, str]) -> tuple[Secret, int]:
+    try:
+        secret = _secret(cloud, m)
+    except ApiError:
+        if m["version"] == "latest":
+            raise ApiError(
+                404,
+                "notFound",
+                f"Secret [{_secret_name(cloud, m['secret'])}] not found or has no versions.",
+            ) from None
+        raise
+    wanted = m["version"]
+    enabled = [v.number for v in secret.versions if v.state == "ENABLED"]
+    if wanted == "latest" and enabled:
+        return secret, enabled[-1]
+    if wanted.isdigit() and 1 <= int(wanted) <= len(secret.versions):
+        return secret, int(wanted)
+    raise ApiError(
+        404,
+        "notFound",
+        f"Secret Version [{_secret_name(cloud, secret.name)}/versions/{wanted}] not found.",
+    )
+
+
+@route("GET", S + "/{secret}/versions/{version}:access", "secretmanager.versions.access")
+async def versions_access(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    secret, number = _version(cloud, m)
+    data = secret.versions[number - 1].data
+    return JSONResponse(
+        {
+            "name": f"{_secret_name(cloud, secret.name)}/versions/{number}",
+            "payload": {"data": base64.b64encode(data).decode(), "dataCrc32c": str(crc32c(data))},
+        }
+    )
+
+
+@route("GET", S + "/{secret}/versions/{version}", "secretmanager.versions.get")
+async def versions_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    secret, number = _version(cloud, m)
+    return JSONResponse(_version_json(cloud, secret, number))
+
+
+@route("GET", S + "/{secret}/versions", "secretmanager.versions.list")
+async def versions_list(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    secret = _secret(cloud, m)
+    versions = [_version_json(cloud, secret, v.number) for v in reversed(secret.versions)]
+    return JSONResponse({"versions": versions, "totalSize": len(versions)})
+
+
+@route("POST", S + "/{secret}:addVersion", "secretmanager.secrets.addVersion")
+async def add_version(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    secret = _secret(cloud, m)
+    payload = (await json_body(request)).get("payload") or {}
+    try:
+        data = base64.b64decode(payload.get("data", ""), validate=True)
+    except (ValueError, TypeError):
+        raise ApiError(400, "invalid", "Invalid value at 'payload.data' (TYPE_BYTES).") from None
+    claimed = payload.get("dataCrc32c")
+    if claimed is not None and int(claimed) != crc32c(data):
+        raise ApiError(
+            400, "invalid", "Checksum mismatch: the payload's data_crc32c does not match the data."
+        )
+    version = secret.add(data)
+    return JSONResponse(_version_json(cloud, secret, version.number))
+
+
+@route("POST", S, "secretmanager.secrets.create")
+async def secrets_create(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    name = request.query_params.get("secretId", "")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", name):
+        raise ApiError(400, "invalid", f"Invalid secret id: {name!r}.")
+    if m["project"] not in (cloud.project, str(cloud.cfg.project_number)):
+        raise ApiError(403, "forbidden", f"Permission denied on project {m['project']}.")
+    if name in cloud.secrets:
+        raise ApiError(
+            409, "alreadyExists", f"Secret [{_secret_name(cloud, name)}] already exists."
+        )
+    body = await json_body(request)
+    secret = Secret(
+        name,
+        labels=body.get("labels") or {},
+        replication=body.get("replication") or {"automatic": {}},
+    )
+    cloud.secrets[name] = secret
+    return JSONResponse(_secret_json(cloud, secret))
+
+
+@route("GET", S + "/{secret}", "secretmanager.secrets.get")
+async def secrets_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    return JSONResponse(_secret_json(cloud, _secret(cloud, m)))
+
+
+@route("DELETE", S + "/{secret}", "secretmanager.secrets.delete")
+async def secrets_delete(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    cloud.secrets.pop(_secret(cloud, m).name)
+    return JSONResponse({})
+
+
+@route("GET", S, "secretmanager.secrets.list")
+async def secrets_list(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    items = [_secret_json(cloud, s) for s in cloud.secrets.values()]
+    return JSONResponse({"secrets": items, "totalSize": len(items)})
+
+
+# -- the metadata server ---------------------------------------------------------------------
+
+
+def metadata_value(
+    cloud: Cloud, inst: Instance | None, key: str, recursive: bool
+) -> str | dict[str, Any] | list[str] | None:
+    project_keys: dict[str, str] = {
+        "project/project-id": cloud.project,
+        "project/numeric-project-id": str(cloud.cfg.project_number),
+    }
+    if key in project_keys:
+        return project_keys[key]
+    if key in ("project/attributes", "project/attributes/"):
+        return {} if recursive else []
+    if inst is None:
+        return None
+    if key in ("instance/attributes", "instance/attributes/"):
+        return dict(inst.metadata) if recursive else sorted(inst.metadata)
+    if key.startswith("instance/attributes/"):
+        return inst.metadata.get(key.removeprefix("instance/attributes/"))
+    sa = "instance/service-accounts/default/"
+    values: dict[str, str | dict[str, Any] | None] = {
+        "instance/name": inst.name,
+        "instance/hostname": f"{inst.name}.{inst.zone}.c.{cloud.project}.internal",
+        "instance/id": inst.id,
+        "instance/zone": f"projects/{cloud.cfg.project_number}/zones/{inst.zone}",
+        "instance/network-interfaces/0/ip": inst.network_ip,
+        "instance/network-interfaces/0/access-configs/0/external-ip": inst.external_ip(),
+        sa + "email": f"{cloud.cfg.project_number}-compute@developer.gserviceaccount.com",
+        sa + "token": {
+            "access_token": "emulator-token",
+            "expires_in": 3599,
+            "token_type": "Bearer",
+        },
+    }
+    return values.get(key)
+
+
+async def metadata(cloud: Cloud, request: Request, inst: Instance | None, key: str) -> Response:
+    headers = {"Metadata-Flavor": "Google"}
+    if request.headers.get("metadata-flavor") != "Google":
+        return PlainTextResponse("Missing Metadata-Flavor:Google header.", 403, headers=headers)
+    recursive = request.query_params.get("recursive", "").lower() == "true"
+    value = metadata_value(
+        cloud, inst, key.rstrip("/") if not key.endswith("attributes/") else key, recursive
+    )
+    if value is None:
+        return PlainTextResponse("Not Found", 404, headers=headers)
+    alt = request.query_params.get("alt", "json" if recursive else "text")
+    if isinstance(value, dict):
+        return JSONResponse(value, headers=headers)
+    if isinstance(value, list):
+        if alt == "json":
+            return JSONResponse(value, headers=headers)
+        return PlainTextResponse("".join(f"{k}\n" for k in value), headers=headers)
+    if alt == "json":
+        return JSONResponse(value, headers=headers)
+    return PlainTextResponse(value, headers=headers)
+
+
+@route("GET", "/vm/{zone}/{instance}/computeMetadata/v1/{rest}", "metadata.get")
+async def guest_metadata(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    inst = cloud.instance(cloud.project, m["zone"], m["instance"])
+    return await metadata(cloud, request, inst, m["rest"])
+
+
+@route("GET", "/computeMetadata/v1/{rest}", "metadata.get")
+async def plain_metadata(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    return await metadata(cloud, request, None, m["rest"])
+
+
+@route("POST", "/vm/{zone}/{instance}/emulator/poweroff", "guest.poweroff")
+async def guest_poweroff(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+    cloud.power_off_from_guest(cloud.instance(cloud.project, m["zone"], m["instance"]))
+    return PlainTextResponse("powering off\n")
+
+
+# -- test hooks ------------------------------------------------------------------------------
+
+
+class EmulatorApp:
+    """The ASGI app: routing, auth, journal and fault injection around the handlers."""
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+        self.faults: dict[str, Fault] = {}
+        self.app = Starlette(
+            routes=[
+                Route("/_emulator/{hook:path}", self.hooks, methods=["GET", "POST", "DELETE"]),
+                Route(
+                    "/{path:path}", self.dispatch, methods=["GET", "POST", "DELETE", "PATCH", "PUT"]
+                ),
+            ]
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    def _match(self, method: str, path: str) -> tuple[RouteDef, dict[str, str]] | None:
+        for r in ROUTES:
+            if r.method == method:
+                hit = r.pattern.match(path)
+                if hit:
+                    return r, hit.groupdict()
+        return None
+
+    async def dispatch(self, request: Request) -> Response:
+        started = time.time()
+        path = request.url.path
+        found = self._match(request.method, path)
+        api = found[0].api if found else "unknown"
+        try:
+            response = await self._answer(request, found)
+        except ApiError as err:
+            response = error_response(api, err)
+        except Exception:
+            logger.exception("emulator error on %s %s", request.method, path)
+            response = error_response(api, ApiError(500, "backendError", "Internal error."))
+        self.cloud.record(
+            "request",
+            method=request.method,
+            path=path,
+            query=request.url.query,
+            api=api,
+            status=response.status_code,
+            duration=round(time.time() - started, 4),
+        )
+        return response
+
+    async def _answer(
+        self, request: Request, found: tuple[RouteDef, dict[str, str]] | None
+    ) -> Response:
+        if found is None:
+            raise ApiError(
+                404, "notFound", f"The emulator does not answer {request.method} {request.url.path}"
+            )
+        rdef, params = found
+        family = api_family(rdef.api)
+        if family in ("compute", "secretmanager") and not request.headers.get(
+            "authorization", ""
+        ).startswith("Bearer "):
+            raise ApiError(
+                401,
+                "required",
+                "Request is missing required authentication "
+                "credential. Expected OAuth 2 access token.",
+            )
+        fault = self.faults.get(rdef.api)
+        if fault is not None and fault.count != 0:
+            if fault.count > 0:
+                fault.count -= 1
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                raise fault_error(fault.status, fault.message)
+        return await rdef.handler(self.cloud, request, params, None)
+
+    async def hooks(self, request: Request) -> Response:
+        hook = request.path_params["hook"]
+        cloud = self.cloud
+        method = request.method
+        try:
+            if hook == "health":
+                return JSONResponse({"status": "ok", "time": now_rfc3339()})
+            if hook == "journal" and method == "GET":
+                since = int(request.query_params.get("since", "0"))
+                return JSONResponse({"entries": [e for e in cloud.journal if e["seq"] > since]})
+            if hook == "journal" and method == "DELETE":
+                cloud.journal.clear()
+                return JSONResponse({})
+            if hook == "state" and method == "GET":
+                return JSONResponse(cloud.state_json())
+            if hook == "faults" and method == "POST":
+                body = await json_body(request)
+                self.faults[str(body["api"])] = Fault(
+                    status=body.get("status"),
+                    count=int(body.get("count", 1)),
+                    delay=float(body.get("delay", 0)),
+                    message=str(body.get("message", "")),
+                )
+                return JSONResponse({})
+            if hook == "faults" and method == "DELETE":
+                self.faults.clear()
+                return JSONResponse({})
+            hit = re.fullmatch(r"instances/([^/]+)/([^/]+)", hook)
+            if hit and method == "POST":
+                inst = cloud.instance(cloud.project, hit[1], hit[2])
+                body = await json_body(request)
+                return JSONResponse(await self._set_instance(inst, body))
+            hit = re.fullmatch(r"secrets/([^/]+)", hook)
+            if hit and method == "POST":
+                body = await json_body(request)
+                secret = cloud.secrets.get(hit[1]) or cloud.secrets.setdefault(
+                    hit[1], Secret(hit[1])
+                )
+                secret.add(str(body["value"]).encode())
+                return JSONResponse({"versions": len(secret.versions)})
+        except (KeyError, ValueError, TypeError) as exc:
+            return JSONResponse({"error": f"bad test-hook request: {exc}"}, status_code=400)
+        except ApiError as err:
+            return error_response("compute", err)
+        return JSONResponse({"error": f"no such test hook: {method} {hook}"}, status_code=404)
+
+    async def _set_instance(self, inst: Instance, body: dict[str, Any]) -> dict[str, Any]:
+        """Put an instance in a state directly: leftovers of a dead run, slow boots, ..."""
+        for key in (
+            "provision_delay",
+            "staging_delay",
+            "boot_delay",
+            "stop_delay",
+            "shutdown_grace",
+        ):
+            if key in body:
+                setattr(inst.cfg, key, float(body[key]))
+        if "env" in body:
+            inst.cfg.env.update({str(k): str(v) for k, v in body["env"].items()})
+        if "metadata" in body:
+            inst.metadata.update({str(k): str(v) for k, v in body["metadata"].items()})
+        if "access_configs" in body:
+            for ac in list(inst.access_configs):
+                self.cloud.delete_access_config(inst, "nic0", ac["name"])
+            for ac in body["access_configs"][:1]:
+                self.cloud.add_access_config(inst, "nic0", dict(ac))
+        if "status" in body:
+            self.cloud.force_state(inst, str(body["status"]))
+            deadline = time.monotonic() + 30
+            while inst.status != body["status"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        return {"status": inst.status}

@@ -1,0 +1,134 @@
+"""The emulator as a process (`python -m gcp_emulator serve`), with helpers for its test hooks
+and for running the real gcloud CLI against it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GCLOUD = shutil.which("gcloud")
+needs_gcloud = pytest.mark.skipif(
+    GCLOUD is None,
+    reason="the Google Cloud CLI (gcloud) is not on PATH; install it to run the cloud tests",
+)
+
+
+class EmulatorProcess:
+    """`python -m gcp_emulator serve --config F --state-dir D` on a free loopback port."""
+
+    def __init__(self, config: Path | None, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        argv = [sys.executable, "-m", "gcp_emulator", "serve", "--state-dir", str(state_dir), "-v"]
+        if config is not None:
+            argv += ["--config", str(config)]
+        self.log = state_dir.parent / f"{state_dir.name}.log"
+        with self.log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                start_new_session=True,
+            )
+        self.env: dict[str, str] = {}
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("export "):
+                key, _, value = line.removeprefix("export ").rstrip("\n").partition("=")
+                self.env[key] = value.strip("'")
+            elif line.startswith("#"):
+                break
+        else:
+            raise AssertionError(f"emulator did not start: {self.log.read_text()}")
+        self.url = self.env["GCP_EMULATOR_URL"]
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    # -- test hooks ------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return self.http.get("/_emulator/state").json()
+
+    def instance(self, name: str) -> dict[str, Any]:
+        for inst in self.state()["instances"]:
+            if inst["name"] == name:
+                return inst
+        raise AssertionError(f"no instance {name}")
+
+    def address(self, name: str) -> dict[str, Any]:
+        for addr in self.state()["addresses"]:
+            if addr["name"] == name:
+                return addr
+        raise AssertionError(f"no address {name}")
+
+    def journal(self) -> list[dict[str, Any]]:
+        return self.http.get("/_emulator/journal").json()["entries"]
+
+    def calls(self, api: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e for e in self.journal() if e["kind"] == "request" and (api is None or e["api"] == api)
+        ]
+
+    def clear_journal(self) -> None:
+        self.http.delete("/_emulator/journal")
+
+    def fault(
+        self, api: str, status: int | None = None, count: int = 1, delay: float = 0.0
+    ) -> None:
+        r = self.http.post(
+            "/_emulator/faults", json={"api": api, "status": status, "count": count, "delay": delay}
+        )
+        r.raise_for_status()
+
+    def set_instance(self, zone: str, name: str, **fields: Any) -> dict[str, Any]:
+        r = self.http.post(f"/_emulator/instances/{zone}/{name}", json=fields)
+        r.raise_for_status()
+        return r.json()
+
+    def wait_status(self, name: str, status: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.instance(name)["status"] != status:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{name} not {status} after {timeout} s: {self.instance(name)['status']}"
+                )
+            time.sleep(0.05)
+
+    # -- the real CLI ----------------------------------------------------------------------
+
+    def gcloud(
+        self, *args: str, timeout: float = 120, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **self.env, **env}
+        return subprocess.run(
+            [GCLOUD or "gcloud", *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
