@@ -1,0 +1,115 @@
+"""Benchmark of the emulator (run by hand: `uv run python bench/emulator.py`).
+
+Prints: start-up (exec of `python -m gcp_emulator serve` to its first answer), the latency of
+`GET instance` and of a start+wait+stop cycle over HTTP, and, for scale, one `gcloud compute
+instances describe` through the real CLI. Target (issue 3): start-up < 1 s, a few ms a call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+AUTH = {"Authorization": "Bearer bench"}
+
+
+def start(state: Path) -> tuple[subprocess.Popen[str], dict[str, str], float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gcp_emulator", "serve", "--state-dir", str(state)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    env = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if not line.startswith("export "):
+            break
+        key, _, value = line.removeprefix("export ").strip().partition("=")
+        env[key] = value.strip("'")
+    while True:
+        try:
+            httpx.get(env["GCP_EMULATOR_URL"] + "/_emulator/health", timeout=1)
+            return proc, env, time.perf_counter() - t0
+        except httpx.TransportError:
+            time.sleep(0.002)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        startups = []
+        for n in range(5):
+            proc, env, seconds = start(Path(tmp) / f"s{n}")
+            startups.append(seconds)
+            proc.terminate()
+            proc.wait(10)
+        proc, env, _ = start(Path(tmp) / "main")
+        base = "/compute/v1/projects/demo-project/zones/us-central1-a"
+        try:
+            with httpx.Client(base_url=env["GCP_EMULATOR_URL"], headers=AUTH) as http:
+                gets = []
+                for _ in range(500):
+                    t = time.perf_counter()
+                    http.get(f"{base}/instances/vm-1").raise_for_status()
+                    gets.append(time.perf_counter() - t)
+                cycles = []
+                for _ in range(10):
+                    t = time.perf_counter()
+                    for verb in ("start", "stop"):
+                        op = http.post(f"{base}/instances/vm-1/{verb}").json()
+                        http.post(f"{base}/operations/{op['name']}/wait", timeout=30)
+                    cycles.append(time.perf_counter() - t)
+            gcloud = []
+            if shutil.which("gcloud"):
+                for _ in range(3):
+                    t = time.perf_counter()
+                    subprocess.run(
+                        [
+                            "gcloud",
+                            "compute",
+                            "instances",
+                            "describe",
+                            "vm-1",
+                            "--zone=us-central1-a",
+                            "--format=value(status)",
+                        ],
+                        env={**os.environ, **env},
+                        capture_output=True,
+                        check=True,
+                    )
+                    gcloud.append(time.perf_counter() - t)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(f"{'measure':44} {'figure':>24}")
+    print(
+        f"{'start-up (exec to first answer)':44} "
+        f"{statistics.median(startups) * 1000:>12.0f} ms median"
+    )
+    print(
+        f"{'GET instance':44} {statistics.median(gets) * 1000:>12.2f} ms p50, "
+        f"{sorted(gets)[int(len(gets) * 0.99)] * 1000:.2f} ms p99"
+    )
+    print(
+        f"{'start+wait+stop+wait (default delays 0.15 s)':44} "
+        f"{statistics.median(cycles) * 1000:>12.0f} ms median"
+    )
+    if gcloud:
+        print(
+            f"{'gcloud describe, whole CLI run (for scale)':44} "
+            f"{statistics.median(gcloud) * 1000:>12.0f} ms median"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""`python -m gcp_emulator serve|run` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, pid_alive, wait_until
+
+
+def emulator_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gcp_emulator", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_run_gives_the_command_the_environment_and_its_exit_status(tmp_path):
+    r = emulator_cli(
+        "run",
+        "--",
+        "bash",
+        "-c",
+        'curl -sf "$GCP_EMULATOR_URL/_emulator/health" >/dev/null || exit 9; '
+        'echo "$CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE $PROJECT_ID $INSTANCE"; '
+        "exit 3",
+    )
+    assert r.returncode == 3, r.stderr
+    override, project, instance = r.stdout.split()
+    assert override.startswith("http://127.0.0.1:") and override.endswith("/compute/v1/")
+    assert (project, instance) == ("demo-project", "vm-1")
+
+
+def test_run_without_a_command_is_a_usage_error():
+    r = emulator_cli("run")
+    assert r.returncode == 2
+    assert "run needs a command" in r.stderr
+
+
+def test_ctrl_c_during_run_stops_the_command_and_every_guest(tmp_path):
+    config = tmp_path / "emu.toml"
+    config.write_text("""
+[[instances]]
+name = "vm-1"
+status = "RUNNING"
+metadata = { startup-script = "#!/bin/bash\\ntrap '' TERM\\nsleep 300 & wait" }
+shutdown_grace = 1
+""")
+    url_file = tmp_path / "url"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gcp_emulator",
+            "run",
+            "--config",
+            str(config),
+            "--",
+            "bash",
+            "-c",
+            f'echo "$GCP_EMULATOR_URL" > {url_file}; sleep 300',
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: url_file.exists() and url_file.read_text().strip(), 20, "the command")
+        url = url_file.read_text().strip()
+
+        def guest_pids() -> list[int]:
+            return httpx.get(f"{url}/_emulator/state").json()["instances"][0]["guest_pids"]
+
+        wait_until(lambda: len(guest_pids()) == 2, 20, "the guest's processes")
+        pids = guest_pids()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    left = [p for p in pids if pid_alive(p)]
+    assert left == [], f"guest processes left behind after Ctrl-C: {left}"
+
+
+def test_serve_prints_exports_and_stops_on_sigterm(tmp_path):
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gcp_emulator", "serve", "--state-dir", str(state)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        exports = {}
+        for line in proc.stdout:
+            if not line.startswith("export "):
+                break
+            key, _, value = line.removeprefix("export ").strip().partition("=")
+            exports[key] = value
+        for key in (
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER",
+            "CLOUDSDK_AUTH_ACCESS_TOKEN",
+            "CLOUDSDK_CORE_PROJECT",
+            "CLOUDSDK_CONFIG",
+            "GCP_EMULATOR_URL",
+        ):
+            assert key in exports, f"serve did not print {key}"
+        url = exports["GCP_EMULATOR_URL"]
+        assert httpx.get(f"{url}/_emulator/health").json()["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("colour = 'blue'", "colour: unknown key"),
+        (
+            "[[instances]]\nname = 'vm'\nboot_delay = 'slow'",
+            "instances[0].boot_delay: expected float",
+        ),
+        ("[[instances]]\nboot_delay = 1", "instances[0].name is required"),
+        ("[[instances]]\nname = 'Bad_Name'", "instances[0].name: 'Bad_Name' is not a valid"),
+        ("[[addresses]]\nname = 'ip'\naddress = '10.0.0.5'", "must be an IPv4 loopback address"),
+        ("[[instances]]\nname = 'vm'\n[[instances]]\nname = 'vm'", "'vm' appears twice"),
+        ("[[secrets]]\nname = 's'", "give exactly one of value or file"),
+        ("project = ", "not valid TOML"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line_and_exit_2(tmp_path, toml, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    r = emulator_cli("run", "--config", str(config), "--", "true")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("gcp_emulator: configuration error: ")
+    assert message in r.stderr
+
+
+def test_missing_config_file_is_a_configuration_error(tmp_path):
+    r = emulator_cli("serve", "--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2
+    assert "cannot read" in r.stderr
+
+
+def test_state_hook_reports_instances_addresses_and_secrets(tmp_path):
+    r = emulator_cli("run", "--", "bash", "-c", 'curl -sf "$GCP_EMULATOR_URL/_emulator/state"')
+    assert r.returncode == 0, r.stderr
+    state = json.loads(r.stdout)
+    assert [i["name"] for i in state["instances"]] == ["vm-1"]
+    assert state["addresses"][0]["address"] == "127.0.0.2"
+    assert os.path.isabs(state["instances"][0]["workdir"])

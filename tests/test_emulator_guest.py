@@ -1,0 +1,173 @@
+"""The emulated VM's inside: startup script, metadata server, poweroff, serial output."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+from tests.conftest import pid_alive, wait_until
+from tests.harness import needs_gcloud
+
+ZONE = "us-central1-a"
+Z = f"--zone={ZONE}"
+
+
+def vm_config(*names: str, script: str, **extra: str) -> str:
+    """A configuration with one instance per name, each running the same startup script."""
+    blocks = []
+    for name in names:
+        attrs = ", ".join([f'role = "{name}-role"'] + [f'{k} = "{v}"' for k, v in extra.items()])
+        blocks.append(f"""
+[[instances]]
+name = "{name}"
+metadata = {{ {attrs}, startup-script = '''{script}''' }}
+""")
+    return 'project = "guest-project"\nzone = "us-central1-a"\n' + "".join(blocks)
+
+
+MD = 'curl -sf -H "Metadata-Flavor: Google" "http://$GCE_METADATA_HOST/computeMetadata/v1'
+
+
+def test_startup_script_runs_on_every_start_and_only_once_running(emulator, tmp_path):
+    boots = tmp_path / "boots"
+    status_url = f"$GCP_EMULATOR_URL/compute/v1/projects/guest-project/zones/{ZONE}/instances/vm-1"
+    script = f"""#!/bin/bash
+GCP_EMULATOR_URL="http://${{GCE_METADATA_IP}}"
+status=$(curl -s -H 'Authorization: Bearer x' "{status_url}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+echo "boot status=$status" >> {boots}
+"""  # noqa: E501
+    emu = emulator(vm_config("vm-1", script=script))
+    assert not boots.exists(), "nothing runs before the first start"
+    for n in (1, 2):
+        emu.set_instance(ZONE, "vm-1", status="RUNNING")
+        wait_until(
+            lambda n=n: boots.exists() and len(boots.read_text().splitlines()) == n, 20, f"boot {n}"
+        )
+        emu.set_instance(ZONE, "vm-1", status="TERMINATED")
+    assert boots.read_text().splitlines() == ["boot status=RUNNING"] * 2
+    events = [e for e in emu.journal() if e["kind"] == "event"]
+    first_running = next(i for i, e in enumerate(events) if e.get("status") == "RUNNING")
+    first_guest = next(i for i, e in enumerate(events) if e.get("event") == "guest_start")
+    assert first_running < first_guest, "the script started before the VM was RUNNING"
+
+
+def test_boot_delay_holds_the_script_back_after_running(emulator, tmp_path):
+    mark = tmp_path / "started"
+    emu = emulator(vm_config("vm-1", script=f"#!/bin/bash\ndate +%s.%N > {mark}\n"))
+    emu.set_instance(ZONE, "vm-1", boot_delay=1.0)
+    t0 = time.time()
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(mark.exists, 20, "the startup script")
+    assert float(mark.read_text()) - t0 >= 1.0
+
+
+def test_stop_leaves_no_guest_process_behind(emulator, tmp_path):
+    pids = tmp_path / "pids"
+    script = f"""#!/bin/bash
+sleep 300 & echo $! >> {pids}
+setsid bash -c 'trap "" TERM; echo $$ >> {pids}; exec sleep 300' &
+trap '' TERM
+echo $$ >> {pids}
+wait
+"""
+    emu = emulator(vm_config("vm-1", script=script))
+    emu.set_instance(ZONE, "vm-1", shutdown_grace=1.0)
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 3, 20, "3 processes")
+    seen = [int(p) for p in pids.read_text().split()]
+    assert all(pid_alive(p) for p in seen)
+    assert sorted(emu.instance("vm-1")["guest_pids"]) == sorted(seen)
+    emu.set_instance(ZONE, "vm-1", status="TERMINATED")
+    alive = [p for p in seen if pid_alive(p)]
+    assert alive == [], f"guest processes outlived the stop: {alive}"
+
+
+@needs_gcloud
+def test_script_output_is_in_the_serial_port_output(emulator):
+    emu = emulator(vm_config("vm-1", script="#!/bin/bash\necho 'hello from the guest'\nexit 3\n"))
+    assert emu.gcloud("compute", "instances", "start", "vm-1", Z).returncode == 0
+    wait_until(lambda: emu.instance("vm-1")["guest_exit_status"] == 3, 20, "the script to end")
+    r = emu.gcloud("compute", "instances", "get-serial-port-output", "vm-1", Z)
+    assert r.returncode == 0, r.stderr
+    assert "startup-script: hello from the guest" in r.stdout
+    assert 'Script "startup-script" failed with error: exit status 3' in r.stdout
+    assert "Finished running startup scripts." in r.stdout
+
+
+def test_poweroff_inside_the_guest_stops_its_vm(emulator):
+    emu = emulator(vm_config("vm-1", script="#!/bin/bash\nsleep 0.3\npoweroff\nsleep 300\n"))
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    emu.wait_status("vm-1", "TERMINATED", timeout=20)
+    assert emu.instance("vm-1")["guest_pids"] == []
+    assert any(e.get("event") == "guest_poweroff" for e in emu.journal())
+
+
+@needs_gcloud
+def test_two_vms_boot_at_once_and_each_sees_its_own_metadata(emulator, tmp_path):
+    script = f"""#!/bin/bash
+echo "$({MD}/instance/name") $({MD}/instance/attributes/role")" > {tmp_path}/$HOSTNAME.seen
+"""
+    emu = emulator(vm_config("vm-1", "vm-2", script=script))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda name: emu.gcloud("compute", "instances", "start", name, Z), ["vm-1", "vm-2"]
+            )
+        )
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    for name in ("vm-1", "vm-2"):
+        seen = tmp_path / f"{name}.seen"
+        wait_until(seen.exists, 20, f"{name}'s script")
+        assert seen.read_text().strip() == f"{name} {name}-role"
+
+
+# -- the metadata server ---------------------------------------------------------------------
+
+
+def test_metadata_server_answers_like_the_real_one(emulator):
+    emu = emulator(vm_config("vm-1", script="#!/bin/bash\ntrue\n", app_dir="/opt/app"))
+    base = f"/vm/{ZONE}/vm-1/computeMetadata/v1"
+    flavor = {"Metadata-Flavor": "Google"}
+
+    no_header = emu.http.get(f"{base}/instance/name")
+    assert no_header.status_code == 403
+    assert no_header.headers["metadata-flavor"] == "Google"
+
+    name = emu.http.get(f"{base}/instance/name", headers=flavor)
+    assert (name.status_code, name.text) == (200, "vm-1")
+    assert name.headers["metadata-flavor"] == "Google"
+    assert emu.http.get(f"{base}/instance/attributes/app_dir", headers=flavor).text == "/opt/app"
+    keys = emu.http.get(f"{base}/instance/attributes/", headers=flavor).text
+    assert keys.splitlines() == ["app_dir", "role", "startup-script"]
+    recursive = emu.http.get(
+        f"{base}/instance/attributes/", params={"recursive": "true", "alt": "json"}, headers=flavor
+    ).json()
+    assert recursive["role"] == "vm-1-role"
+    assert emu.http.get(f"{base}/instance/attributes/missing", headers=flavor).status_code == 404
+    zone = emu.http.get(f"{base}/instance/zone", headers=flavor).text
+    assert zone == f"projects/123456789012/zones/{ZONE}"
+    assert emu.http.get(f"{base}/project/project-id", headers=flavor).text == "guest-project"
+    ext = f"{base}/instance/network-interfaces/0/access-configs/0/external-ip"
+    assert emu.http.get(ext, headers=flavor).status_code == 404, "no access config yet"
+    token = emu.http.get(f"{base}/instance/service-accounts/default/token", headers=flavor)
+    assert token.json()["token_type"] == "Bearer"
+
+
+def test_metadata_external_ip_follows_the_access_config(emulator):
+    config = (
+        vm_config("vm-1", script="#!/bin/bash\ntrue\n")
+        + """
+[[addresses]]
+name = "ip-1"
+address = "127.0.0.31"
+"""
+    )
+    emu = emulator(config)
+    emu.set_instance(ZONE, "vm-1", access_configs=[{"name": "External NAT", "natIP": "127.0.0.31"}])
+    r = emu.http.get(
+        f"/vm/{ZONE}/vm-1/computeMetadata/v1/instance/network-interfaces/0/"
+        "access-configs/0/external-ip",
+        headers={"Metadata-Flavor": "Google"},
+    )
+    assert r.text == "127.0.0.31"
+    assert emu.address("ip-1")["status"] == "IN_USE"
