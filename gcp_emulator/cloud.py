@@ -47,6 +47,18 @@ def fingerprint() -> str:
     return base64.b64encode(os.urandom(8)).decode()
 
 
+def same_fingerprint(given: object, current: str) -> bool:
+    """Fingerprints are bytes: gcloud may send back the URL-safe base64 of what it read."""
+    if not isinstance(given, str):
+        return False
+    try:
+        return base64.urlsafe_b64decode(given.replace("+", "-").replace("/", "_")) == (
+            base64.b64decode(current)
+        )
+    except ValueError:
+        return False
+
+
 def not_found(path: str) -> ApiError:
     return ApiError(404, "notFound", f"The resource '{path}' was not found")
 
@@ -443,7 +455,7 @@ class Cloud:
         return None
 
     def set_metadata(self, inst: Instance, body: dict[str, Any]) -> Operation:
-        if body.get("fingerprint") != inst.metadata_fingerprint:
+        if not same_fingerprint(body.get("fingerprint"), inst.metadata_fingerprint):
             return self.done_operation(
                 inst,
                 "setMetadata",
@@ -463,7 +475,7 @@ class Cloud:
         return self.done_operation(inst, "setMetadata")
 
     def set_labels(self, inst: Instance, body: dict[str, Any]) -> Operation:
-        if body.get("labelFingerprint") != inst.label_fingerprint:
+        if not same_fingerprint(body.get("labelFingerprint"), inst.label_fingerprint):
             return self.done_operation(
                 inst,
                 "setLabels",

@@ -1,0 +1,15 @@
+# The Cloud Run job: entrypoint.sh with gcloud and curl, nothing else.
+# Google's Cloud SDK image, slim variant (Debian, gcloud, bash, curl; a non-root user, cloudsdk, uid 1000).
+FROM gcr.io/google.com/cloudsdktool/google-cloud-cli:528.0.0-slim
+
+ENV CLOUDSDK_CORE_DISABLE_PROMPTS=1 \
+    CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK=1 \
+    CLOUDSDK_CONFIG=/tmp/gcloud
+
+# entrypoint.sh is committed executable; COPY keeps the mode.
+COPY entrypoint.sh /app/entrypoint.sh
+
+USER 1000:1000
+WORKDIR /tmp
+
+ENTRYPOINT ["/app/entrypoint.sh"]

@@ -1,0 +1,500 @@
+#!/usr/bin/env bash
+# entrypoint.sh: the Cloud Run job. Attach the static IP to the VM, start the VM, wait for its
+# agent, run the job through the agent's API, print the job's log, and always stop the VM and
+# detach the IP that this execution took on, whatever happens (trap on EXIT, INT, TERM).
+#
+# Required: PROJECT_ID REGION ZONE STATIC_NAME AGENT_TOKEN, and INSTANCE or INSTANCES.
+# Optional (defaults in README.md, "The orchestrator"): AGENT_PORT MODE BOOT_TIMEOUT
+#   RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT HEALTH_INTERVAL KEEP_VM ACCESS_CONFIG_NAME
+#   NETWORK_INTERFACE; from Cloud Run: CLOUD_RUN_JOB CLOUD_RUN_EXECUTION CLOUD_RUN_TASK_INDEX.
+# Exit codes: 0 the run succeeded; 1 it failed, was cancelled or interrupted; 2 configuration;
+#   3 another run is in progress on the VM; 4 boot or run timeout; 5 Cloud API error;
+#   6 the agent refused or answered nonsense; 7 cleanup failed (the VM may still be up);
+#   130/143 interrupted by SIGINT/SIGTERM.
+# Only the job's log goes to stdout; everything else is a log line on stderr.
+set -Eeuo pipefail
+
+readonly EX_FAILED=1 EX_CONFIG=2 EX_BUSY=3 EX_TIMEOUT=4 EX_CLOUD=5 EX_AGENT=6 EX_CLEANUP=7
+readonly NAME_RE='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
+# gcloud exits 1 for every error; these are the ones worth another try (HTTP 429 and 5xx,
+# connection trouble, a VM still on its way to TERMINATED).
+readonly TRANSIENT_RE='HTTPError (429|5[0-9][0-9])|[Rr]ate [Ll]imit|[Qq]uota exceeded|[Ii]nternal error|[Bb]ackend ?[Ee]rror|[Uu]navailable|[Tt]ry again|[Cc]onnection (refused|reset|aborted)|ConnectionError|[Tt]imed? ?out|[Tt]emporary failure|is not ready|resourceNotReady'
+
+# State of this execution: what it took on, so cleanup undoes exactly that.
+OWN_VM=0          # 1 once we ask the VM to start (or take over a running one)
+OWN_IP=0          # 1 once we attach the address (or find it attached to our VM)
+RUN_ID=""         # the agent's run this execution started or got back
+RUN_ACTIVE=0      # 1 while that run may still be going
+STATIC_IP=""
+AGENT_URL=""
+WORK_DIR=""
+CHILD_PID=""      # a long gcloud/curl in the background, killed by cleanup
+
+# -- logging ---------------------------------------------------------------------------------
+
+json_escape() {
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\n'/\\n}
+  s=${s//$'\r'/\\r}
+  s=${s//$'\t'/\\t}
+  printf '%s' "$s"
+}
+
+# log SEVERITY MESSAGE...: one line on stderr; one-line JSON for Cloud Logging on Cloud Run.
+log() {
+  local severity=$1
+  shift
+  if [[ -n ${CLOUD_RUN_JOB:-} ]]; then
+    printf '{"severity":"%s","message":"%s","instance":"%s"}\n' \
+      "$severity" "$(json_escape "$*")" "$(json_escape "${INSTANCE:-}")" >&2
+  else
+    printf '%(%Y-%m-%dT%H:%M:%S)T %-7s %s\n' -1 "$severity" "$*" >&2
+  fi
+}
+
+die() {
+  local code=$1
+  shift
+  log ERROR "$*"
+  exit "$code"
+}
+
+now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }            # microseconds since the epoch
+
+# since T0: seconds since T0 (from now), with one decimal.
+since() {
+  local d
+  d=$(($(now) - $1))
+  printf '%d.%d' $((d / 1000000)) $((d / 100000 % 10))
+}
+
+# -- configuration ---------------------------------------------------------------------------
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+check_config() {
+  local name missing=()
+  for name in PROJECT_ID REGION ZONE STATIC_NAME; do
+    [[ -n ${!name:-} ]] || missing+=("$name")
+  done
+  [[ -v AGENT_TOKEN ]] || missing+=(AGENT_TOKEN)
+  if [[ -z ${INSTANCE:-} && -z ${INSTANCES:-} ]]; then
+    missing+=("INSTANCE (or INSTANCES)")
+  fi
+  ((${#missing[@]} == 0)) || die "$EX_CONFIG" "configuration: ${missing[*]} required (see README.md, \"The orchestrator\")"
+
+  AGENT_PORT=${AGENT_PORT:-8000}
+  MODE=${MODE:-run}
+  BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
+  RUN_TIMEOUT=${RUN_TIMEOUT:-3600}
+  STOP_TIMEOUT=${STOP_TIMEOUT:-180}
+  API_TIMEOUT=${API_TIMEOUT:-120}
+  HEALTH_INTERVAL=${HEALTH_INTERVAL:-0.2}
+  KEEP_VM=${KEEP_VM:-0}
+  ACCESS_CONFIG_NAME=${ACCESS_CONFIG_NAME:-External NAT}
+  NETWORK_INTERFACE=${NETWORK_INTERFACE:-nic0}
+
+  for name in BOOT_TIMEOUT RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT; do
+    { is_uint "${!name}" && ((${!name} > 0)); } ||
+      die "$EX_CONFIG" "configuration: $name must be a whole number of seconds > 0, not '${!name}'"
+  done
+  { is_uint "$AGENT_PORT" && ((AGENT_PORT >= 1 && AGENT_PORT <= 65535)); } ||
+    die "$EX_CONFIG" "configuration: AGENT_PORT must be a port number (1-65535), not '$AGENT_PORT'"
+  [[ $HEALTH_INTERVAL =~ ^[0-9]*\.?[0-9]+$ ]] ||
+    die "$EX_CONFIG" "configuration: HEALTH_INTERVAL must be seconds, like 0.2, not '$HEALTH_INTERVAL'"
+  [[ $MODE == run || $MODE == test ]] ||
+    die "$EX_CONFIG" "configuration: MODE must be 'run' or 'test', not '$MODE'"
+  [[ $KEEP_VM == 0 || $KEEP_VM == 1 ]] ||
+    die "$EX_CONFIG" "configuration: KEEP_VM must be 0 or 1, not '$KEEP_VM'"
+  [[ $NETWORK_INTERFACE =~ ^nic[0-9]+$ ]] ||
+    die "$EX_CONFIG" "configuration: NETWORK_INTERFACE must look like nic0, not '$NETWORK_INTERFACE'"
+  [[ -n $ACCESS_CONFIG_NAME ]] || die "$EX_CONFIG" "configuration: ACCESS_CONFIG_NAME must not be empty"
+  for name in REGION ZONE; do
+    [[ ${!name} =~ $NAME_RE ]] || die "$EX_CONFIG" "configuration: $name '${!name}' is not a valid name"
+  done
+  check_token
+  pick_instance
+}
+
+# The token is checked and written to a private header file with tracing off, then removed
+# from the environment: it never reaches a log, a trace, or a child process.
+check_token() {
+  local xtrace=0
+  [[ $- == *x* ]] && xtrace=1
+  { set +x; } 2>/dev/null
+  local problem=""
+  if ((${#AGENT_TOKEN} < 16)); then
+    problem="AGENT_TOKEN must be at least 16 characters (it is ${#AGENT_TOKEN})"
+  elif [[ $AGENT_TOKEN =~ [[:space:][:cntrl:]] ]]; then
+    problem="AGENT_TOKEN must not contain spaces or control characters"
+  else
+    WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/entrypoint.XXXXXX")
+    (umask 077 && printf 'Authorization: Bearer %s\n' "$AGENT_TOKEN" >"$WORK_DIR/auth")
+  fi
+  unset AGENT_TOKEN
+  ((xtrace)) && set -x
+  [[ -z $problem ]] || die "$EX_CONFIG" "configuration: $problem"
+}
+
+pick_instance() {
+  local -a names addresses
+  local index=${CLOUD_RUN_TASK_INDEX:-0}
+  if [[ -n ${INSTANCES:-} ]]; then
+    [[ -z ${INSTANCE:-} ]] || die "$EX_CONFIG" "configuration: set INSTANCE or INSTANCES, not both"
+    is_uint "$index" || die "$EX_CONFIG" "configuration: CLOUD_RUN_TASK_INDEX must be a number, not '$index'"
+    IFS=, read -r -a names <<<"$INSTANCES"
+    IFS=, read -r -a addresses <<<"$STATIC_NAME"
+    ((index < ${#names[@]})) ||
+      die "$EX_CONFIG" "configuration: task index $index is out of range: INSTANCES has ${#names[@]} names ($INSTANCES)"
+    if ((${#addresses[@]} != ${#names[@]})); then
+      die "$EX_CONFIG" "configuration: STATIC_NAME needs one address per instance (${#names[@]}, comma-separated, in the order of INSTANCES), got ${#addresses[@]}"
+    fi
+    INSTANCE=${names[index]}
+    STATIC_NAME=${addresses[index]}
+  fi
+  [[ $INSTANCE =~ $NAME_RE ]] || die "$EX_CONFIG" "configuration: instance name '$INSTANCE' is not a valid name"
+  [[ $STATIC_NAME =~ $NAME_RE ]] || die "$EX_CONFIG" "configuration: address name '$STATIC_NAME' is not a valid name"
+}
+
+# -- gcloud ----------------------------------------------------------------------------------
+
+# gcloud_call DEADLINE_EPOCH ARGS...: run gcloud, bounded by the deadline, retrying transient
+# failures with backoff until then. Its stdout is left in GCLOUD_OUT, its stderr in
+# $WORK_DIR/gcloud.err (no command substitution: a TERM reaches the trap at once).
+gcloud_call() {
+  local deadline=$1 delay=1 rc budget
+  shift
+  GCLOUD_OUT=""
+  while :; do
+    rc=0
+    budget=$((deadline - $(date +%s)))
+    ((budget > 0)) || budget=1
+    in_background "$WORK_DIR/gcloud.out" "$WORK_DIR/gcloud.err" \
+      timeout -k 5 "$budget" gcloud "$@" --project="$PROJECT_ID" --quiet || rc=$?
+    GCLOUD_OUT=$(<"$WORK_DIR/gcloud.out")
+    ((rc == 0)) && return 0
+    if ((rc == 124 || rc == 137)); then
+      printf 'gcloud timed out after %ss\n' "$budget" >>"$WORK_DIR/gcloud.err"
+      return "$rc"
+    fi
+    if ! grep -Eq "$TRANSIENT_RE" "$WORK_DIR/gcloud.err"; then
+      return "$rc"
+    fi
+    if (($(date +%s) + delay > deadline)); then
+      log ERROR "gcloud $1 $2: still failing at the deadline: $(last_error)"
+      return "$rc"
+    fi
+    log WARNING "gcloud $1 $2 $3: transient error, retrying in ${delay}s: $(last_error)"
+    sleep "$delay"
+    delay=$((delay * 2 > 16 ? 16 : delay * 2))
+  done
+}
+
+last_error() { grep -v '^[[:space:]]*$' "$WORK_DIR/gcloud.err" | tr '\n' ' ' | cut -c1-400; }
+
+# in_background OUT ERR CMD...: run CMD as a child we wait for, so a TERM reaches the trap at
+# once, with its stdout and stderr in the files OUT and ERR. (The redirections are on the child
+# only: on this call they would also hold the shell's own stderr while a trap runs.)
+in_background() {
+  local rc=0 out=$1 err=$2
+  shift 2
+  "$@" >"$out" 2>"$err" &
+  CHILD_PID=$!
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return "$rc"
+}
+
+# -- the agent -------------------------------------------------------------------------------
+
+# agent METHOD PATH MAX_TIME [CURL ARGS...]: sets HTTP_CODE and BODY; HTTP_CODE 000 when the
+# agent could not be reached, with curl's reason in CURL_ERROR.
+agent() {
+  local method=$1 path=$2 max_time=$3
+  shift 3
+  HTTP_CODE=000
+  BODY=""
+  CURL_ERROR=""
+  in_background "$WORK_DIR/code" "$WORK_DIR/curl.err" \
+    curl -sS -X "$method" -H @"$WORK_DIR/auth" --connect-timeout 3 --max-time "$max_time" \
+    -o "$WORK_DIR/body" -w '%{http_code}' "$@" "$AGENT_URL$path" || true
+  HTTP_CODE=$(<"$WORK_DIR/code")
+  [[ $HTTP_CODE =~ ^[0-9]{3}$ ]] || HTTP_CODE=000
+  [[ -f $WORK_DIR/body ]] && BODY=$(<"$WORK_DIR/body")
+  rm -f "$WORK_DIR/body"
+  CURL_ERROR=$(tr '\n' ' ' <"$WORK_DIR/curl.err")
+}
+
+# json_field NAME: a string or number field of the JSON object in BODY ("" when absent/null).
+json_field() {
+  local re_str="\"$1\":\"(([^\"\\\\]|\\\\.)*)\"" re_num="\"$1\":(-?[0-9]+)"
+  if [[ $BODY =~ $re_str ]]; then
+    local v=${BASH_REMATCH[1]}
+    v=${v//\\\"/\"}
+    v=${v//\\n/ }
+    printf '%s' "${v//\\\\/\\}"
+  elif [[ $BODY =~ $re_num ]]; then
+    printf '%s' "${BASH_REMATCH[1]}"
+  fi
+}
+
+is_transient_http() { [[ $HTTP_CODE == 000 || $HTTP_CODE == 429 || $HTTP_CODE == 5?? ]]; }
+
+# -- the steps -------------------------------------------------------------------------------
+
+# 2. The static address, attached to the VM's interface unless it already is.
+attach_static_ip() {
+  local t0 users self_link deadline
+  t0=$(now)
+  deadline=$(($(date +%s) + API_TIMEOUT))
+  gcloud_call "$deadline" compute addresses describe "$STATIC_NAME" --region="$REGION" \
+    --format='value[separator=" "](address,users.list())' ||
+    die "$EX_CLOUD" "static address $STATIC_NAME in $REGION: $(last_error)"
+  read -r STATIC_IP users <<<"$GCLOUD_OUT"
+  [[ -n $STATIC_IP ]] || die "$EX_CLOUD" "static address $STATIC_NAME has no IP address"
+  AGENT_URL="http://$STATIC_IP:$AGENT_PORT"
+  self_link="/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE"
+  if [[ -n $users ]]; then
+    [[ $users == *"$self_link" ]] ||
+      die "$EX_CLOUD" "static address $STATIC_NAME ($STATIC_IP) is in use by another resource: $users"
+    OWN_IP=1
+    log INFO "step 2/6: $STATIC_IP is already attached to $INSTANCE; keeping it ($(since "$t0")s)"
+    return
+  fi
+  OWN_IP=1
+  if ! add_access_config "$deadline"; then
+    grep -q 'At most one access config' "$WORK_DIR/gcloud.err" ||
+      die "$EX_CLOUD" "attaching $STATIC_IP to $INSTANCE: $(last_error)"
+    replace_access_config "$deadline"
+  fi
+  log INFO "step 2/6: attached $STATIC_NAME ($STATIC_IP) to $INSTANCE/$NETWORK_INTERFACE ($(since "$t0")s)"
+}
+
+add_access_config() {
+  gcloud_call "$1" compute instances add-access-config "$INSTANCE" --zone="$ZONE" \
+    --network-interface="$NETWORK_INTERFACE" --access-config-name="$ACCESS_CONFIG_NAME" \
+    --address="$STATIC_IP"
+}
+
+replace_access_config() {
+  local deadline=$1 old
+  gcloud_call "$deadline" compute instances describe "$INSTANCE" --zone="$ZONE" \
+    --format="value(networkInterfaces[${NETWORK_INTERFACE#nic}].accessConfigs[0].name)" ||
+    die "$EX_CLOUD" "describing $INSTANCE: $(last_error)"
+  old=$GCLOUD_OUT
+  log WARNING "step 2/6: $INSTANCE/$NETWORK_INTERFACE has another access config ('$old'); replacing it"
+  gcloud_call "$deadline" compute instances delete-access-config "$INSTANCE" --zone="$ZONE" \
+    --network-interface="$NETWORK_INTERFACE" --access-config-name="$old" ||
+    die "$EX_CLOUD" "removing access config '$old' from $INSTANCE: $(last_error)"
+  add_access_config "$deadline" || die "$EX_CLOUD" "attaching $STATIC_IP to $INSTANCE: $(last_error)"
+}
+
+# 3. Start the VM (a running one is fine); gcloud returns once it is RUNNING.
+start_vm() {
+  local t0 deadline
+  t0=$(now)
+  BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
+  OWN_VM=1
+  gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE" || {
+    grep -Eq "$TRANSIENT_RE" "$WORK_DIR/gcloud.err" &&
+      die "$EX_TIMEOUT" "starting $INSTANCE: not started within BOOT_TIMEOUT=${BOOT_TIMEOUT}s: $(last_error)"
+    die "$EX_CLOUD" "starting $INSTANCE: $(last_error)"
+  }
+  log INFO "step 3/6: $INSTANCE is RUNNING ($(since "$t0")s)"
+}
+
+# 4. Wait for the agent's health check, every HEALTH_INTERVAL seconds, until BOOT_TIMEOUT.
+wait_for_agent() {
+  local t0 attempts=0
+  t0=$(now)
+  while :; do
+    attempts=$((attempts + 1))
+    agent GET / 3
+    if [[ $HTTP_CODE == 200 ]]; then
+      log INFO "step 4/6: agent $(json_field version) answers on $AGENT_URL after $attempts tries ($(since "$t0")s; busy=$(busy_flag))"
+      return
+    fi
+    if (($(date +%s) >= BOOT_DEADLINE)); then
+      die "$EX_TIMEOUT" "step 4/6: the agent on $AGENT_URL/ did not answer within BOOT_TIMEOUT=${BOOT_TIMEOUT}s ($attempts tries, every ${HEALTH_INTERVAL}s); last error: $(last_agent_error). The VM's serial console tells why: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
+    fi
+    sleep "$HEALTH_INTERVAL"
+  done
+}
+
+busy_flag() { [[ $BODY == *'"busy":true'* ]] && printf true || printf false; }
+
+last_agent_error() {
+  if [[ $HTTP_CODE == 000 ]]; then printf '%s' "${CURL_ERROR:-no answer}"; else printf 'HTTP %s %s' "$HTTP_CODE" "${BODY:0:200}"; fi
+}
+
+# 5. Start the run. The Idempotency-Key makes a retried Cloud Run task get its earlier run back.
+start_run() {
+  local t0 key deadline delay=1 status
+  t0=$(now)
+  key="${CLOUD_RUN_EXECUTION:-manual-$(date +%s)-$$-$RANDOM}/${CLOUD_RUN_TASK_INDEX:-0}"
+  deadline=$(($(date +%s) + API_TIMEOUT))
+  while :; do
+    agent POST /runs 30 -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
+      --data "{\"mode\":\"$MODE\"}"
+    is_transient_http || break
+    (($(date +%s) + delay <= deadline)) ||
+      die "$EX_AGENT" "step 5/6: could not start the run: $(last_agent_error)"
+    log WARNING "step 5/6: POST /runs: $(last_agent_error); retrying in ${delay}s"
+    sleep "$delay"
+    delay=$((delay * 2 > 8 ? 8 : delay * 2))
+  done
+  case $HTTP_CODE in
+    202 | 200)
+      RUN_ID=$(json_field id)
+      status=$(json_field status)
+      [[ $RUN_ID =~ ^[0-9a-f]{32}$ ]] || die "$EX_AGENT" "step 5/6: the agent's answer has no run id: ${BODY:0:200}"
+      [[ $status == running ]] && RUN_ACTIVE=1
+      if [[ $HTTP_CODE == 202 ]]; then
+        log INFO "step 5/6: run $RUN_ID started (mode=$MODE, key=$key) ($(since "$t0")s)"
+      else
+        log WARNING "step 5/6: key $key already has run $RUN_ID ($status): following it instead of starting the job again"
+      fi
+      ;;
+    409)
+      OWN_VM=0
+      OWN_IP=0
+      die "$EX_BUSY" "step 5/6: another run is in progress on $INSTANCE (run $(json_field run_id)); leaving the VM and its address alone"
+      ;;
+    401) die "$EX_AGENT" "step 5/6: the agent rejected AGENT_TOKEN (401): the token in this job and on the VM differ" ;;
+    *) die "$EX_AGENT" "step 5/6: unexpected answer to POST /runs: $(last_agent_error)" ;;
+  esac
+}
+
+# 6. Long-poll the run until it ends or RUN_TIMEOUT; print its log; exit with its outcome.
+wait_for_run() {
+  local t0 deadline remaining wait status delay=1
+  t0=$(now)
+  deadline=$(($(date +%s) + RUN_TIMEOUT))
+  status=$(json_field status)
+  while [[ $status == running ]]; do
+    remaining=$((deadline - $(date +%s)))
+    if ((remaining <= 0)); then
+      log ERROR "step 6/6: run $RUN_ID still running after RUN_TIMEOUT=${RUN_TIMEOUT}s; cancelling it"
+      cancel_run
+      print_run_log
+      exit "$EX_TIMEOUT"
+    fi
+    wait=$((remaining < 50 ? remaining : 50))
+    agent GET "/runs/$RUN_ID?wait=$wait" $((wait + 15))
+    if [[ $HTTP_CODE == 200 ]]; then
+      status=$(json_field status)
+      delay=1
+    elif is_transient_http; then
+      log WARNING "step 6/6: polling run $RUN_ID: $(last_agent_error); retrying in ${delay}s"
+      sleep "$delay"
+      delay=$((delay * 2 > 8 ? 8 : delay * 2))
+    else
+      die "$EX_AGENT" "step 6/6: polling run $RUN_ID: $(last_agent_error)"
+    fi
+  done
+  RUN_ACTIVE=0
+  print_run_log
+  if [[ $status == succeeded ]]; then
+    log INFO "step 6/6: run $RUN_ID succeeded ($(since "$t0")s)"
+    return
+  fi
+  die "$EX_FAILED" "step 6/6: run $RUN_ID $status (exit code $(json_field exit_code)): $(json_field error)"
+}
+
+print_run_log() {
+  local keep=$BODY
+  agent GET "/runs/$RUN_ID/log" 60
+  if [[ $HTTP_CODE == 200 ]]; then
+    log INFO "the job's output follows on stdout"
+    [[ -n $BODY ]] && printf '%s\n' "$BODY"
+  else
+    log WARNING "could not fetch the job's log: $(last_agent_error)"
+  fi
+  BODY=$keep
+}
+
+cancel_run() {
+  agent POST "/runs/$RUN_ID/cancel" 8
+  if [[ $HTTP_CODE == 200 ]]; then
+    RUN_ACTIVE=0
+    log WARNING "run $RUN_ID cancelled ($(json_field status))"
+  else
+    log ERROR "could not cancel run $RUN_ID: $(last_agent_error)"
+  fi
+}
+
+# -- cleanup ---------------------------------------------------------------------------------
+
+# Runs once, on any exit. Asks the API to stop the VM first (a Cloud Run task has 10 s between
+# SIGTERM and SIGKILL), then cancels a run still going, waits for TERMINATED within
+# STOP_TIMEOUT, and detaches the address. A failing step does not stop the next one.
+cleanup() {
+  local rc=$? t0 stop_pid stop_rc=0 deadline
+  trap - EXIT
+  trap '' INT TERM
+  set +e
+  [[ -n $CHILD_PID ]] && kill "$CHILD_PID" 2>/dev/null
+  if ((OWN_VM == 0 && OWN_IP == 0)); then
+    finish "$rc"
+  fi
+  if [[ $KEEP_VM == 1 ]]; then
+    log WARNING "KEEP_VM=1: leaving $INSTANCE running with $STATIC_IP attached. It costs money until you run: gcloud compute instances stop $INSTANCE --zone=$ZONE && gcloud compute instances delete-access-config $INSTANCE --zone=$ZONE --access-config-name='$ACCESS_CONFIG_NAME'"
+    finish "$rc"
+  fi
+  t0=$(now)
+  deadline=$(($(date +%s) + STOP_TIMEOUT))
+  if ((OWN_VM)); then
+    log INFO "cleanup: stopping $INSTANCE"
+    gcloud_call "$deadline" compute instances stop "$INSTANCE" --zone="$ZONE" &
+    stop_pid=$!
+  fi
+  if ((RUN_ACTIVE)) && [[ -n $AGENT_URL ]]; then
+    cancel_run
+  fi
+  if ((OWN_VM)); then
+    wait "$stop_pid" || stop_rc=$?
+    if ((stop_rc == 0)); then
+      log INFO "cleanup: $INSTANCE is TERMINATED ($(since "$t0")s)"
+    else
+      log ERROR "cleanup: $INSTANCE may still be running (not TERMINATED within STOP_TIMEOUT=${STOP_TIMEOUT}s): check it with gcloud compute instances describe $INSTANCE --zone=$ZONE"
+      ((rc == 0)) && rc=$EX_CLEANUP
+    fi
+  fi
+  if ((OWN_IP)); then
+    if gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances delete-access-config "$INSTANCE" \
+      --zone="$ZONE" --network-interface="$NETWORK_INTERFACE" \
+      --access-config-name="$ACCESS_CONFIG_NAME"; then
+      log INFO "cleanup: detached $STATIC_IP from $INSTANCE ($(since "$t0")s)"
+    else
+      log ERROR "cleanup: could not detach $STATIC_IP from $INSTANCE: $(last_error)"
+      ((rc == 0)) && rc=$EX_CLEANUP
+    fi
+  fi
+  finish "$rc"
+}
+
+finish() {
+  [[ -n $WORK_DIR ]] && rm -rf "$WORK_DIR"
+  log INFO "exit $1 after $(since "$START")s"
+  exit "$1"
+}
+
+main() {
+  START=$(now)
+  trap cleanup EXIT
+  trap 'log WARNING "SIGTERM received: cleaning up"; exit 143' TERM
+  trap 'log WARNING "SIGINT received: cleaning up"; exit 130' INT
+  check_config                      # 1. configuration, before any cloud call
+  log INFO "step 1/6: $MODE on $INSTANCE in $ZONE (project $PROJECT_ID), address $STATIC_NAME, agent port $AGENT_PORT"
+  attach_static_ip                  # 2. static IP on the VM
+  start_vm                          # 3. VM started
+  wait_for_agent                    # 4. agent answers
+  start_run                         # 5. run started (or found again)
+  wait_for_run                      # 6. run ended; its log printed
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi

@@ -1,0 +1,322 @@
+"""entrypoint.sh end to end: real gcloud, the emulator, the agent as the VM's guest."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import signal
+import time
+
+import pytest
+
+from tests.conftest import TOKEN, pid_alive, wait_until
+from tests.flow import ZONE, Flow
+from tests.harness import needs_gcloud
+
+pytestmark = needs_gcloud
+
+MUTATING = (
+    "compute.instances.start",
+    "compute.instances.stop",
+    "compute.instances.addAccessConfig",
+    "compute.instances.deleteAccessConfig",
+)
+
+
+@pytest.fixture
+def make_flow(emulator, tmp_path):
+    def make(**kwargs) -> Flow:
+        flow = Flow(tmp_path, **kwargs)
+        flow.emu = emulator(flow.config())
+        return flow
+
+    return make
+
+
+def steps(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " step " in line]
+
+
+# -- the happy path and the job's outcome ----------------------------------------------------
+
+
+def test_happy_path_runs_the_job_once_prints_its_log_and_cleans_up(make_flow):
+    flow = make_flow(job="echo 'bought 1 BTC (paper)'")
+    r = flow.entrypoint()
+    assert r.returncode == 0, r.stderr
+    assert "bought 1 BTC (paper)" in r.stdout, "the job's log goes to stdout"
+    assert len(flow.runs()) == 1 and flow.runs()[0].startswith("0 "), "ran once, not dry"
+    flow.assert_cleaned_up()
+    lines = steps(r.stderr)
+    for n in range(1, 7):
+        assert any(f"step {n}/6" in line for line in lines), f"no log line for step {n}"
+    assert "attached ip-0 (127.0.60.10) to vm-0/nic0" in r.stderr
+    assert "cleanup: vm-0 is TERMINATED" in r.stderr
+    assert "cleanup: detached 127.0.60.10 from vm-0" in r.stderr
+    assert "s)" in lines[-1], "each phase says how long it took"
+
+
+def test_failing_job_exits_1_with_its_error_and_still_cleans_up(make_flow):
+    flow = make_flow(job="echo 'exchange said: insufficient funds' >&2; exit 3")
+    r = flow.entrypoint()
+    assert r.returncode == 1, r.stderr
+    assert "failed (exit code 3)" in r.stderr
+    assert "insufficient funds" in r.stderr
+    assert "insufficient funds" in r.stdout, "the log is printed on failure too"
+    assert len(flow.runs()) == 1
+    flow.assert_cleaned_up()
+
+
+def test_job_longer_than_the_seeds_30_seconds_is_not_cut_off(make_flow):
+    flow = make_flow(job="sleep 34; echo 'finished after 34 s'")
+    r = flow.entrypoint()
+    assert r.returncode == 0, r.stderr
+    assert "finished after 34 s" in r.stdout
+    flow.assert_cleaned_up()
+
+
+def test_test_mode_passes_dry_run_to_the_job(make_flow):
+    flow = make_flow(job='echo "DRY_RUN is $DRY_RUN"')
+    r = flow.entrypoint(MODE="test")
+    assert r.returncode == 0, r.stderr
+    assert "DRY_RUN is 1" in r.stdout
+    assert flow.runs()[0].startswith("1 ")
+
+
+# -- failures before the run -----------------------------------------------------------------
+
+
+def test_vm_is_stopped_when_the_agent_never_answers(make_flow):
+    flow = make_flow(script="#!/bin/bash\necho 'agent will not start'\nsleep 300\n")
+    r = flow.entrypoint(BOOT_TIMEOUT="6")
+    assert r.returncode == 4, r.stderr
+    assert "did not answer within BOOT_TIMEOUT=6s" in r.stderr
+    assert f"http://127.0.60.10:{flow.port}/" in r.stderr, "the timeout names the URL"
+    assert "tries" in r.stderr and "last error:" in r.stderr
+    assert "get-serial-port-output vm-0" in r.stderr, "it says where to look next"
+    assert flow.runs() == []
+    flow.assert_cleaned_up()
+
+
+@pytest.mark.parametrize(
+    "missing", ["PROJECT_ID", "REGION", "ZONE", "INSTANCE", "STATIC_NAME", "AGENT_TOKEN"]
+)
+def test_missing_setting_is_one_line_exit_2_and_no_cloud_call(make_flow, missing):
+    flow = make_flow()
+    flow.emu.clear_journal()
+    r = flow.entrypoint(**{missing: None})
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and missing in errors[0], r.stderr
+    assert flow.emu.calls() == [], "no API call may be made before the configuration is valid"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("MODE", "live", "MODE must be 'run' or 'test'"),
+        ("AGENT_PORT", "80a", "AGENT_PORT must be a port number"),
+        ("BOOT_TIMEOUT", "-5", "BOOT_TIMEOUT must be a whole number"),
+        ("KEEP_VM", "yes", "KEEP_VM must be 0 or 1"),
+        ("AGENT_TOKEN", "too-short", "AGENT_TOKEN must be at least 16 characters"),
+        ("INSTANCE", "Bad_Name", "instance name 'Bad_Name' is not a valid name"),
+    ],
+)
+def test_malformed_setting_is_a_configuration_error(make_flow, setting, value, message):
+    flow = make_flow()
+    flow.emu.clear_journal()
+    r = flow.entrypoint(**{setting: value})
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert flow.emu.calls() == []
+    if setting == "AGENT_TOKEN":
+        assert value not in r.stderr, "not even a bad token is printed"
+
+
+def test_task_index_out_of_range_is_a_configuration_error(make_flow):
+    flow = make_flow()
+    r = flow.entrypoint(
+        INSTANCE=None, INSTANCES="vm-0", STATIC_NAME="ip-0", CLOUD_RUN_TASK_INDEX="1"
+    )
+    assert r.returncode == 2
+    assert "task index 1 is out of range" in r.stderr
+
+
+def test_permanent_api_error_fails_at_once_with_gclouds_message(make_flow):
+    flow = make_flow()
+    r = flow.entrypoint(STATIC_NAME="no-such-ip")
+    assert r.returncode == 5, r.stderr
+    assert "no-such-ip' was not found" in r.stderr
+    assert len(flow.emu.calls("compute.addresses.get")) == 1, "a 404 is not retried"
+    assert not [c for c in flow.emu.calls() if c["api"] in MUTATING]
+
+
+# -- transient errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["compute.instances.start", "compute.instances.addAccessConfig"])
+@pytest.mark.parametrize("status", [503, 429])
+def test_transient_api_errors_are_retried(make_flow, api, status):
+    flow = make_flow()
+    flow.emu.fault(api, status=status, count=2)
+    r = flow.entrypoint()
+    assert r.returncode == 0, r.stderr
+    assert [c["status"] for c in flow.emu.calls(api)] == [status, status, 200]
+    assert "transient error, retrying" in r.stderr
+    assert len(flow.runs()) == 1
+    flow.assert_cleaned_up()
+
+
+# -- leftovers, retries, concurrency ---------------------------------------------------------
+
+
+def test_leftovers_of_a_dead_execution_are_taken_over_and_cleaned_up(make_flow):
+    flow = make_flow()
+    flow.emu.set_instance(
+        ZONE,
+        "vm-0",
+        status="RUNNING",
+        access_configs=[{"name": "External NAT", "natIP": "127.0.60.10"}],
+    )
+    flow.emu.clear_journal()
+    r = flow.entrypoint()
+    assert r.returncode == 0, r.stderr
+    assert "already attached to vm-0; keeping it" in r.stderr
+    assert flow.emu.calls("compute.instances.addAccessConfig") == []
+    assert len(flow.runs()) == 1
+    flow.assert_cleaned_up()
+
+
+def test_another_access_config_on_the_interface_is_replaced(make_flow):
+    flow = make_flow()
+    flow.emu.set_instance(ZONE, "vm-0", access_configs=[{"name": "ephemeral"}])
+    r = flow.entrypoint()
+    assert r.returncode == 0, r.stderr
+    assert "has another access config ('ephemeral'); replacing it" in r.stderr
+    flow.assert_cleaned_up()
+
+
+def test_retried_task_of_the_same_execution_does_not_run_the_job_twice(make_flow):
+    flow = make_flow(job="echo 'placed order'")
+    ids = {"CLOUD_RUN_EXECUTION": "trade-job-abc12", "CLOUD_RUN_TASK_INDEX": "0"}
+    first = flow.entrypoint(**ids)
+    assert first.returncode == 0, first.stderr
+    second = flow.entrypoint(**ids)
+    assert second.returncode == 0, second.stderr
+    assert "already has run" in second.stderr
+    assert "placed order" in second.stdout, "the retry reports the earlier run's log"
+    assert len(flow.runs()) == 1, "the job must run once per execution"
+    flow.assert_cleaned_up()
+
+
+def test_second_execution_on_a_busy_vm_leaves_it_alone(make_flow):
+    flow = make_flow(job="sleep 8; echo 'first run complete'")
+    first = flow.popen(CLOUD_RUN_EXECUTION="exec-a")
+    try:
+        wait_until(lambda: len(flow.runs()) == 1, 60, "the first execution's job to start")
+        flow.emu.clear_journal()
+        second = flow.entrypoint(CLOUD_RUN_EXECUTION="exec-b")
+        assert second.returncode == 3, second.stderr
+        assert "another run is in progress on vm-0" in second.stderr
+        assert not [
+            c
+            for c in flow.emu.calls()
+            if c["api"] in ("compute.instances.stop", "compute.instances.deleteAccessConfig")
+        ], "the second execution must not stop the VM or detach its address"
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err
+    assert "first run complete" in out, "the running job was not cut off"
+    assert len(flow.runs()) == 1
+    flow.assert_cleaned_up()
+
+
+def test_three_tasks_drive_three_vms_in_parallel(make_flow):
+    flow = make_flow(count=3)
+    common = {
+        "INSTANCE": None,
+        "INSTANCES": "vm-0,vm-1,vm-2",
+        "STATIC_NAME": "ip-0,ip-1,ip-2",
+        "CLOUD_RUN_EXECUTION": "fanout-1",
+    }
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(
+            pool.map(lambda i: flow.entrypoint(CLOUD_RUN_TASK_INDEX=str(i), **common), range(3))
+        )
+    for i, r in enumerate(results):
+        assert r.returncode == 0, f"task {i}: {r.stderr}"
+        assert f"on vm-{i} in" in r.stderr
+        assert len(flow.runs(i)) == 1, f"vm-{i}'s job ran {len(flow.runs(i))} times"
+        flow.assert_cleaned_up(i)
+
+
+# -- signals, timeouts, debugging ------------------------------------------------------------
+
+
+def test_sigterm_during_the_run_cancels_the_job_and_stops_the_vm(make_flow, tmp_path):
+    pidfile = tmp_path / "job.pid"
+    flow = make_flow(job=f"echo $$ > {pidfile}; sleep 300")
+    proc = flow.popen()
+    try:
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, "the job")
+        job_pid = int(pidfile.read_text())
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    stop = flow.emu.calls("compute.instances.stop")
+    assert stop, "the VM was not stopped"
+    assert stop[0]["time"] - sent < 10, "the stop must be asked for within Cloud Run's 10 s"
+    assert "cancelled" in err
+    assert not pid_alive(job_pid), "the job outlived the cancel"
+    flow.assert_cleaned_up()
+
+
+def test_run_timeout_cancels_the_run_and_stops_the_vm(make_flow):
+    flow = make_flow(job="sleep 300")
+    r = flow.entrypoint(RUN_TIMEOUT="3")
+    assert r.returncode == 4, r.stderr
+    assert "still running after RUN_TIMEOUT=3s; cancelling it" in r.stderr
+    assert "cancelled" in r.stderr
+    flow.assert_cleaned_up()
+
+
+def test_keep_vm_leaves_the_vm_up_and_says_so(make_flow):
+    flow = make_flow()
+    r = flow.entrypoint(KEEP_VM="1")
+    assert r.returncode == 0, r.stderr
+    assert "KEEP_VM=1: leaving vm-0 running" in r.stderr
+    assert "gcloud compute instances stop vm-0" in r.stderr, "it says how to stop it"
+    assert flow.emu.instance("vm-0")["status"] == "RUNNING"
+
+
+# -- what the operator sees ------------------------------------------------------------------
+
+
+def test_the_token_never_appears_even_in_a_trace(make_flow):
+    flow = make_flow()
+    r = flow.entrypoint("-x")
+    assert r.returncode == 0, r.stderr
+    assert TOKEN not in r.stderr and TOKEN not in r.stdout
+
+
+def test_on_cloud_run_every_log_line_is_json_with_severity(make_flow):
+    flow = make_flow(job="echo 'plain job output'")
+    r = flow.entrypoint(
+        CLOUD_RUN_JOB="trader", CLOUD_RUN_EXECUTION="trader-x1", CLOUD_RUN_TASK_INDEX="0"
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines
+    for line in lines:
+        entry = json.loads(line)
+        assert entry["severity"] in ("INFO", "WARNING", "ERROR"), line
+        assert entry["message"]
+    assert "plain job output" in r.stdout
