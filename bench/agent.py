@@ -63,6 +63,8 @@ def start_agent(workdir: Path, job_command: str) -> tuple[subprocess.Popen[bytes
         ],
         cwd=workdir,
         env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     while True:
         try:

@@ -1,0 +1,155 @@
+"""Benchmark of the whole flow on the emulator (run by hand: `uv run python bench/flow.py`).
+
+Runs our entrypoint.sh and bench/seed_flow.sh (the seed's flow, literally) alternately, with a
+job that returns at once and a guest OS boot delay (RUNNING -> startup script) taken from a
+fixed list, the same for both. Prints, for each, the means of: wall time, gcloud invocations
+(counted by a shim on PATH), and VM overhead = RUNNING-to-STOPPING (emulator journal) minus
+the boot delay. The floor no flow can beat is the agent's cold start plus gcloud's own start-up
+before the stop request (measured here too). Targets (issue 4): ours within 0.5 s of the floor,
+under 45% of the seed's overhead, and no more gcloud invocations than the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.agent import start_agent, stop  # noqa: E402
+from tests.flow import Flow  # noqa: E402
+from tests.harness import EmulatorProcess  # noqa: E402
+
+DELAYS = [2.0, 5.0, 9.0, 3.0, 7.0, 4.0]
+
+
+def gcloud_shim(bin_dir: Path, log: Path) -> None:
+    real = shutil.which("gcloud")
+    if real is None:
+        raise SystemExit("bench/flow.py needs the gcloud CLI on PATH")
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "gcloud"
+    shim.write_text(f'#!/bin/bash\necho "$EPOCHREALTIME $*" >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+
+
+def one_run(flow: Flow, which: str, delay: float, shim_dir: Path, shim_log: Path) -> dict:
+    assert flow.emu is not None
+    flow.emu.set_instance("asia-northeast3-c", "vm-0", boot_delay=delay)
+    flow.emu.clear_journal()
+    shim_log.write_text("")
+    env = flow.env(
+        PATH=f"{shim_dir}:{flow.env()['PATH']}", CLOUDSDK_COMPUTE_ZONE="asia-northeast3-c"
+    )
+    script = REPO / ("entrypoint.sh" if which == "ours" else "bench/seed_flow.sh")
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        ["bash", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - t0
+    ok = r.returncode == 0 and (which == "ours" or '"status":"ok"' in r.stdout)
+    if not ok:
+        raise SystemExit(f"{which} flow failed (rc={r.returncode}):\n{r.stdout}\n{r.stderr}")
+    journal = flow.emu.journal()
+    status = {e["status"]: e["time"] for e in journal if e.get("event") == "status"}
+    stop_call = next(e["time"] for e in journal if e.get("api") == "compute.instances.stop")
+    invocations = [line.split(" ", 1) for line in shim_log.read_text().splitlines()]
+    stop_invoked = next(
+        float(t) for t, args in invocations if args.startswith("compute instances stop")
+    )
+    return {
+        "wall": wall,
+        "gcloud": len(invocations),
+        "overhead": status["STOPPING"] - status["RUNNING"] - delay,
+        "stop_lag": stop_call - stop_invoked,
+    }
+
+
+def agent_cold_start(runs: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        times = []
+        for _ in range(runs):
+            proc, _, seconds = start_agent(Path(tmp), "true")
+            times.append(seconds)
+            stop(proc)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--delays",
+        type=float,
+        nargs="+",
+        default=DELAYS,
+        help="guest boot delays, seconds (default: %(default)s)",
+    )
+    args = parser.parse_args()
+    results: dict[str, list[dict]] = {"ours": [], "seed": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        flow = Flow(tmp_path, job="true")
+        (tmp_path / "emu.toml").write_text(flow.config())
+        flow.emu = EmulatorProcess(tmp_path / "emu.toml", tmp_path / "emu")
+        shim_dir, shim_log = tmp_path / "shim", tmp_path / "gcloud.log"
+        gcloud_shim(shim_dir, shim_log)
+        try:
+            for i, delay in enumerate(args.delays):
+                order = ("ours", "seed") if i % 2 == 0 else ("seed", "ours")
+                for which in order:
+                    res = one_run(flow, which, delay, shim_dir, shim_log)
+                    results[which].append(res)
+                    print(
+                        f"boot delay {delay:>4.1f} s  {which:4}  wall {res['wall']:6.2f} s  "
+                        f"gcloud {res['gcloud']}  VM overhead {res['overhead']:5.2f} s",
+                        file=sys.stderr,
+                    )
+        finally:
+            flow.emu.stop()
+    cold = agent_cold_start(5)
+    stop_lag = statistics.median(r["stop_lag"] for r in results["ours"])
+    floor = cold + stop_lag
+
+    def mean(which: str, key: str) -> float:
+        return statistics.mean(r[key] for r in results[which])
+
+    print(f"\n{len(args.delays)} runs each; boot delays {args.delays} s; job returns at once\n")
+    print(f"{'':22} {'ours':>10} {'seed':>10}")
+    for key, label, unit in [
+        ("wall", "wall time", "s"),
+        ("gcloud", "gcloud invocations", ""),
+        ("overhead", "VM overhead", "s"),
+    ]:
+        print(f"{label:22} {mean('ours', key):>9.2f}{unit:1} {mean('seed', key):>9.2f}{unit:1}")
+    ours, seed = mean("ours", "overhead"), mean("seed", "overhead")
+    print(
+        f"\nfloor = agent cold start {cold:.2f} s + gcloud start-up before the stop request "
+        f"{stop_lag:.2f} s = {floor:.2f} s"
+    )
+    checks = [
+        (f"ours within 0.5 s of the floor ({ours - floor:+.2f} s)", ours - floor <= 0.5),
+        (f"ours under 45% of the seed's ({100 * ours / seed:.0f}%)", ours < 0.45 * seed),
+        (
+            "no more gcloud invocations than the seed "
+            f"({mean('ours', 'gcloud'):.1f} vs {mean('seed', 'gcloud'):.1f})",
+            mean("ours", "gcloud") <= mean("seed", "gcloud"),
+        ),
+    ]
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {text}")
+
+
+if __name__ == "__main__":
+    main()
