@@ -3,6 +3,7 @@
 serve [--config F] [--port P]      print the `export` lines a shell needs, serve until Ctrl-C
 run [--config F] [--port P] -- CMD start it, run CMD with that environment, stop every guest
                                    and the emulator, exit with CMD's status
+demo [--mode test] [--keep]        the whole flow on this machine (gcp_emulator/demo.py)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import uvicorn
 
 from gcp_emulator.cloud import Cloud
 from gcp_emulator.config import ConfigError, EmulatorConfig, load_config
+from gcp_emulator.demo import run_demo
 from gcp_emulator.server import EmulatorApp
 
 logger = logging.getLogger("gcp_emulator")
@@ -154,7 +156,8 @@ async def serve(emu: Emulator) -> int:
     return 0
 
 
-async def run(emu: Emulator, command: list[str]) -> int:
+async def run(emu: Emulator, command: list[str], extra_env: dict[str, str] | None = None) -> int:
+    """Start the emulator, run command with its environment (plus extra_env), stop it all."""
     loop = asyncio.get_running_loop()
     received: list[int] = []
     async with emu:
@@ -164,6 +167,7 @@ async def run(emu: Emulator, command: list[str]) -> int:
                 env.setdefault(key, value)  # the caller's own choice stands
             else:
                 env[key] = value
+        env.update(extra_env or {})
         try:
             child = await asyncio.create_subprocess_exec(*command, env=env, process_group=0)
         except OSError as exc:
@@ -190,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="the whole flow here: emulator, startup.sh, entrypoint.sh")
+    demo.add_argument("--mode", choices=("run", "test"), default="run")
+    demo.add_argument("--keep", action="store_true", help="keep the VM's disk and serial log")
+    demo.add_argument("-v", "--verbose", action="store_true", help="log lifecycle events")
     for name in ("serve", "run"):
         p = sub.add_parser(name)
         p.add_argument("--config", type=Path, help="TOML file (default: one VM, one address)")
@@ -210,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.command == "demo":
+            return asyncio.run(run_demo(args.mode, args.keep))
         emu = Emulator(
             load_config(args.config), port=args.port, host=args.host, state_dir=args.state_dir
         )

@@ -349,9 +349,30 @@ class Cloud:
                 inst.guest.kill_now()
 
     def guest_env(self, inst: Instance) -> dict[str, str]:
-        keep = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "TERM")
+        keep = (
+            "PATH",
+            "HOME",
+            "USER",
+            "LOGNAME",
+            "LANG",
+            "LC_ALL",
+            "TMPDIR",
+            "TERM",
+            # the machine's trust store and proxy, as a VM image has its own
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "REQUESTS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+            "PIP_CERT",
+            "GIT_SSL_CAINFO",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "NO_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "no_proxy",
+        )
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("UV_")}
-        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
         metadata_host = f"{self.base_url.removeprefix('http://')}/vm/{inst.zone}/{inst.name}"
         config_dir = inst.dir / "gcloud"
         config_dir.mkdir(exist_ok=True)
@@ -367,6 +388,8 @@ class Cloud:
             }
         )
         env.update(inst.cfg.env)
+        # poweroff stays on PATH, even when the instance's env sets its own PATH
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
         return env
 
     def gcloud_env(self, config_dir: Path) -> dict[str, str]:

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# startup.sh: the VM's startup-script (Compute Engine runs it as root at every boot). Brings
+# APP_DIR to the tip of origin/GIT_REF, writes .env from Secret Manager, syncs dependencies with
+# uv, and starts the agent (fastapi_app.py) as APP_USER: as a systemd service where systemd
+# runs, in the foreground (exec) elsewhere, as in the emulator's guest.
+#
+# Settings, each from the environment first, then the VM's metadata attribute, then a default:
+#   APP_DIR     (attribute app-dir)     /opt/vm-job-runner   the checkout (cloned once by you)
+#   GIT_REF     (attribute git-ref)     main                 the branch to run
+#   ENV_SECRET  (attribute env-secret)  app-env              Secret Manager secret holding .env
+#   APP_USER    (attribute app-user)    jobrunner            the agent's user (never root)
+#   AGENT_PORT  (attribute agent-port)  8000
+#   AGENT_HOST  (attribute agent-host)  0.0.0.0              the address the agent listens on
+#   STATE_DIR   (attribute state-dir)   $APP_DIR/state       run records and logs
+# Every step logs what it did and how long it took: this is the serial console, the first
+# place to look when a VM never answers.
+set -Eeuo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" # useradd, runuser: not on every caller's PATH
+
+readonly SERVICE=vm-job-agent
+readonly UNIT_FILE=/etc/systemd/system/$SERVICE.service
+readonly SUDOERS_FILE=/etc/sudoers.d/$SERVICE
+
+log() { printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}" >&2; }
+die() {
+  log ERROR "$*"
+  exit 1
+}
+now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }
+since() {
+  local d
+  d=$(($(now) - $1))
+  printf '%d.%d' $((d / 1000000)) $((d / 100000 % 10))
+}
+
+# metadata_attr KEY: the VM's metadata attribute KEY, or nothing (404, no metadata server).
+metadata_attr() {
+  local host=${GCE_METADATA_HOST:-metadata.google.internal}
+  curl -sf --max-time 2 -H 'Metadata-Flavor: Google' \
+    "http://$host/computeMetadata/v1/instance/attributes/$1" 2>/dev/null || true
+}
+
+# setting NAME ATTRIBUTE DEFAULT: set NAME from the environment, the attribute or the default,
+# and note where it came from in SOURCES.
+setting() {
+  local name=$1 attr=$2 default=$3 value source
+  if [[ -n ${!name:-} ]]; then
+    value=${!name}
+    source=environment
+  else
+    value=$(metadata_attr "$attr")
+    source="metadata $attr"
+    if [[ -z $value ]]; then
+      value=$default
+      source=default
+    fi
+  fi
+  printf -v "$name" '%s' "$value"
+  SOURCES+=("$name=$value ($source)")
+}
+
+# 1. Settings.
+read_settings() {
+  SOURCES=()
+  setting APP_DIR app-dir /opt/vm-job-runner
+  setting GIT_REF git-ref main
+  setting ENV_SECRET env-secret app-env
+  setting APP_USER app-user jobrunner
+  setting AGENT_PORT agent-port 8000
+  setting AGENT_HOST agent-host 0.0.0.0
+  setting STATE_DIR state-dir "$APP_DIR/state"
+  log INFO "step 1/5 settings: ${SOURCES[*]}"
+  { [[ $AGENT_PORT =~ ^[0-9]+$ ]] && ((AGENT_PORT >= 1 && AGENT_PORT <= 65535)); } ||
+    die "AGENT_PORT must be a port number, not '$AGENT_PORT'"
+  [[ $GIT_REF =~ ^[A-Za-z0-9._/-]+$ ]] || die "GIT_REF '$GIT_REF' is not a branch name"
+  if ((EUID == 0)); then
+    [[ $APP_USER != root ]] || die "APP_USER must not be root: the agent never runs as root"
+    ensure_user
+  else
+    APP_USER=$(id -un)
+    APP_HOME=$HOME
+    log INFO "step 1/5 not root (as on a laptop under the emulator): everything runs as $APP_USER"
+  fi
+}
+
+ensure_user() {
+  if ! id -u "$APP_USER" >/dev/null 2>&1; then
+    useradd --system --create-home --home-dir "/home/$APP_USER" --shell /usr/sbin/nologin "$APP_USER"
+    log INFO "step 1/5 created the system user $APP_USER"
+  fi
+  APP_HOME=$(getent passwd "$APP_USER" | cut -d: -f6)
+}
+
+# as_app CMD...: run CMD as APP_USER, with its own HOME and uv cache.
+as_app() {
+  if ((EUID == 0)); then
+    runuser -u "$APP_USER" -- env HOME="$APP_HOME" UV_CACHE_DIR="$APP_HOME/.cache/uv" "$@"
+  else
+    "$@"
+  fi
+}
+
+# 2. Code: the tip of origin/GIT_REF, with a hard reset so an edit on the VM cannot block a
+# deploy. A failed fetch (network) keeps the code that is there.
+update_code() {
+  local t0 old new err
+  t0=$(now)
+  [[ -d $APP_DIR/.git ]] ||
+    die "step 2/5 no checkout at APP_DIR=$APP_DIR: clone the repository there once (git clone URL $APP_DIR) or set the app-dir attribute"
+  if ((EUID == 0)) && [[ $(stat -c %U "$APP_DIR") != "$APP_USER" ]]; then
+    chown -R "$APP_USER:" "$APP_DIR"
+  fi
+  old=$(as_app git -C "$APP_DIR" rev-parse --short HEAD)
+  if err=$(as_app env GIT_TERMINAL_PROMPT=0 timeout 120 git -C "$APP_DIR" fetch --quiet origin \
+    "+refs/heads/$GIT_REF:refs/remotes/origin/$GIT_REF" 2>&1); then
+    as_app git -C "$APP_DIR" reset --quiet --hard "origin/$GIT_REF"
+    new=$(as_app git -C "$APP_DIR" rev-parse --short HEAD)
+    log INFO "step 2/5 code: $old -> $new (origin/$GIT_REF) ($(since "$t0")s)"
+  else
+    log WARNING "step 2/5 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)"
+  fi
+}
+
+# 3. .env from Secret Manager: written to a temp file, checked, then renamed, mode 0600, owned
+# by APP_USER. A failed fetch leaves the old file alone and the agent unstarted.
+write_env() {
+  local t0 tmp err
+  t0=$(now)
+  tmp=$(mktemp "$APP_DIR/.env.XXXXXX")
+  if ! err=$(timeout 120 gcloud secrets versions access latest --secret="$ENV_SECRET" --quiet \
+    2>&1 >"$tmp"); then
+    rm -f "$tmp"
+    die "step 3/5 .env: cannot read secret $ENV_SECRET: ${err//$'\n'/ }; the agent is not started"
+  fi
+  if ! grep -q '^AGENT_TOKEN=' "$tmp"; then
+    rm -f "$tmp"
+    die "step 3/5 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started"
+  fi
+  chmod 600 "$tmp"
+  ((EUID == 0)) && chown "$APP_USER:" "$tmp"
+  mv -f "$tmp" "$APP_DIR/.env"
+  log INFO "step 3/5 .env: written from secret $ENV_SECRET ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
+}
+
+# 4. Dependencies: uv sync from the committed lock (uv installed from PyPI first if missing).
+sync_deps() {
+  local t0
+  t0=$(now)
+  ensure_uv
+  as_app "$UV_BIN" sync --frozen --no-dev --quiet --directory "$APP_DIR"
+  log INFO "step 4/5 dependencies: uv sync --frozen ($(since "$t0")s)"
+}
+
+ensure_uv() {
+  UV_BIN=$(command -v uv || true)
+  if [[ -n $UV_BIN ]] && as_app "$UV_BIN" --version >/dev/null 2>&1; then
+    return
+  fi
+  log INFO "step 4/5 uv is missing (or not usable by $APP_USER): installing it from PyPI with pip"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    command -v apt-get >/dev/null || die "step 4/5 no uv, no pip, and no apt-get to install pip with"
+    apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
+  fi
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --root-user-action=ignore uv
+  UV_BIN=$(command -v uv || printf '%s' "$HOME/.local/bin/uv")
+  [[ -x $UV_BIN ]] || die "step 4/5 uv was installed but cannot be found"
+}
+
+# 5. The agent: a systemd service where systemd runs (written each boot, so a changed setting
+# takes effect), else in the foreground with exec, so a stop signal reaches it.
+start_agent() {
+  mkdir -p "$STATE_DIR"
+  ((EUID == 0)) && chown "$APP_USER:" "$STATE_DIR"
+  if ((EUID == 0)) && [[ -d /run/systemd/system ]]; then
+    start_service
+    return
+  fi
+  log INFO "step 5/5 agent: starting in the foreground as $APP_USER on $AGENT_HOST:$AGENT_PORT (no systemd)"
+  cd "$APP_DIR"
+  local -a exec_agent=(env STATE_DIR="$STATE_DIR" "$APP_DIR/.venv/bin/uvicorn" fastapi_app:app
+    --host "$AGENT_HOST" --port "$AGENT_PORT" --timeout-graceful-shutdown 5)
+  if ((EUID == 0)); then
+    exec runuser -u "$APP_USER" -- env HOME="$APP_HOME" "${exec_agent[@]}"
+  fi
+  exec "${exec_agent[@]}"
+}
+
+start_service() {
+  local t0 tries=0
+  t0=$(now)
+  unit_text >"$UNIT_FILE.tmp"
+  mv -f "$UNIT_FILE.tmp" "$UNIT_FILE"
+  if command -v sudo >/dev/null; then
+    printf '%s ALL=(root) NOPASSWD: /usr/sbin/poweroff\n' "$APP_USER" >"$SUDOERS_FILE.tmp"
+    chmod 440 "$SUDOERS_FILE.tmp"
+    mv -f "$SUDOERS_FILE.tmp" "$SUDOERS_FILE"
+  else
+    log WARNING "step 5/5 no sudo: the agent's idle shutdown cannot power the VM off"
+  fi
+  systemctl daemon-reload
+  systemctl restart "$SERVICE"
+  until curl -sf --max-time 1 "http://127.0.0.1:$AGENT_PORT/" >/dev/null; do
+    tries=$((tries + 1))
+    if ((tries > 150)); then
+      die "step 5/5 agent: $SERVICE did not answer on port $AGENT_PORT within 30 s: journalctl -u $SERVICE"
+    fi
+    sleep 0.2
+  done
+  log INFO "step 5/5 agent: $SERVICE answers on port $AGENT_PORT as $APP_USER ($(since "$t0")s)"
+}
+
+unit_text() {
+  cat <<EOF
+# Written by startup.sh at every boot; edit the settings, not this file.
+[Unit]
+Description=vm-job-runner agent (fastapi_app.py)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=$APP_USER
+WorkingDirectory=$APP_DIR
+Environment=STATE_DIR=$STATE_DIR
+Environment="SHUTDOWN_COMMAND=sudo -n /usr/sbin/poweroff"
+ExecStart=$APP_DIR/.venv/bin/uvicorn fastapi_app:app --host $AGENT_HOST --port $AGENT_PORT --timeout-graceful-shutdown 5
+Restart=on-failure
+RestartSec=2
+TimeoutStopSec=30
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+main() {
+  local t0
+  t0=$(now)
+  log INFO "starting (pid $$, user $(id -un))"
+  read_settings   # 1. settings: environment, metadata, defaults
+  update_code     # 2. code at origin/GIT_REF
+  write_env       # 3. .env from Secret Manager
+  sync_deps       # 4. uv sync
+  log INFO "boot steps done in $(since "$t0")s"
+  start_agent     # 5. the agent
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi
