@@ -7,6 +7,7 @@ message names the key, and the CLI prints it as one line and exits 2.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -256,3 +257,52 @@ def load_config(path: Path | None) -> EmulatorConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, path.resolve().parent)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    return repr(value)
+
+
+def dump_config(cfg: EmulatorConfig) -> str:
+    """TOML that parse_config reads back as cfg (secrets must be UTF-8 text)."""
+    lines = [
+        f"{k} = {_toml_value(getattr(cfg, k))}"
+        for k in ("project", "project_number", "region", "zone", "operation_wait_cap")
+    ]
+    for inst in cfg.instances:
+        lines += ["", "[[instances]]"]
+        lines += [
+            f"{k} = {_toml_value(getattr(inst, k))}"
+            for k in ("name", "zone", "status", "metadata", "env", *INSTANCE_TIMINGS)
+        ]
+        if inst.workdir is not None:
+            lines.append(f"workdir = {_toml_value(str(inst.workdir))}")
+        if inst.network_ip is not None:
+            lines.append(f"network_ip = {_toml_value(inst.network_ip)}")
+    for addr in cfg.addresses:
+        lines += [
+            "",
+            "[[addresses]]",
+            f"name = {_toml_value(addr.name)}",
+            f"region = {_toml_value(addr.region)}",
+            f"address = {_toml_value(addr.address)}",
+        ]
+    for secret in cfg.secrets:
+        if len(secret.versions) != 1:
+            raise ConfigError(
+                f"secrets: {secret.name} has {len(secret.versions)} versions; "
+                "a configuration holds one"
+            )
+        lines += [
+            "",
+            "[[secrets]]",
+            f"name = {_toml_value(secret.name)}",
+            f"value = {_toml_value(secret.versions[0].decode())}",
+        ]
+    return "\n".join(lines) + "\n"

@@ -88,6 +88,12 @@ def make_disk(base: Path, repo: Path = REPO) -> Disk:
     base.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:  # the agent's user must reach the disk, the origin, uv and python
         base.chmod(0o755)
+        private = [p for p in base.resolve().parents if not p.stat().st_mode & stat.S_IXOTH]
+        if private:
+            raise ValueError(
+                f"the agent's user cannot reach {base}: {private[0]} is private "
+                "(make it world-traversable, or put the disk elsewhere)"
+            )
     origin = snapshot_repo(repo, base / "origin.git")
     app = base / "disk" / "app"
     app.parent.mkdir()
@@ -211,6 +217,10 @@ async def run_demo(mode: str, keep: bool) -> int:
     from gcp_emulator.cli import Emulator, run
 
     base = Path(tempfile.mkdtemp(prefix="vm-job-demo-"))
+    if os.geteuid() == 0:  # the agent's user reaches the disk and the guest's poweroff
+        (base / "emulator").mkdir()
+        for p in (base, base / "emulator"):
+            p.chmod(0o755)
     try:
         demo = demo_config(make_disk(base / "vm"))
         emu = Emulator(demo.config, state_dir=base / "emulator")
@@ -221,10 +231,6 @@ async def run_demo(mode: str, keep: bool) -> int:
             file=sys.stderr,
             flush=True,
         )
-        if os.geteuid() == 0:
-            (base / "emulator").mkdir(parents=True, exist_ok=True)
-            for p in (base, base / "emulator"):
-                p.chmod(0o755)
         return await run(emu, ["bash", str(REPO / "entrypoint.sh")], demo.entrypoint_env(MODE=mode))
     finally:
         if keep:

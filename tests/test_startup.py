@@ -1,0 +1,241 @@
+"""startup.sh as the VM's startup-script, booted by the emulator; and the one-command demo."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gcp_emulator.config import dump_config
+from gcp_emulator.demo import Demo, demo_config, make_disk, push_commit
+from tests.conftest import REPO, free_port, wait_until
+from tests.harness import EmulatorProcess, needs_gcloud
+
+pytestmark = needs_gcloud
+ZONE = "asia-northeast3-c"
+AS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def vm_base() -> Iterator[Path]:
+    """A VM's disk lives outside pytest's tmp_path: as root, that is private to root, and the
+    agent's user must reach the disk."""
+    base = Path(tempfile.mkdtemp(prefix="vm-job-test-"))
+    base.chmod(0o755)
+    yield base / "vm"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class Booted:
+    """A demo VM (startup.sh over a cloned disk) on an emulator process."""
+
+    def __init__(self, demo: Demo, emu: EmulatorProcess) -> None:
+        self.demo = demo
+        self.emu = emu
+
+    @property
+    def app(self) -> Path:
+        return self.demo.disk.app
+
+    def serial(self) -> str:
+        return (Path(self.emu.instance("demo-vm")["dir"]) / "serial-port-1.log").read_text()
+
+    def entrypoint(self, **extra: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            **self.emu.env,
+            **self.demo.entrypoint_env(**{"BOOT_TIMEOUT": "90", **extra}),
+        }
+        return subprocess.run(
+            ["bash", str(REPO / "entrypoint.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def assert_cleaned_up(self) -> None:
+        inst = self.emu.instance("demo-vm")
+        assert inst["status"] == "TERMINATED"
+        assert inst["access_configs"] == []
+        assert inst["guest_pids"] == []
+
+
+@pytest.fixture
+def boot(vm_base, tmp_path):
+    emus: list[EmulatorProcess] = []
+
+    def make(**kwargs) -> Booted:
+        disk = kwargs.pop("disk", None) or make_disk(vm_base)
+        demo = demo_config(disk, **kwargs)
+        config = tmp_path / "emulator.toml"
+        config.write_text(dump_config(demo.config))
+        emus.append(EmulatorProcess(config, tmp_path / "emulator"))
+        return Booted(demo, emus[-1])
+
+    yield make
+    for emu in emus:
+        emu.stop()
+
+
+def test_demo_command_runs_the_whole_flow_locally():
+    r = subprocess.run(
+        [sys.executable, "-m", "gcp_emulator", "demo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "demo job: hello from demo-vm, DRY_RUN=0, EXAMPLE=from-secret-manager" in r.stdout
+    assert "demo job: done" in r.stdout
+    assert "cleanup: demo-vm is TERMINATED" in r.stderr
+
+
+def test_boot_writes_a_private_env_and_the_job_sees_its_values(boot):
+    vm = boot(job='echo "EXAMPLE=$EXAMPLE uid=$(id -u)"')
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "EXAMPLE=from-secret-manager" in r.stdout, "the job sees .env's values"
+    env_file = vm.app / ".env"
+    info = env_file.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    owner = pwd.getpwuid(info.st_uid).pw_name
+    assert owner == ("jobrunner" if AS_ROOT else pwd.getpwuid(os.getuid()).pw_name)
+    assert not list(vm.app.glob(".env.*")), "no temp file is left behind"
+    vm.assert_cleaned_up()
+
+
+def test_the_agent_does_not_run_as_root(boot):
+    vm = boot(job='echo "job uid=$(id -u)"')
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("job uid="))
+    assert line != "job uid=0", "the agent (and so the job) ran as root"
+    if AS_ROOT:
+        assert "as jobrunner" in vm.serial()
+
+
+def test_a_commit_pushed_after_the_disk_was_made_is_live_after_the_next_boot(boot, vm_base):
+    disk = make_disk(vm_base)
+    push_commit(disk.origin, {"deploy-marker.txt": "deployed v2\n"}, "deploy v2")
+    vm = boot(disk=disk, job="cat deploy-marker.txt")
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "deployed v2" in r.stdout
+    assert "(origin/main)" in vm.serial()
+
+
+def test_a_failed_fetch_keeps_the_code_and_still_boots(boot, vm_base):
+    disk = make_disk(vm_base)
+    disk.origin.rename(disk.origin.with_name("moved.git"))
+    vm = boot(disk=disk)
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "fetching origin/main failed, keeping" in vm.serial()
+    vm.assert_cleaned_up()
+
+
+def test_a_missing_secret_leaves_no_env_and_no_agent_and_the_flow_cleans_up(boot):
+    vm = boot(metadata={"env-secret": "no-such-secret"})
+    r = vm.entrypoint(BOOT_TIMEOUT="10")
+    assert r.returncode == 4, r.stderr
+    serial = vm.serial()
+    assert "cannot read secret no-such-secret" in serial
+    assert "the agent is not started" in serial
+    assert not (vm.app / ".env").exists()
+    assert not list(vm.app.glob(".env.*"))
+    vm.assert_cleaned_up()
+
+
+def test_a_secret_without_a_token_is_refused(boot):
+    vm = boot(secret="JOB_COMMAND=true\n")
+    vm.emu.set_instance(ZONE, "demo-vm", status="RUNNING")
+    wait_until(lambda: vm.emu.instance("demo-vm")["guest_exit_status"] == 1, 60, "startup.sh")
+    assert "has no AGENT_TOKEN= line; the agent is not started" in vm.serial()
+    assert not (vm.app / ".env").exists()
+
+
+def test_a_missing_checkout_is_a_clear_error(boot):
+    vm = boot(metadata={"app-dir": "/nonexistent/app"})
+    vm.emu.set_instance(ZONE, "demo-vm", status="RUNNING")
+    wait_until(lambda: vm.emu.instance("demo-vm")["guest_exit_status"] == 1, 60, "startup.sh")
+    assert "no checkout at APP_DIR=/nonexistent/app" in vm.serial()
+
+
+def test_reboot_works_and_the_run_history_survives_it(boot):
+    vm = boot()
+    for execution in ("first", "second"):
+        r = vm.entrypoint(CLOUD_RUN_EXECUTION=execution)
+        assert r.returncode == 0, r.stderr + vm.serial()
+    assert vm.serial().count("startup.sh INFO    starting") == 2
+    with sqlite3.connect(vm.app / "state" / "runs.sqlite3") as db:
+        rows = db.execute("SELECT idempotency_key, status FROM runs ORDER BY started_at").fetchall()
+    assert rows == [("first/0", "succeeded"), ("second/0", "succeeded")]
+
+
+def test_the_environment_overrides_metadata_which_overrides_defaults(boot):
+    env_port = free_port()
+    vm = boot(env={"AGENT_PORT": str(env_port)})  # the metadata says vm.demo.port
+    assert env_port != vm.demo.port
+    r = vm.entrypoint(AGENT_PORT=str(env_port))
+    assert r.returncode == 0, r.stderr + vm.serial()
+    serial = vm.serial()
+    assert f"AGENT_PORT={env_port} (environment)" in serial, "environment beats metadata"
+    assert f"APP_DIR={vm.app} (metadata app-dir)" in serial, "metadata beats the default"
+    assert "GIT_REF=main (default)" in serial
+
+
+def test_the_systemd_unit_is_valid(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    app = tmp_path / "app"
+    (app / ".venv" / "bin").mkdir(parents=True)
+    (app / ".venv" / "bin" / "uvicorn").write_text("#!/bin/sh\n")
+    (app / ".venv" / "bin" / "uvicorn").chmod(0o755)
+    script = (
+        f"source {REPO / 'startup.sh'}; APP_USER=jobrunner APP_DIR={app} "
+        f"STATE_DIR={app}/state AGENT_HOST=0.0.0.0 AGENT_PORT=8000 unit_text"
+    )
+    unit = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "GCE_METADATA_HOST": "127.0.0.1:9"},
+    ).stdout
+    assert "Restart=on-failure" in unit and "User=jobrunner" in unit
+    assert "--reload" not in unit
+    unit_file = tmp_path / "vm-job-agent.service"
+    unit_file.write_text(unit)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit_file)], capture_output=True, text=True, timeout=60
+    )
+    problems = [ln for ln in r.stderr.splitlines() if "vm-job-agent.service" in ln]
+    assert problems == [], r.stderr
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="only root can be asked to run the agent as root")
+def test_app_user_root_is_refused(tmp_path):
+    env = {
+        **os.environ,
+        "APP_USER": "root",
+        "APP_DIR": str(tmp_path),
+        "GCE_METADATA_HOST": "127.0.0.1:9",
+    }
+    r = subprocess.run(
+        ["bash", str(REPO / "startup.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 1
+    assert "APP_USER must not be root" in r.stderr
