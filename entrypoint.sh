@@ -63,11 +63,11 @@ die() {
 
 now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }            # microseconds since the epoch
 
-# since T0: seconds since T0 (from now), with one decimal.
+# since T0: seconds since T0 (from now), with two decimals.
 since() {
   local d
   d=$(($(now) - $1))
-  printf '%d.%d' $((d / 1000000)) $((d / 100000 % 10))
+  printf '%d.%02d' $((d / 1000000)) $((d / 10000 % 100))
 }
 
 # -- configuration ---------------------------------------------------------------------------

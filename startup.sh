@@ -30,7 +30,7 @@ now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }
 since() {
   local d
   d=$(($(now) - $1))
-  printf '%d.%d' $((d / 1000000)) $((d / 100000 % 10))
+  printf '%d.%02d' $((d / 1000000)) $((d / 10000 % 100))
 }
 
 # metadata_attr KEY: the VM's metadata attribute KEY, or nothing (404, no metadata server).

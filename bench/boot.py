@@ -1,0 +1,107 @@
+"""Benchmark of the VM's boot (run by hand: `uv run python bench/boot.py`).
+
+On the emulator, a VM whose startup-script is startup.sh over a cloned disk (as in the demo):
+boot-to-ready = the guest's start (emulator journal) to the agent's first 200 on `GET /`, with
+no configured delays. Scenarios: the first boot (uv creates .venv), warm boots (code and .venv
+there), and boots after a new commit was pushed to origin. The split by step comes from
+startup.sh's own timings on the serial console. Target (issue 5): warm boot-to-ready < 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gcp_emulator.config import dump_config  # noqa: E402
+from gcp_emulator.demo import demo_config, make_disk, push_commit  # noqa: E402
+from tests.harness import EmulatorProcess  # noqa: E402
+
+ZONE = "asia-northeast3-c"
+STEP_RE = re.compile(r"step (\d)/5 (\S+?):? .*\((\d+\.\d+)s\)$")
+
+
+def boot_once(emu: EmulatorProcess, serial: Path, url: str) -> dict[str, float]:
+    emu.clear_journal()
+    offset = serial.stat().st_size
+    emu.set_instance(ZONE, "demo-vm", status="RUNNING")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                ready = time.time()
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the agent did not answer: {serial.read_text()[offset:]}")
+        time.sleep(0.005)
+    started = next(e["time"] for e in emu.journal() if e.get("event") == "guest_start")
+    result = {"boot-to-ready": ready - started}
+    with serial.open() as f:
+        f.seek(offset)
+        for line in f:
+            hit = STEP_RE.search(line.rstrip())
+            if hit:
+                result[{"2": "fetch", "3": "secret", "4": "sync"}.get(hit[1], hit[2])] = float(
+                    hit[3]
+                )
+    result["agent start"] = result["boot-to-ready"] - sum(
+        result.get(k, 0.0) for k in ("fetch", "secret", "sync")
+    )
+    emu.set_instance(ZONE, "demo-vm", status="TERMINATED")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--boots", type=int, default=5, help="boots per scenario")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="vm-job-bench-"))
+    base.chmod(0o755)
+    try:
+        disk = make_disk(base / "vm")
+        demo = demo_config(disk, boot_delay=0.0)
+        config = base / "emulator.toml"
+        config.write_text(dump_config(demo.config))
+        emu = EmulatorProcess(config, base / "emulator")
+        try:
+            inst = emu.instance("demo-vm")
+            url = f"http://{inst['network_ip']}:{demo.port}/"
+            serial = Path(inst["dir"]) / "serial-port-1.log"
+            rows = [("first boot (creates .venv)", [boot_once(emu, serial, url)])]
+            rows.append(("warm", [boot_once(emu, serial, url) for _ in range(args.boots)]))
+            after = []
+            for n in range(args.boots):
+                push_commit(disk.origin, {"bench-marker.txt": f"{n}\n"}, f"bench commit {n}")
+                after.append(boot_once(emu, serial, url))
+            rows.append(("after a new commit", after))
+        finally:
+            emu.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    keys = ["boot-to-ready", "fetch", "secret", "sync", "agent start"]
+    print(f"{'median seconds':28}" + "".join(f"{k:>15}" for k in keys))
+    for name, results in rows:
+        print(
+            f"{name:28}"
+            + "".join(f"{statistics.median(r.get(k, 0.0) for r in results):>15.2f}" for k in keys)
+        )
+    print(
+        f"({args.boots} boots per scenario; 'agent start' = boot-to-ready minus the steps "
+        "before it: bash, settings and the uvicorn cold start)"
+    )
+
+
+if __name__ == "__main__":
+    main()
