@@ -369,7 +369,7 @@ start_run() {
 
 # 6. Long-poll the run until it ends or RUN_TIMEOUT; print its log; exit with its outcome.
 wait_for_run() {
-  local t0 deadline remaining wait status delay=1
+  local t0 deadline remaining wait status code delay=1
   t0=$(now)
   deadline=$(($(date +%s) + RUN_TIMEOUT))
   status=$(json_field status)
@@ -400,7 +400,8 @@ wait_for_run() {
     log INFO "step 6/6: run $RUN_ID succeeded ($(since "$t0")s)"
     return
   fi
-  die "$EX_FAILED" "step 6/6: run $RUN_ID $status (exit code $(json_field exit_code)): $(json_field error)"
+  code=$(json_field exit_code)
+  die "$EX_FAILED" "step 6/6: run $RUN_ID $status (exit code ${code:-none}): $(json_field error)"
 }
 
 print_run_log() {

@@ -159,7 +159,6 @@ async def serve(emu: Emulator) -> int:
 async def run(emu: Emulator, command: list[str], extra_env: dict[str, str] | None = None) -> int:
     """Start the emulator, run command with its environment (plus extra_env), stop it all."""
     loop = asyncio.get_running_loop()
-    received: list[int] = []
     async with emu:
         env = dict(os.environ)
         for key, value in emu.env().items():
@@ -175,7 +174,6 @@ async def run(emu: Emulator, command: list[str], extra_env: dict[str, str] | Non
             return 127
 
         def forward(sig: int) -> None:
-            received.append(sig)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, sig)
 

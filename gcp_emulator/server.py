@@ -43,7 +43,7 @@ RPC_STATUS = {
 }
 FAULT_REASON = {429: "rateLimitExceeded", 403: "forbidden", 404: "notFound", 400: "badRequest"}
 
-Handler = Callable[[Cloud, Request, dict[str, str], Any], Awaitable[Response]]
+Handler = Callable[[Cloud, Request, dict[str, str]], Awaitable[Response]]
 
 
 @dataclass
@@ -136,12 +136,12 @@ def _op(cloud: Cloud, op: Any) -> Response:
 
 
 @route("GET", C + "/zones/{zone}/instances/{instance}", "compute.instances.get")
-async def instances_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def instances_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return JSONResponse(cloud.instance_json(_inst(cloud, m)))
 
 
 @route("GET", C + "/zones/{zone}/instances", "compute.instances.list")
-async def instances_list(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def instances_list(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     items = [
         cloud.instance_json(i)
         for (z, _n), i in sorted(cloud.instances.items())
@@ -157,12 +157,12 @@ async def instances_list(cloud: Cloud, request: Request, m: dict[str, str], _: A
 
 
 @route("POST", C + "/zones/{zone}/instances/{instance}/start", "compute.instances.start")
-async def instances_start(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def instances_start(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return _op(cloud, cloud.start(_inst(cloud, m)))
 
 
 @route("POST", C + "/zones/{zone}/instances/{instance}/stop", "compute.instances.stop")
-async def instances_stop(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def instances_stop(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return _op(cloud, cloud.stop(_inst(cloud, m)))
 
 
@@ -171,7 +171,7 @@ async def instances_stop(cloud: Cloud, request: Request, m: dict[str, str], _: A
     C + "/zones/{zone}/instances/{instance}/addAccessConfig",
     "compute.instances.addAccessConfig",
 )
-async def add_access_config(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def add_access_config(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     inst = _inst(cloud, m)
     body = await json_body(request)
     nic = request.query_params.get("networkInterface", "")
@@ -183,9 +183,7 @@ async def add_access_config(cloud: Cloud, request: Request, m: dict[str, str], _
     C + "/zones/{zone}/instances/{instance}/deleteAccessConfig",
     "compute.instances.deleteAccessConfig",
 )
-async def delete_access_config(
-    cloud: Cloud, request: Request, m: dict[str, str], _: Any
-) -> Response:
+async def delete_access_config(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     inst = _inst(cloud, m)
     q = request.query_params  # form-decoded: "External+NAT" arrives as "External NAT"
     return _op(
@@ -197,13 +195,13 @@ async def delete_access_config(
 @route(
     "POST", C + "/zones/{zone}/instances/{instance}/setMetadata", "compute.instances.setMetadata"
 )
-async def set_metadata(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def set_metadata(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     inst = _inst(cloud, m)
     return _op(cloud, cloud.set_metadata(inst, await json_body(request)))
 
 
 @route("POST", C + "/zones/{zone}/instances/{instance}/setLabels", "compute.instances.setLabels")
-async def set_labels(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def set_labels(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     inst = _inst(cloud, m)
     return _op(cloud, cloud.set_labels(inst, await json_body(request)))
 
@@ -213,7 +211,7 @@ async def set_labels(cloud: Cloud, request: Request, m: dict[str, str], _: Any) 
     C + "/zones/{zone}/instances/{instance}/serialPort",
     "compute.instances.getSerialPortOutput",
 )
-async def serial_port(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def serial_port(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     inst = _inst(cloud, m)
     port = request.query_params.get("port", "1")
     if port != "1":
@@ -235,12 +233,12 @@ async def serial_port(cloud: Cloud, request: Request, m: dict[str, str], _: Any)
 
 
 @route("GET", C + "/regions/{region}/addresses/{address}", "compute.addresses.get")
-async def addresses_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def addresses_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return JSONResponse(cloud.address_json(cloud.address(m["project"], m["region"], m["address"])))
 
 
 @route("GET", C + "/regions/{region}/addresses", "compute.addresses.list")
-async def addresses_list(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def addresses_list(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     items = [
         cloud.address_json(a)
         for (r, _n), a in sorted(cloud.addresses.items())
@@ -250,12 +248,12 @@ async def addresses_list(cloud: Cloud, request: Request, m: dict[str, str], _: A
 
 
 @route("GET", C + "/zones/{zone}/operations/{operation}", "compute.zoneOperations.get")
-async def operations_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def operations_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return _op(cloud, cloud.operation(m["project"], m["zone"], m["operation"]))
 
 
 @route("POST", C + "/zones/{zone}/operations/{operation}/wait", "compute.zoneOperations.wait")
-async def operations_wait(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def operations_wait(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     op = cloud.operation(m["project"], m["zone"], m["operation"])
     # Like the real wait: after the cap, answer with the operation as it is, not DONE yet.
     with contextlib.suppress(TimeoutError):
@@ -332,7 +330,7 @@ def _version(cloud: Cloud, m: dict[str, str]) -> tuple[Secret, int]:
 
 
 @route("GET", S + "/{secret}/versions/{version}:access", "secretmanager.versions.access")
-async def versions_access(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def versions_access(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     secret, number = _version(cloud, m)
     data = secret.versions[number - 1].data
     return JSONResponse(
@@ -344,20 +342,20 @@ async def versions_access(cloud: Cloud, request: Request, m: dict[str, str], _: 
 
 
 @route("GET", S + "/{secret}/versions/{version}", "secretmanager.versions.get")
-async def versions_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def versions_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     secret, number = _version(cloud, m)
     return JSONResponse(_version_json(cloud, secret, number))
 
 
 @route("GET", S + "/{secret}/versions", "secretmanager.versions.list")
-async def versions_list(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def versions_list(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     secret = _secret(cloud, m)
     versions = [_version_json(cloud, secret, v.number) for v in reversed(secret.versions)]
     return JSONResponse({"versions": versions, "totalSize": len(versions)})
 
 
 @route("POST", S + "/{secret}:addVersion", "secretmanager.secrets.addVersion")
-async def add_version(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def add_version(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     secret = _secret(cloud, m)
     payload = (await json_body(request)).get("payload") or {}
     try:
@@ -374,7 +372,7 @@ async def add_version(cloud: Cloud, request: Request, m: dict[str, str], _: Any)
 
 
 @route("POST", S, "secretmanager.secrets.create")
-async def secrets_create(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def secrets_create(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     name = request.query_params.get("secretId", "")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", name):
         raise ApiError(400, "invalid", f"Invalid secret id: {name!r}.")
@@ -395,18 +393,18 @@ async def secrets_create(cloud: Cloud, request: Request, m: dict[str, str], _: A
 
 
 @route("GET", S + "/{secret}", "secretmanager.secrets.get")
-async def secrets_get(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def secrets_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return JSONResponse(_secret_json(cloud, _secret(cloud, m)))
 
 
 @route("DELETE", S + "/{secret}", "secretmanager.secrets.delete")
-async def secrets_delete(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def secrets_delete(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     cloud.secrets.pop(_secret(cloud, m).name)
     return JSONResponse({})
 
 
 @route("GET", S, "secretmanager.secrets.list")
-async def secrets_list(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def secrets_list(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     items = [_secret_json(cloud, s) for s in cloud.secrets.values()]
     return JSONResponse({"secrets": items, "totalSize": len(items)})
 
@@ -472,18 +470,18 @@ async def metadata(cloud: Cloud, request: Request, inst: Instance | None, key: s
 
 
 @route("GET", "/vm/{zone}/{instance}/computeMetadata/v1/{rest}", "metadata.get")
-async def guest_metadata(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def guest_metadata(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     inst = cloud.instance(cloud.project, m["zone"], m["instance"])
     return await metadata(cloud, request, inst, m["rest"])
 
 
 @route("GET", "/computeMetadata/v1/{rest}", "metadata.get")
-async def plain_metadata(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def plain_metadata(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return await metadata(cloud, request, None, m["rest"])
 
 
 @route("POST", "/vm/{zone}/{instance}/emulator/poweroff", "guest.poweroff")
-async def guest_poweroff(cloud: Cloud, request: Request, m: dict[str, str], _: Any) -> Response:
+async def guest_poweroff(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     cloud.power_off_from_guest(cloud.instance(cloud.project, m["zone"], m["instance"]))
     return PlainTextResponse("powering off\n")
 
@@ -566,7 +564,7 @@ class EmulatorApp:
                 await asyncio.sleep(fault.delay)
             if fault.status is not None:
                 raise fault_error(fault.status, fault.message)
-        return await rdef.handler(self.cloud, request, params, None)
+        return await rdef.handler(self.cloud, request, params)
 
     async def hooks(self, request: Request) -> Response:
         hook = request.path_params["hook"]

@@ -50,6 +50,18 @@ def attach(emu, address="127.0.0.21", name="External NAT"):
     )
 
 
+def detach(emu, name="External NAT"):
+    return emu.gcloud(
+        "compute",
+        "instances",
+        "delete-access-config",
+        "vm-a",
+        Z,
+        "--network-interface=nic0",
+        f"--access-config-name={name}",
+    )
+
+
 # -- addresses -------------------------------------------------------------------------------
 
 
@@ -152,15 +164,7 @@ def test_second_access_config_is_refused(emu):
 
 def test_delete_access_config_releases_the_address(emu):
     assert attach(emu).returncode == 0
-    r = emu.gcloud(
-        "compute",
-        "instances",
-        "delete-access-config",
-        "vm-a",
-        Z,
-        "--network-interface=nic0",
-        "--access-config-name=External NAT",
-    )
+    r = detach(emu)
     assert r.returncode == 0, r.stderr
     call = emu.calls("compute.instances.deleteAccessConfig")[-1]
     assert "accessConfig=External+NAT" in call["query"], "gcloud form-encodes the name"
@@ -169,15 +173,7 @@ def test_delete_access_config_releases_the_address(emu):
 
 
 def test_deleting_a_missing_access_config_is_an_error(emu):
-    r = emu.gcloud(
-        "compute",
-        "instances",
-        "delete-access-config",
-        "vm-a",
-        Z,
-        "--network-interface=nic0",
-        "--access-config-name=External NAT",
-    )
+    r = detach(emu)
     assert r.returncode == 1
     assert "The access config was not found." in r.stderr
 
