@@ -335,7 +335,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = RunStore(settings.state_dir)
         runner = JobRunner(settings, store, job_env, job_argv)
-        runner.recover()
+        await runner.recover()
         app.state.store, app.state.runner = store, runner
         watchdog = app.state.watchdog = asyncio.create_task(runner.idle_watchdog())
         logger.info(

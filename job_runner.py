@@ -59,6 +59,16 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     return True
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _last_line(path: Path, limit: int = 200) -> str:
     """The last non-empty line of a log, shortened, to give an error some context."""
     try:
@@ -99,12 +109,20 @@ class JobRunner:
         """Note activity: the idle watchdog counts from the last call."""
         self._last_activity = time.monotonic()
 
-    def recover(self) -> None:
-        """At start-up: a run still `running` in the store was cut off when the agent died."""
+    async def recover(self) -> None:
+        """At start-up: a run still `running` in the store was cut off when the agent died.
+        Its process group, if it outlived the agent (same boot only), ends as on a cancel:
+        SIGTERM, then SIGKILL after KILL_GRACE seconds."""
         boot_id = current_boot_id()
         for rec in self.store.active():
-            if rec.pid and rec.boot_id == boot_id and _signal_group(rec.pid, signal.SIGKILL):
-                logger.warning("killed the leftover process group %d of run %s", rec.pid, rec.id)
+            if rec.pid and rec.boot_id == boot_id and _signal_group(rec.pid, signal.SIGTERM):
+                logger.warning(
+                    "run %s: its process group %d outlived the agent; ending it", rec.id, rec.pid
+                )
+                deadline = time.monotonic() + self.settings.kill_grace
+                while time.monotonic() < deadline and _group_alive(rec.pid):
+                    await asyncio.sleep(0.05)
+                _signal_group(rec.pid, signal.SIGKILL)
             self.store.finish(rec.id, "interrupted", None, "the agent stopped during the run")
             logger.warning("run %s was running when the agent stopped: marked interrupted", rec.id)
 

@@ -65,8 +65,9 @@ def test_settings_come_from_dotenv_and_the_environment_wins(live_agent, tmp_path
 
 
 def test_restart_after_a_crash_marks_the_run_interrupted_and_ends_its_job(live_agent, tmp_path):
-    pidfile = tmp_path / "job.pid"
-    live = live_agent(JOB_COMMAND=f"echo $$ > {pidfile}; sleep 300")
+    pidfile, cleaned = tmp_path / "job.pid", tmp_path / "cleaned-up"
+    job = f"trap 'echo yes > {cleaned}; exit 1' TERM; echo $$ > {pidfile}; sleep 300 & wait"
+    live = live_agent(JOB_COMMAND=job)
     with httpx.Client(base_url=live.url, timeout=30) as http:
         run_id = http.post("/runs", json={"mode": "run"}, headers=AUTH).json()["id"]
         wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the job")
@@ -78,6 +79,7 @@ def test_restart_after_a_crash_marks_the_run_interrupted_and_ends_its_job(live_a
     assert run["status"] == "interrupted"
     assert run["error"] == "the agent stopped during the run"
     wait_until(lambda: not pid_alive(job_pid), 5, "the orphaned job to be ended")
+    assert cleaned.exists(), "the orphaned job got SIGTERM and a chance to clean up"
 
 
 def test_stopping_the_agent_ends_the_job_and_records_the_interruption(live_agent, tmp_path):
