@@ -337,7 +337,7 @@ def create_app(
         runner = JobRunner(settings, store, job_env, job_argv)
         await runner.recover()
         app.state.store, app.state.runner = store, runner
-        watchdog = app.state.watchdog = asyncio.create_task(runner.idle_watchdog())
+        watchdog = asyncio.create_task(runner.idle_watchdog())
         logger.info(
             "agent %s ready: state in %s, idle shutdown %s",
             app.state.version,

@@ -97,7 +97,6 @@ class JobRunner:
         self._active: _ActiveRun | None = None
         self._start_lock = asyncio.Lock()
         self._last_activity = time.monotonic()
-        self.shutdowns_requested = 0
 
     # -- state -------------------------------------------------------------------------------
 
@@ -285,7 +284,6 @@ class JobRunner:
             idle_for = time.monotonic() - self._last_activity
             if idle_for < limit:
                 continue
-            self.shutdowns_requested += 1
             logger.critical(
                 "IDLE SHUTDOWN: no run and no authenticated request for %.0f s"
                 " (IDLE_SHUTDOWN=%g); running SHUTDOWN_COMMAND: %s",

@@ -7,10 +7,8 @@ instances describe` through the real CLI. Target (issue 3): start-up < 1 s, a fe
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,28 +17,21 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.harness import EmulatorProcess  # noqa: E402
+
 AUTH = {"Authorization": "Bearer bench"}
 
 
-def start(state: Path) -> tuple[subprocess.Popen[str], dict[str, str], float]:
+def start(state: Path) -> tuple[EmulatorProcess, float]:
+    """The emulator with its default configuration, and seconds from exec to its first answer."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_emulator", "serve", "--state-dir", str(state)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    env = {}
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if not line.startswith("export "):
-            break
-        key, _, value = line.removeprefix("export ").strip().partition("=")
-        env[key] = value.strip("'")
+    emu = EmulatorProcess(None, state)  # returns once the export lines are printed
     while True:
         try:
-            httpx.get(env["GCP_EMULATOR_URL"] + "/_emulator/health", timeout=1)
-            return proc, env, time.perf_counter() - t0
+            emu.http.get("/_emulator/health")
+            return emu, time.perf_counter() - t0
         except httpx.TransportError:
             time.sleep(0.002)
 
@@ -49,14 +40,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         startups = []
         for n in range(5):
-            proc, env, seconds = start(Path(tmp) / f"s{n}")
+            emu, seconds = start(Path(tmp) / f"s{n}")
             startups.append(seconds)
-            proc.terminate()
-            proc.wait(10)
-        proc, env, _ = start(Path(tmp) / "main")
+            emu.stop()
+        emu, _ = start(Path(tmp) / "main")
         base = "/compute/v1/projects/demo-project/zones/us-central1-a"
         try:
-            with httpx.Client(base_url=env["GCP_EMULATOR_URL"], headers=AUTH) as http:
+            with httpx.Client(base_url=emu.url, headers=AUTH) as http:
                 gets = []
                 for _ in range(500):
                     t = time.perf_counter()
@@ -73,24 +63,18 @@ def main() -> None:
             if shutil.which("gcloud"):
                 for _ in range(3):
                     t = time.perf_counter()
-                    subprocess.run(
-                        [
-                            "gcloud",
-                            "compute",
-                            "instances",
-                            "describe",
-                            "vm-1",
-                            "--zone=us-central1-a",
-                            "--format=value(status)",
-                        ],
-                        env={**os.environ, **env},
-                        capture_output=True,
-                        check=True,
+                    r = emu.gcloud(
+                        "compute",
+                        "instances",
+                        "describe",
+                        "vm-1",
+                        "--zone=us-central1-a",
+                        "--format=value(status)",
                     )
+                    assert r.returncode == 0, r.stderr
                     gcloud.append(time.perf_counter() - t)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            emu.stop()
     print(f"{'measure':44} {'figure':>24}")
     print(
         f"{'start-up (exec to first answer)':44} "
