@@ -2,20 +2,24 @@
 # entrypoint.sh: the Cloud Run job. Attach the static IP to the VM, start the VM, wait for its
 # agent, run the job through the agent's API, print the job's log, and always stop the VM and
 # detach the IP that this execution took on, whatever happens (trap on EXIT, INT, TERM).
+# The token goes only over TLS to the key whose pin the VM published as the guest attribute
+# vm-job-agent/tls-pin, read through the Compute API (README.md, "How the trust works").
 #
 # Required: PROJECT_ID REGION ZONE STATIC_NAME AGENT_TOKEN, and INSTANCE or INSTANCES.
 # Optional (defaults in README.md, "The orchestrator"): AGENT_PORT MODE BOOT_TIMEOUT
 #   RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT HEALTH_INTERVAL KEEP_VM ACCESS_CONFIG_NAME
-#   NETWORK_INTERFACE; from Cloud Run: CLOUD_RUN_JOB CLOUD_RUN_EXECUTION CLOUD_RUN_TASK_INDEX.
+#   NETWORK_INTERFACE AGENT_TLS AGENT_ADDRESS PIN_WAIT; from Cloud Run: CLOUD_RUN_JOB CLOUD_RUN_EXECUTION CLOUD_RUN_TASK_INDEX.
 # Exit codes: 0 the run succeeded; 1 it failed, was cancelled or interrupted; 2 configuration;
 #   3 another run is in progress on the VM; 4 boot or run timeout; 5 Cloud API error;
-#   6 the agent refused or answered nonsense; 7 cleanup failed (the VM may still be up);
+#   6 the agent refused or answered nonsense, or its TLS key is not the one the VM published
+#   (or the VM published none); 7 cleanup failed (the VM may still be up);
 #   130/143 interrupted by SIGINT/SIGTERM.
 # Only the job's log goes to stdout; everything else is a log line on stderr.
 set -Eeuo pipefail
 
 readonly EX_FAILED=1 EX_CONFIG=2 EX_BUSY=3 EX_TIMEOUT=4 EX_CLOUD=5 EX_AGENT=6 EX_CLEANUP=7
 readonly NAME_RE='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
+readonly PIN_ATTRIBUTE=vm-job-agent/tls-pin
 # gcloud exits 1 for every error; these are the ones worth another try (HTTP 429 and 5xx,
 # connection trouble, a VM still on its way to TERMINATED).
 readonly TRANSIENT_RE='HTTPError (429|5[0-9][0-9])|[Rr]ate [Ll]imit|[Qq]uota exceeded|[Ii]nternal error|[Bb]ackend ?[Ee]rror|[Uu]navailable|[Tt]ry again|[Cc]onnection (refused|reset|aborted)|ConnectionError|[Tt]imed? ?out|[Tt]emporary failure|is not ready|resourceNotReady'
@@ -27,6 +31,10 @@ RUN_ID=""         # the agent's run this execution started or got back
 RUN_ACTIVE=0      # 1 while that run may still be going
 STATIC_IP=""
 AGENT_URL=""
+PIN=""            # the agent's key as the VM published it; the token goes to no other key
+PINNED=()         # curl's arguments that hold a connection to PIN
+PIN_PID=""        # the background reader of the pin
+IN_CLEANUP=0
 WORK_DIR=""
 CHILD_PID=""      # a long gcloud/curl in the background, killed by cleanup
 
@@ -95,8 +103,12 @@ check_config() {
   KEEP_VM=${KEEP_VM:-0}
   ACCESS_CONFIG_NAME=${ACCESS_CONFIG_NAME:-External NAT}
   NETWORK_INTERFACE=${NETWORK_INTERFACE:-nic0}
+  AGENT_TLS=${AGENT_TLS:-1}
+  AGENT_ADDRESS=${AGENT_ADDRESS:-static}
+  PIN_WAIT=${PIN_WAIT:-20}
+  COMPUTE_API=${CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE:-https://compute.googleapis.com/compute/v1/}
 
-  for name in BOOT_TIMEOUT RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT; do
+  for name in BOOT_TIMEOUT RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT PIN_WAIT; do
     { is_uint "${!name}" && ((${!name} > 0)); } ||
       die "$EX_CONFIG" "configuration: $name must be a whole number of seconds > 0, not '${!name}'"
   done
@@ -108,6 +120,10 @@ check_config() {
     die "$EX_CONFIG" "configuration: MODE must be 'run' or 'test', not '$MODE'"
   [[ $KEEP_VM == 0 || $KEEP_VM == 1 ]] ||
     die "$EX_CONFIG" "configuration: KEEP_VM must be 0 or 1, not '$KEEP_VM'"
+  [[ $AGENT_TLS == 0 || $AGENT_TLS == 1 ]] ||
+    die "$EX_CONFIG" "configuration: AGENT_TLS must be 0 or 1, not '$AGENT_TLS'"
+  [[ $AGENT_ADDRESS == static || $AGENT_ADDRESS == internal ]] ||
+    die "$EX_CONFIG" "configuration: AGENT_ADDRESS must be 'static' or 'internal', not '$AGENT_ADDRESS'"
   [[ $NETWORK_INTERFACE =~ ^nic[0-9]+$ ]] ||
     die "$EX_CONFIG" "configuration: NETWORK_INTERFACE must look like nic0, not '$NETWORK_INTERFACE'"
   [[ -n $ACCESS_CONFIG_NAME ]] || die "$EX_CONFIG" "configuration: ACCESS_CONFIG_NAME must not be empty"
@@ -209,22 +225,50 @@ in_background() {
 
 # -- the agent -------------------------------------------------------------------------------
 
-# agent METHOD PATH MAX_TIME [CURL ARGS...]: sets HTTP_CODE and BODY; HTTP_CODE 000 when the
-# agent could not be reached, with curl's reason in CURL_ERROR.
+# agent METHOD PATH MAX_TIME [CURL ARGS...]: a call that carries the token; with AGENT_TLS=1
+# only over TLS to the pinned key (curl checks the pin before it sends a byte of the request).
+# Sets HTTP_CODE, BODY, CURL_ERROR as call_agent does. Another key at the address ends the
+# execution (exit 6), except during cleanup, which goes on.
 agent() {
+  local method=$1 path=$2 max_time=$3
+  shift 3
+  if ((AGENT_TLS)) && [[ -z $PIN ]]; then
+    HTTP_CODE=000 BODY="" CURL_ERROR="the agent's key is not verified yet: nothing sent" CURL_RC=1
+    return
+  fi
+  call_agent "$method" "$path" "$max_time" -H @"$WORK_DIR/auth" "${PINNED[@]}" "$@"
+  if ((CURL_RC == 90 && !IN_CLEANUP)); then
+    impostor
+  fi
+}
+
+# call_agent METHOD PATH MAX_TIME [CURL ARGS...]: sets HTTP_CODE and BODY; HTTP_CODE 000 when
+# the agent could not be reached, with curl's reason in CURL_ERROR and its exit code in CURL_RC.
+call_agent() {
   local method=$1 path=$2 max_time=$3
   shift 3
   HTTP_CODE=000
   BODY=""
   CURL_ERROR=""
+  CURL_RC=0
   in_background "$WORK_DIR/code" "$WORK_DIR/curl.err" \
-    curl -sS -X "$method" -H @"$WORK_DIR/auth" --connect-timeout 3 --max-time "$max_time" \
-    -o "$WORK_DIR/body" -w '%{http_code}' "$@" "$AGENT_URL$path" || true
+    curl -sS -X "$method" --connect-timeout 3 --max-time "$max_time" \
+    -o "$WORK_DIR/body" -w '%{http_code}' "$@" "$AGENT_URL$path" || CURL_RC=$?
   HTTP_CODE=$(<"$WORK_DIR/code")
   [[ $HTTP_CODE =~ ^[0-9]{3}$ ]] || HTTP_CODE=000
   [[ -f $WORK_DIR/body ]] && BODY=$(<"$WORK_DIR/body")
   rm -f "$WORK_DIR/body"
   CURL_ERROR=$(tr '\n' ' ' <"$WORK_DIR/curl.err")
+}
+
+# health: GET / without the token (it needs none and says nothing secret); over TLS, any key
+# may answer it: the key is checked before the first call that carries the token.
+health() {
+  if ((AGENT_TLS)); then
+    call_agent GET / 3 -k
+  else
+    call_agent GET / 3
+  fi
 }
 
 # json_field NAME: a string or number field of the JSON object in BODY ("" when absent/null).
@@ -254,7 +298,6 @@ attach_static_ip() {
     die "$EX_CLOUD" "static address $STATIC_NAME in $REGION: $(last_error)"
   read -r STATIC_IP users <<<"$GCLOUD_OUT"
   [[ -n $STATIC_IP ]] || die "$EX_CLOUD" "static address $STATIC_NAME has no IP address"
-  AGENT_URL="http://$STATIC_IP:$AGENT_PORT"
   self_link="/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE"
   if [[ -n $users ]]; then
     [[ $users == *"$self_link" ]] ||
@@ -296,6 +339,7 @@ start_vm() {
   local t0 deadline
   t0=$(now)
   BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
+  start_pin_reader
   OWN_VM=1
   gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE" || {
     grep -Eq "$TRANSIENT_RE" "$WORK_DIR/gcloud.err" &&
@@ -303,6 +347,141 @@ start_vm() {
     die "$EX_CLOUD" "starting $INSTANCE: $(last_error)"
   }
   log INFO "step 3/6: $INSTANCE is RUNNING ($(since "$t0")s)"
+  agent_url
+}
+
+# The agent's URL: the static IP, or the VM's internal address (AGENT_ADDRESS=internal, for a
+# job with Direct VPC egress). gcloud's start names nic0's internal IP; another NIC is asked.
+agent_url() {
+  local scheme=https address
+  ((AGENT_TLS)) || scheme=http
+  if [[ $AGENT_ADDRESS == static ]]; then
+    address=$STATIC_IP
+  else
+    address=$(sed -n 's/^Instance internal IP is \([0-9.]*\)$/\1/p' "$WORK_DIR/gcloud.err")
+    if [[ $NETWORK_INTERFACE != nic0 || -z $address ]]; then
+      gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+        --zone="$ZONE" --format="value(networkInterfaces[${NETWORK_INTERFACE#nic}].networkIP)" ||
+        die "$EX_CLOUD" "reading $INSTANCE's internal address: $(last_error)"
+      address=$GCLOUD_OUT
+    fi
+    [[ -n $address ]] || die "$EX_CLOUD" "$INSTANCE has no internal address on $NETWORK_INTERFACE"
+  fi
+  AGENT_URL="$scheme://$address:$AGENT_PORT"
+}
+
+# The pin: the guest attribute that startup.sh writes at every boot, read through the Compute
+# API, so IAM decides who may (compute.instances.getGuestAttributes). Read in the background from
+# just before the VM starts, every 0.2 s, with curl and one access token from gcloud (a gcloud
+# start-up per read would cost 0.5 s of CPU each and lag the pin): it is on no critical path.
+# A pin from the previous boot is the same key unless the VM made a new one (see reread_pin).
+start_pin_reader() {
+  ((AGENT_TLS)) || return 0
+  (
+    trap 'exit 1' TERM
+    while :; do
+      if { [[ -s $WORK_DIR/api-auth ]] || api_token; } && read_pin; then
+        printf '%s' "$PIN_READ" >"$WORK_DIR/pin.tmp"
+        mv -f "$WORK_DIR/pin.tmp" "$WORK_DIR/pin"
+        exit 0
+      fi
+      (($(date +%s) < BOOT_DEADLINE)) || exit 1
+      sleep 0.2
+    done
+  ) &
+  PIN_PID=$!
+}
+
+# api_token: an access token for the Compute API from gcloud (on Cloud Run, the job's service
+# account), written to a private header file; it is never printed.
+api_token() {
+  local tmp=$WORK_DIR/api-auth.tmp
+  if (umask 077 && { printf 'Authorization: Bearer ' && timeout -k 2 30 gcloud auth \
+    print-access-token --quiet; } >"$tmp" 2>"$WORK_DIR/pin.err"); then
+    mv -f "$tmp" "$WORK_DIR/api-auth"
+    return 0
+  fi
+  rm -f "$tmp"
+  return 1
+}
+
+# read_pin: one read of the guest attribute (GET instances/NAME/getGuestAttributes, at the
+# endpoint gcloud uses); true, with the pin in PIN_READ, when the VM has published one.
+read_pin() {
+  local code body url re='"value":[[:space:]]*"(sha256//[A-Za-z0-9+/]{43}=)"'
+  url="${COMPUTE_API%/}/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE/getGuestAttributes?queryPath=$PIN_ATTRIBUTE"
+  code=$(curl -sS --connect-timeout 5 --max-time 10 -o "$WORK_DIR/pin.json" -w '%{http_code}' \
+    -H @"$WORK_DIR/api-auth" "$url" 2>"$WORK_DIR/pin.err") || code=000
+  body=""
+  [[ -f $WORK_DIR/pin.json ]] && body=$(tr '\n' ' ' <"$WORK_DIR/pin.json")
+  if [[ $code == 200 && $body =~ $re ]]; then
+    PIN_READ=${BASH_REMATCH[1]}
+    return 0
+  fi
+  [[ $code != 401 ]] || rm -f "$WORK_DIR/api-auth" # expired: the next try gets a new token
+  printf 'HTTP %s %s\n' "$code" "${body:0:300}" >>"$WORK_DIR/pin.err"
+  return 1
+}
+
+stop_pin_reader() {
+  [[ -n $PIN_PID ]] || return 0
+  kill "$PIN_PID" 2>/dev/null || true
+  wait "$PIN_PID" 2>/dev/null || true
+  PIN_PID=""
+}
+
+# After the agent has answered: wait (at most PIN_WAIT s) for the pin, then check that the key
+# answering at AGENT_URL is that one. Only then may a call carry the token.
+verify_agent_key() {
+  local t0 deadline
+  t0=$(now)
+  if ((AGENT_TLS == 0)); then
+    log WARNING "step 4/6: AGENT_TLS=0: the token crosses the network to $AGENT_URL in the clear; use it only on a private network you trust"
+    return
+  fi
+  deadline=$(($(date +%s) + PIN_WAIT))
+  ((deadline < BOOT_DEADLINE)) || deadline=$BOOT_DEADLINE
+  until [[ -s $WORK_DIR/pin ]]; do
+    if ! kill -0 "$PIN_PID" 2>/dev/null || (($(date +%s) >= deadline)); then
+      stop_pin_reader
+      die "$EX_AGENT" "step 4/6: $INSTANCE's agent answers, but the VM never published its TLS key (guest attribute $PIN_ATTRIBUTE): is enable-guest-attributes=TRUE set in its metadata (gcloud compute instances add-metadata $INSTANCE --zone=$ZONE --metadata=enable-guest-attributes=TRUE), and may this job's service account read it (compute.instances.getGuestAttributes)? Last answer: $(pin_error). Nothing was sent with the token."
+    fi
+    sleep 0.05
+  done
+  stop_pin_reader
+  use_pin "$(<"$WORK_DIR/pin")"
+  call_agent GET / 5 "${PINNED[@]}"
+  if ((CURL_RC == 90)) && reread_pin; then
+    call_agent GET / 5 "${PINNED[@]}"
+  fi
+  ((CURL_RC == 90)) && impostor
+  [[ $HTTP_CODE == 200 ]] ||
+    die "$EX_AGENT" "step 4/6: the agent answered, then not over the pinned connection: $(last_agent_error)"
+  log INFO "step 4/6: TLS: the agent's key matches the pin $INSTANCE published ($PIN): verified ($(since "$t0")s)"
+}
+
+use_pin() {
+  PIN=$1
+  PINNED=(-k --pinnedpubkey "$PIN")
+}
+
+# The pin read may be the previous boot's, and the VM may have made a new key since: read it
+# once more (startup.sh publishes before the agent starts); true when it changed.
+reread_pin() {
+  local old=$PIN
+  read_pin && [[ $PIN_READ != "$old" ]] || return 1
+  log WARNING "step 4/6: $INSTANCE published a new TLS key pin ($PIN_READ, was $old): using it"
+  use_pin "$PIN_READ"
+}
+
+pin_error() {
+  local err=""
+  [[ -f $WORK_DIR/pin.err ]] && err=$(grep -v '^[[:space:]]*$' "$WORK_DIR/pin.err" | tr '\n' ' ' | cut -c1-300)
+  printf '%s' "${err:-none}"
+}
+
+impostor() {
+  die "$EX_AGENT" "something else answers at $AGENT_URL: its TLS key is not the one $INSTANCE published ($PIN), so nothing was sent with the token. Check that the address belongs to $INSTANCE (gcloud compute addresses describe $STATIC_NAME --region=$REGION) and what listens on port $AGENT_PORT there; a VM whose key was made again publishes the new pin at its next boot."
 }
 
 # 4. Wait for the agent's health check, every HEALTH_INTERVAL seconds, until BOOT_TIMEOUT.
@@ -311,9 +490,10 @@ wait_for_agent() {
   t0=$(now)
   while :; do
     attempts=$((attempts + 1))
-    agent GET / 3
+    health
     if [[ $HTTP_CODE == 200 ]]; then
       log INFO "step 4/6: agent $(json_field version) answers on $AGENT_URL after $attempts tries ($(since "$t0")s; busy=$(busy_flag))"
+      verify_agent_key
       return
     fi
     if (($(date +%s) >= BOOT_DEADLINE)); then
@@ -436,7 +616,9 @@ cleanup() {
   trap - EXIT
   trap '' INT TERM
   set +e
+  IN_CLEANUP=1
   [[ -n $CHILD_PID ]] && kill "$CHILD_PID" 2>/dev/null
+  stop_pin_reader
   if ((OWN_VM == 0 && OWN_IP == 0)); then
     finish "$rc"
   fi

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # startup.sh: the VM's startup-script (Compute Engine runs it as root at every boot). Brings
-# APP_DIR to the tip of origin/GIT_REF, writes .env from Secret Manager, syncs dependencies with
-# uv, and starts the agent (fastapi_app.py) as APP_USER: as a systemd service where systemd
-# runs, in the foreground (exec) elsewhere, as in the emulator's guest.
+# the agent's TLS key (made once, kept outside the checkout) and publishes its pin as the guest
+# attribute vm-job-agent/tls-pin, brings APP_DIR to the tip of origin/GIT_REF, writes .env from
+# Secret Manager, syncs dependencies with uv, and starts the agent (fastapi_app.py) over HTTPS
+# as APP_USER: as a systemd service where systemd runs, in the foreground (exec) elsewhere, as
+# in the emulator's guest.
 #
 # Settings, each from the environment first, then the VM's metadata attribute, then a default:
 #   APP_DIR     (attribute app-dir)     /opt/vm-job-runner   the checkout (cloned once by you)
@@ -12,6 +14,8 @@
 #   AGENT_PORT  (attribute agent-port)  8000
 #   AGENT_HOST  (attribute agent-host)  0.0.0.0              the address the agent listens on
 #   STATE_DIR   (attribute state-dir)   $APP_DIR/state       run records and logs
+#   TLS_DIR     (attribute tls-dir)     /var/lib/vm-job-agent/tls   the agent's key and certificate
+#   AGENT_TLS   (attribute agent-tls)   1                    0: plain HTTP (a private network only)
 # Every step logs what it did and how long it took: this is the serial console, the first
 # place to look when a VM never answers.
 set -Eeuo pipefail
@@ -20,6 +24,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" # useradd, runuser: not on e
 readonly SERVICE=vm-job-agent
 readonly UNIT_FILE=/etc/systemd/system/$SERVICE.service
 readonly SUDOERS_FILE=/etc/sudoers.d/$SERVICE
+readonly GUEST_NAMESPACE=vm-job-agent # guest attributes: vm-job-agent/tls-pin
 
 log() { printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}" >&2; }
 die() {
@@ -38,6 +43,23 @@ metadata_attr() {
   local host=${GCE_METADATA_HOST:-metadata.google.internal}
   curl -sf --max-time 2 -H 'Metadata-Flavor: Google' \
     "http://$host/computeMetadata/v1/instance/attributes/$1" 2>/dev/null || true
+}
+
+# guest_attribute KEY VALUE: publish VALUE as the guest attribute vm-job-agent/KEY, which
+# callers with compute.instances.getGuestAttributes read (GCP_REFERENCE.md section 5). Never
+# fatal: a VM without guest attributes still boots, and the log says what to set.
+guest_attribute() {
+  local host=${GCE_METADATA_HOST:-metadata.google.internal} code
+  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 3 -X PUT --data-binary "$2" \
+    -H 'Metadata-Flavor: Google' \
+    "http://$host/computeMetadata/v1/instance/guest-attributes/$GUEST_NAMESPACE/$1" 2>/dev/null) ||
+    true
+  case $code in
+    200) return 0 ;;
+    403) log WARNING "guest attributes are disabled on this VM (the metadata server answered 403 to $GUEST_NAMESPACE/$1): set the metadata key enable-guest-attributes=TRUE (gcloud compute instances add-metadata INSTANCE --metadata=enable-guest-attributes=TRUE); until then the orchestrator cannot verify this agent and sends it nothing" ;;
+    *) log WARNING "could not publish the guest attribute $GUEST_NAMESPACE/$1 (HTTP ${code:-000})" ;;
+  esac
+  return 1
 }
 
 # setting NAME ATTRIBUTE DEFAULT: set NAME from the environment, the attribute or the default,
@@ -69,7 +91,14 @@ read_settings() {
   setting AGENT_PORT agent-port 8000
   setting AGENT_HOST agent-host 0.0.0.0
   setting STATE_DIR state-dir "$APP_DIR/state"
-  log INFO "step 1/5 settings: ${SOURCES[*]}"
+  setting AGENT_TLS agent-tls 1
+  if ((EUID == 0)); then
+    setting TLS_DIR tls-dir "/var/lib/$SERVICE/tls"
+  else
+    setting TLS_DIR tls-dir "${XDG_STATE_HOME:-$HOME/.local/state}/$SERVICE/tls"
+  fi
+  log INFO "step 1/6 settings: ${SOURCES[*]}"
+  [[ $AGENT_TLS == 0 || $AGENT_TLS == 1 ]] || die "AGENT_TLS must be 0 or 1, not '$AGENT_TLS'"
   { [[ $AGENT_PORT =~ ^[0-9]+$ ]] && ((AGENT_PORT >= 1 && AGENT_PORT <= 65535)); } ||
     die "AGENT_PORT must be a port number, not '$AGENT_PORT'"
   [[ $GIT_REF =~ ^[A-Za-z0-9._/-]+$ ]] || die "GIT_REF '$GIT_REF' is not a branch name"
@@ -79,14 +108,14 @@ read_settings() {
   else
     APP_USER=$(id -un)
     APP_HOME=$HOME
-    log INFO "step 1/5 not root (as on a laptop under the emulator): everything runs as $APP_USER"
+    log INFO "step 1/6 not root (as on a laptop under the emulator): everything runs as $APP_USER"
   fi
 }
 
 ensure_user() {
   if ! id -u "$APP_USER" >/dev/null 2>&1; then
     useradd --system --create-home --home-dir "/home/$APP_USER" --shell /usr/sbin/nologin "$APP_USER"
-    log INFO "step 1/5 created the system user $APP_USER"
+    log INFO "step 1/6 created the system user $APP_USER"
   fi
   APP_HOME=$(getent passwd "$APP_USER" | cut -d: -f6)
 }
@@ -100,13 +129,72 @@ as_app() {
   fi
 }
 
-# 2. Code: the tip of origin/GIT_REF, with a hard reset so an edit on the VM cannot block a
+# 2. The agent's TLS key: made at the first boot (EC P-256, mode 0600, owned by APP_USER) in
+# TLS_DIR, outside the checkout, and kept; made again only when missing or unreadable. Its pin
+# (curl's --pinnedpubkey format: sha256// and the base64 SHA-256 of the DER public key) is
+# published at every boot, before the agent starts: the orchestrator sends the token to no
+# other key.
+ensure_tls_key() {
+  local t0 how=""
+  t0=$(now)
+  TLS_KEY=$TLS_DIR/agent-key.pem
+  TLS_CERT=$TLS_DIR/agent-cert.pem
+  if ((AGENT_TLS == 0)); then
+    log WARNING "step 2/6 tls: AGENT_TLS=0: the agent serves plain HTTP, and the orchestrator's token crosses the network in the clear"
+    return
+  fi
+  command -v openssl >/dev/null || die "step 2/6 tls: openssl is not installed (Debian: apt-get install openssl)"
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  if ((EUID == 0)); then
+    chown "$APP_USER:" "$TLS_DIR"
+    [[ ! -e $TLS_KEY ]] || chown "$APP_USER:" "$TLS_KEY"
+  fi
+  if [[ ! -e $TLS_KEY ]]; then
+    how="no key yet: made one"
+  elif ! as_app openssl pkey -in "$TLS_KEY" -noout >/dev/null 2>&1; then
+    how="the key in $TLS_DIR could not be read: made a new one (its pin changes)"
+  fi
+  if [[ -n $how ]]; then
+    new_tls_file "$TLS_KEY" 600 openssl genpkey -algorithm EC \
+      -pkeyopt ec_paramgen_curve:P-256 -pkeyopt ec_param_enc:named_curve
+    rm -f "$TLS_CERT"
+  else
+    how="kept the key in $TLS_DIR"
+  fi
+  if [[ ! -s $TLS_CERT ]] || [[ $(openssl x509 -in "$TLS_CERT" -noout -pubkey 2>/dev/null) != "$(openssl pkey -in "$TLS_KEY" -pubout)" ]]; then
+    new_tls_file "$TLS_CERT" 644 openssl req -x509 -new -key "$TLS_KEY" -days 3650 \
+      -subj "/CN=$SERVICE"
+  fi
+  TLS_PIN="sha256//$(openssl pkey -in "$TLS_KEY" -pubout -outform der | openssl dgst -sha256 -binary | base64)"
+  if guest_attribute tls-pin "$TLS_PIN"; then
+    how+="; published its pin as the guest attribute $GUEST_NAMESPACE/tls-pin"
+  fi
+  log INFO "step 2/6 tls: $how: $TLS_PIN ($(since "$t0")s)"
+}
+
+# new_tls_file PATH MODE CMD...: CMD writes PEM on stdout; it lands in PATH (via a temp file in
+# the same directory, renamed), with MODE and owned by APP_USER.
+new_tls_file() {
+  local path=$1 mode=$2 tmp err
+  shift 2
+  tmp=$(mktemp "$path.XXXXXX")
+  if ! err=$("$@" 2>&1 >"$tmp"); then
+    rm -f "$tmp"
+    die "step 2/6 tls: $1 failed: ${err//$'\n'/ }"
+  fi
+  chmod "$mode" "$tmp"
+  ((EUID == 0)) && chown "$APP_USER:" "$tmp"
+  mv -f "$tmp" "$path"
+}
+
+# 3. Code: the tip of origin/GIT_REF, with a hard reset so an edit on the VM cannot block a
 # deploy. A failed fetch (network) keeps the code that is there.
 update_code() {
   local t0 old new err
   t0=$(now)
   [[ -d $APP_DIR/.git ]] ||
-    die "step 2/5 no checkout at APP_DIR=$APP_DIR: clone the repository there once (git clone URL $APP_DIR) or set the app-dir attribute"
+    die "step 3/6 no checkout at APP_DIR=$APP_DIR: clone the repository there once (git clone URL $APP_DIR) or set the app-dir attribute"
   if ((EUID == 0)) && [[ $(stat -c %U "$APP_DIR") != "$APP_USER" ]]; then
     chown -R "$APP_USER:" "$APP_DIR"
   fi
@@ -115,13 +203,13 @@ update_code() {
     "+refs/heads/$GIT_REF:refs/remotes/origin/$GIT_REF" 2>&1); then
     as_app git -C "$APP_DIR" reset --quiet --hard "origin/$GIT_REF"
     new=$(as_app git -C "$APP_DIR" rev-parse --short HEAD)
-    log INFO "step 2/5 code: $old -> $new (origin/$GIT_REF) ($(since "$t0")s)"
+    log INFO "step 3/6 code: $old -> $new (origin/$GIT_REF) ($(since "$t0")s)"
   else
-    log WARNING "step 2/5 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)"
+    log WARNING "step 3/6 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)"
   fi
 }
 
-# 3. .env from Secret Manager: written to a temp file, checked, then renamed, mode 0600, owned
+# 4. .env from Secret Manager: written to a temp file, checked, then renamed, mode 0600, owned
 # by APP_USER. A failed fetch leaves the old file alone and the agent unstarted.
 write_env() {
   local t0 tmp err
@@ -130,25 +218,25 @@ write_env() {
   if ! err=$(timeout 120 gcloud secrets versions access latest --secret="$ENV_SECRET" --quiet \
     2>&1 >"$tmp"); then
     rm -f "$tmp"
-    die "step 3/5 .env: cannot read secret $ENV_SECRET: ${err//$'\n'/ }; the agent is not started"
+    die "step 4/6 .env: cannot read secret $ENV_SECRET: ${err//$'\n'/ }; the agent is not started"
   fi
   if ! grep -q '^AGENT_TOKEN=' "$tmp"; then
     rm -f "$tmp"
-    die "step 3/5 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started"
+    die "step 4/6 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started"
   fi
   chmod 600 "$tmp"
   ((EUID == 0)) && chown "$APP_USER:" "$tmp"
   mv -f "$tmp" "$APP_DIR/.env"
-  log INFO "step 3/5 .env: written from secret $ENV_SECRET ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
+  log INFO "step 4/6 .env: written from secret $ENV_SECRET ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
 }
 
-# 4. Dependencies: uv sync from the committed lock (uv installed from PyPI first if missing).
+# 5. Dependencies: uv sync from the committed lock (uv installed from PyPI first if missing).
 sync_deps() {
   local t0
   t0=$(now)
   ensure_uv
   as_app "$UV_BIN" sync --frozen --no-dev --quiet --directory "$APP_DIR"
-  log INFO "step 4/5 dependencies: uv sync --frozen ($(since "$t0")s)"
+  log INFO "step 5/6 dependencies: uv sync --frozen ($(since "$t0")s)"
 }
 
 ensure_uv() {
@@ -156,29 +244,33 @@ ensure_uv() {
   if [[ -n $UV_BIN ]] && as_app "$UV_BIN" --version >/dev/null 2>&1; then
     return
   fi
-  log INFO "step 4/5 uv is missing (or not usable by $APP_USER): installing it from PyPI with pip"
+  log INFO "step 5/6 uv is missing (or not usable by $APP_USER): installing it from PyPI with pip"
   if ! python3 -m pip --version >/dev/null 2>&1; then
-    command -v apt-get >/dev/null || die "step 4/5 no uv, no pip, and no apt-get to install pip with"
+    command -v apt-get >/dev/null || die "step 5/6 no uv, no pip, and no apt-get to install pip with"
     apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
   fi
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --root-user-action=ignore uv
   UV_BIN=$(command -v uv || printf '%s' "$HOME/.local/bin/uv")
-  [[ -x $UV_BIN ]] || die "step 4/5 uv was installed but cannot be found"
+  [[ -x $UV_BIN ]] || die "step 5/6 uv was installed but cannot be found"
 }
 
-# 5. The agent: a systemd service where systemd runs (written each boot, so a changed setting
+# 6. The agent: a systemd service where systemd runs (written each boot, so a changed setting
 # takes effect), else in the foreground with exec, so a stop signal reaches it.
+agent_scheme() { if ((AGENT_TLS)); then printf https; else printf http; fi; }
+
 start_agent() {
+  TLS_ARGS=()
+  ((AGENT_TLS)) && TLS_ARGS=(--ssl-keyfile "$TLS_KEY" --ssl-certfile "$TLS_CERT")
   mkdir -p "$STATE_DIR"
   ((EUID == 0)) && chown "$APP_USER:" "$STATE_DIR"
   if ((EUID == 0)) && [[ -d /run/systemd/system ]]; then
     start_service
     return
   fi
-  log INFO "step 5/5 agent: starting in the foreground as $APP_USER on $AGENT_HOST:$AGENT_PORT (no systemd)"
+  log INFO "step 6/6 agent: starting in the foreground as $APP_USER on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT (no systemd)"
   cd "$APP_DIR"
   local -a exec_agent=(env STATE_DIR="$STATE_DIR" "$APP_DIR/.venv/bin/uvicorn" fastapi_app:app
-    --host "$AGENT_HOST" --port "$AGENT_PORT" --timeout-graceful-shutdown 5)
+    --host "$AGENT_HOST" --port "$AGENT_PORT" --timeout-graceful-shutdown 5 "${TLS_ARGS[@]}")
   if ((EUID == 0)); then
     exec runuser -u "$APP_USER" -- env HOME="$APP_HOME" "${exec_agent[@]}"
   fi
@@ -195,18 +287,20 @@ start_service() {
     chmod 440 "$SUDOERS_FILE.tmp"
     mv -f "$SUDOERS_FILE.tmp" "$SUDOERS_FILE"
   else
-    log WARNING "step 5/5 no sudo: the agent's idle shutdown cannot power the VM off"
+    log WARNING "step 6/6 no sudo: the agent's idle shutdown cannot power the VM off"
   fi
   systemctl daemon-reload
   systemctl restart "$SERVICE"
-  until curl -sf --max-time 1 "http://127.0.0.1:$AGENT_PORT/" >/dev/null; do
+  local -a pinned=()
+  ((AGENT_TLS)) && pinned=(-k --pinnedpubkey "$TLS_PIN")
+  until curl -sf --max-time 1 "${pinned[@]}" "$(agent_scheme)://127.0.0.1:$AGENT_PORT/" >/dev/null; do
     tries=$((tries + 1))
     if ((tries > 150)); then
-      die "step 5/5 agent: $SERVICE did not answer on port $AGENT_PORT within 30 s: journalctl -u $SERVICE"
+      die "step 6/6 agent: $SERVICE did not answer on port $AGENT_PORT within 30 s: journalctl -u $SERVICE"
     fi
     sleep 0.2
   done
-  log INFO "step 5/5 agent: $SERVICE answers on port $AGENT_PORT as $APP_USER ($(since "$t0")s)"
+  log INFO "step 6/6 agent: $SERVICE answers on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT as $APP_USER ($(since "$t0")s)"
 }
 
 unit_text() {
@@ -223,7 +317,7 @@ User=$APP_USER
 WorkingDirectory=$APP_DIR
 Environment=STATE_DIR=$STATE_DIR
 Environment="SHUTDOWN_COMMAND=sudo -n /usr/sbin/poweroff"
-ExecStart=$APP_DIR/.venv/bin/uvicorn fastapi_app:app --host $AGENT_HOST --port $AGENT_PORT --timeout-graceful-shutdown 5
+ExecStart=$APP_DIR/.venv/bin/uvicorn fastapi_app:app --host $AGENT_HOST --port $AGENT_PORT --timeout-graceful-shutdown 5${TLS_ARGS[*]:+ ${TLS_ARGS[*]}}
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=30
@@ -238,11 +332,12 @@ main() {
   t0=$(now)
   log INFO "starting (pid $$, user $(id -un))"
   read_settings   # 1. settings: environment, metadata, defaults
-  update_code     # 2. code at origin/GIT_REF
-  write_env       # 3. .env from Secret Manager
-  sync_deps       # 4. uv sync
+  ensure_tls_key  # 2. the agent's TLS key, its pin published as a guest attribute
+  update_code     # 3. code at origin/GIT_REF
+  write_env       # 4. .env from Secret Manager
+  sync_deps       # 5. uv sync
   log INFO "boot steps done in $(since "$t0")s"
-  start_agent     # 5. the agent
+  start_agent     # 6. the agent
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

@@ -1,9 +1,10 @@
-"""`python -m gcp_emulator serve|run`: start the emulator on a loopback port.
+"""`python -m gcp_emulator serve|run|demo`: the emulator's commands, and `Emulator`, the emulator
+in this process's event loop.
 
 serve [--config F] [--port P]      print the `export` lines a shell needs, serve until Ctrl-C
 run [--config F] [--port P] -- CMD start it, run CMD with that environment, stop every guest
                                    and the emulator, exit with CMD's status
-demo [--mode test] [--keep]        the whole flow on this machine (gcp_emulator/demo.py)
+demo [--mode test] [--keep]        the whole flow on this machine (its VM from gcp_emulator/demo.py)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import uvicorn
 
 from gcp_emulator.cloud import Cloud
 from gcp_emulator.config import ConfigError, EmulatorConfig, load_config
-from gcp_emulator.demo import run_demo
+from gcp_emulator.demo import REPO, demo_config, make_disk
 from gcp_emulator.server import EmulatorApp
 
 logger = logging.getLogger("gcp_emulator")
@@ -157,32 +158,80 @@ async def serve(emu: Emulator) -> int:
 
 
 async def run(emu: Emulator, command: list[str], extra_env: dict[str, str] | None = None) -> int:
-    """Start the emulator, run command with its environment (plus extra_env), stop it all."""
-    loop = asyncio.get_running_loop()
-    async with emu:
-        env = dict(os.environ)
-        for key, value in emu.env().items():
-            if key in CONVENIENCE:
-                env.setdefault(key, value)  # the caller's own choice stands
-            else:
-                env[key] = value
-        env.update(extra_env or {})
-        try:
-            child = await asyncio.create_subprocess_exec(*command, env=env, process_group=0)
-        except OSError as exc:
-            print(f"gcp_emulator: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
-            return 127
+    """Start the emulator, run command with its environment (plus extra_env), stop it all.
 
-        def forward(sig: int) -> None:
+    SIGINT and SIGTERM are ours from the first line: one that arrives before the command has
+    started is passed on as soon as it has (or the command is not started at all), so a Ctrl-C
+    at any moment stops the command and every guest."""
+    loop = asyncio.get_running_loop()
+    child: asyncio.subprocess.Process | None = None
+    received: list[int] = []
+
+    def send(sig: int) -> None:
+        if child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, sig)
 
+    def forward(sig: int) -> None:
+        received.append(sig)
+        send(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, forward, sig)
+    try:
+        async with emu:
+            if received:
+                return 128 + received[0]
+            env = dict(os.environ)
+            for key, value in emu.env().items():
+                if key in CONVENIENCE:
+                    env.setdefault(key, value)  # the caller's own choice stands
+                else:
+                    env[key] = value
+            env.update(extra_env or {})
+            try:
+                child = await asyncio.create_subprocess_exec(*command, env=env, process_group=0)
+            except OSError as exc:
+                print(f"gcp_emulator: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+                return 127
+            for sig in list(received):  # arrived while the command was being started
+                send(sig)
+            rc = await child.wait()
+    finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, forward, sig)
-        rc = await child.wait()
+            loop.remove_signal_handler(sig)
     if rc < 0:
         return 128 - rc
     return rc
+
+
+async def run_demo(mode: str, keep: bool) -> int:
+    """The one-command local flow; the exit status is entrypoint.sh's."""
+    base = Path(tempfile.mkdtemp(prefix="vm-job-demo-"))
+    if os.geteuid() == 0:  # the agent's user reaches the disk and the guest's poweroff
+        (base / "emulator").mkdir()
+        for p in (base, base / "emulator"):
+            p.chmod(0o755)
+    try:
+        demo = demo_config(make_disk(base / "vm"))
+        emu = Emulator(demo.config, state_dir=base / "emulator")
+        print(
+            f"demo: VM demo-vm boots startup.sh from a clone of {REPO} (origin: a local bare "
+            f"copy); its .env secret holds a generated token and a demo job; running "
+            f"./entrypoint.sh with MODE={mode}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return await run(emu, ["bash", str(REPO / "entrypoint.sh")], demo.entrypoint_env(MODE=mode))
+    finally:
+        if keep:
+            print(
+                f"demo: kept {base} (serial console: {base}/emulator/instances/"
+                "asia-northeast3-c/demo-vm/serial-port-1.log)",
+                file=sys.stderr,
+            )
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

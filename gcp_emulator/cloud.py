@@ -99,6 +99,8 @@ class Instance:
     labels: dict[str, str] = field(default_factory=dict)
     label_fingerprint: str = field(default_factory=fingerprint)
     access_configs: list[dict[str, Any]] = field(default_factory=list)
+    # what the guest published this boot: {"namespace/key": value}; cleared at every start
+    guest_attributes: dict[str, str] = field(default_factory=dict)
     nic_fingerprint: str = field(default_factory=fingerprint)
     guest: Guest | None = None
     task: asyncio.Task[None] | None = None
@@ -125,6 +127,11 @@ class Instance:
 
     def external_ip(self) -> str | None:
         return self.access_configs[0].get("natIP") if self.access_configs else None
+
+    def guest_attributes_enabled(self) -> bool:
+        """The instance's `enable-guest-attributes` metadata (this emulator has no project
+        metadata to fall back on)."""
+        return self.metadata.get("enable-guest-attributes", "").strip().lower() == "true"
 
 
 @dataclass
@@ -264,6 +271,7 @@ class Cloud:
         inst.waiting.setdefault("RUNNING", []).append(op)
         if inst.status == "TERMINATED":
             inst.last_start = now_rfc3339()
+            inst.guest_attributes.clear()
             self.set_status(inst, "PROVISIONING")
             inst.task = asyncio.get_running_loop().create_task(self._boot(inst))
         return op
@@ -328,6 +336,7 @@ class Cloud:
             return
         if status == "RUNNING":
             inst.last_start = now_rfc3339()
+            inst.guest_attributes.clear()
             inst.task = asyncio.get_running_loop().create_task(self._boot(inst, skip_delays=True))
         elif status == "TERMINATED":
             self._begin_stop(inst)
@@ -613,6 +622,7 @@ class Cloud:
                     "access_configs": [dict(ac) for ac in i.access_configs],
                     "metadata": dict(i.metadata),
                     "labels": dict(i.labels),
+                    "guest_attributes": dict(i.guest_attributes),
                     "guest_pids": i.guest.pids() if i.guest else [],
                     "guest_exit_status": i.guest.exit_status if i.guest else None,
                     "workdir": str(i.workdir),

@@ -1,12 +1,14 @@
-"""`python -m gcp_emulator demo`: the whole flow on this machine, in one command.
+"""The demo VM: a disk that is a clone of this repository, booted with our startup.sh.
+
+`python -m gcp_emulator demo` (gcp_emulator/cli.py) runs the whole flow over it, in one command.
 
 The emulator boots a VM whose startup-script is our startup.sh, over a disk that is a clone of
 this repository (its `origin` a local bare copy of the working tree), with an `app-env` secret
 holding a generated token and a demonstration JOB_COMMAND. Then entrypoint.sh attaches the IP,
 starts the VM, runs the job, prints its log and stops the VM; the demo exits with its status.
 
-The pieces are reusable (the tests boot VMs the same way): snapshot_repo, make_disk,
-guest_access, demo_config.
+The tests and benchmarks boot VMs the same way: snapshot_repo, make_disk, guest_access,
+demo_config. This module imports nothing of the CLI: the dependency goes cli -> demo.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,11 @@ class Disk:
     base: Path  # everything of this VM; world-traversable when we are root
     origin: Path  # the bare repository the VM fetches from
     app: Path  # the checkout, APP_DIR on the VM
+
+    @property
+    def tls(self) -> Path:
+        """TLS_DIR on the VM: the agent's key, on the disk beside the checkout, not in it."""
+        return self.app.parent / "tls"
 
 
 def make_disk(base: Path, repo: Path = REPO) -> Disk:
@@ -197,6 +203,8 @@ def demo_config(
                 "app-dir": str(disk.app),
                 "env-secret": "app-env",
                 "agent-port": str(port),
+                "tls-dir": str(disk.tls),
+                "enable-guest-attributes": "TRUE",
                 **(metadata or {}),
             },
             env={**guest_access(disk), **(env or {})},
@@ -210,34 +218,3 @@ def demo_config(
         )
     cfg.secrets.append(SecretConfig(name="app-env", versions=[secret.encode()]))
     return Demo(cfg, token, port, disk)
-
-
-async def run_demo(mode: str, keep: bool) -> int:
-    """The one-command local flow; the exit status is entrypoint.sh's."""
-    from gcp_emulator.cli import Emulator, run
-
-    base = Path(tempfile.mkdtemp(prefix="vm-job-demo-"))
-    if os.geteuid() == 0:  # the agent's user reaches the disk and the guest's poweroff
-        (base / "emulator").mkdir()
-        for p in (base, base / "emulator"):
-            p.chmod(0o755)
-    try:
-        demo = demo_config(make_disk(base / "vm"))
-        emu = Emulator(demo.config, state_dir=base / "emulator")
-        print(
-            f"demo: VM demo-vm boots startup.sh from a clone of {REPO} (origin: a local bare "
-            f"copy); its .env secret holds a generated token and a demo job; running "
-            f"./entrypoint.sh with MODE={mode}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return await run(emu, ["bash", str(REPO / "entrypoint.sh")], demo.entrypoint_env(MODE=mode))
-    finally:
-        if keep:
-            print(
-                f"demo: kept {base} (serial console: {base}/emulator/instances/"
-                "asia-northeast3-c/demo-vm/serial-port-1.log)",
-                file=sys.stderr,
-            )
-        else:
-            shutil.rmtree(base, ignore_errors=True)

@@ -138,8 +138,11 @@ class Guest:
                 "%s: %d guest processes still up after %g s, SIGKILL", self.name, len(left), grace
             )
             self._signal_all(signal.SIGKILL)
-            while self.pids():
+            deadline = time.monotonic() + 10
+            while self.pids() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
+            if self.pids():  # in uninterruptible sleep: give up waiting, not the shutdown
+                logger.error("%s: processes %s survived SIGKILL for 10 s", self.name, self.pids())
         if self.proc is not None and self.proc.returncode is None:
             await self.proc.wait()
         if self._pump is not None:

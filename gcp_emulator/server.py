@@ -232,6 +232,50 @@ async def serial_port(cloud: Cloud, request: Request, m: dict[str, str]) -> Resp
     )
 
 
+GUEST_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+QUERY_PATH = re.compile(r"([A-Za-z0-9_-]+/[A-Za-z0-9_-]*)?")
+MAX_GUEST_ATTRIBUTE_BYTES = 100 * 1024  # the documented limit per value
+
+
+def guest_attribute_not_found(path: str) -> ApiError:
+    return ApiError(
+        404, "notFound", f"The resource '{path}' of type 'Guest Attribute' was not found."
+    )
+
+
+@route(
+    "GET",
+    C + "/zones/{zone}/instances/{instance}/getGuestAttributes",
+    "compute.instances.getGuestAttributes",
+)
+async def get_guest_attributes(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    """`queryPath` ("", "NS/" or "NS/KEY") answers queryValue.items; `variableKey` ("NS/KEY")
+    answers variableValue (GCP_REFERENCE.md section 5)."""
+    inst = _inst(cloud, m)
+    body: dict[str, Any] = {
+        "kind": "compute#guestAttributes",
+        "selfLink": cloud.link(inst.path) + "/getGuestAttributes",
+    }
+    variable = request.query_params.get("variableKey")
+    if variable is not None:
+        if variable not in inst.guest_attributes:
+            raise guest_attribute_not_found(variable)
+        return JSONResponse(
+            {**body, "variableKey": variable, "variableValue": inst.guest_attributes[variable]}
+        )
+    query = request.query_params.get("queryPath", "")
+    if not QUERY_PATH.fullmatch(query):
+        raise ApiError(400, "invalid", f"Invalid value for field 'queryPath': '{query}'.")
+    items = [
+        {"namespace": path.split("/", 1)[0], "key": path.split("/", 1)[1], "value": value}
+        for path, value in sorted(inst.guest_attributes.items())
+        if path == query or (query.endswith("/") and path.startswith(query)) or not query
+    ]
+    if not items:
+        raise guest_attribute_not_found(query)
+    return JSONResponse({**body, "queryPath": query, "queryValue": {"items": items}})
+
+
 @route("GET", C + "/regions/{region}/addresses/{address}", "compute.addresses.get")
 async def addresses_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return JSONResponse(cloud.address_json(cloud.address(m["project"], m["region"], m["address"])))
@@ -467,6 +511,57 @@ async def metadata(cloud: Cloud, request: Request, inst: Instance | None, key: s
     if alt == "json":
         return JSONResponse(value, headers=headers)
     return PlainTextResponse(value, headers=headers)
+
+
+GA = "/vm/{zone}/{instance}/computeMetadata/v1/instance/guest-attributes/{namespace}/{key}"
+
+
+def _guest_attribute(cloud: Cloud, request: Request, m: dict[str, str]) -> tuple[Instance, str]:
+    """The instance and "namespace/key" of a guest's guest-attribute call, or the error the
+    metadata server answers (as text, like the rest of the metadata server)."""
+    inst = cloud.instance(cloud.project, m["zone"], m["instance"])
+    if request.headers.get("metadata-flavor") != "Google":
+        raise MetadataError(403, "Missing Metadata-Flavor:Google header.")
+    if not inst.guest_attributes_enabled():
+        raise MetadataError(403, "Guest attributes endpoint access is disabled.")
+    for name in (m["namespace"], m["key"]):
+        if not GUEST_ATTRIBUTE_NAME.fullmatch(name):
+            raise MetadataError(400, f"Invalid guest attribute name: {name!r}.")
+    return inst, f"{m['namespace']}/{m['key']}"
+
+
+class MetadataError(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+@route("PUT", GA, "metadata.guestAttributes.put")
+async def guest_attribute_put(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    headers = {"Metadata-Flavor": "Google"}
+    try:
+        inst, path = _guest_attribute(cloud, request, m)
+        value = await request.body()
+        if len(value) > MAX_GUEST_ATTRIBUTE_BYTES:
+            raise MetadataError(400, "Guest attribute value too large.")
+    except MetadataError as err:
+        return PlainTextResponse(err.text, err.code, headers=headers)
+    inst.guest_attributes[path] = value.decode("utf-8", "replace")
+    cloud.record("event", event="guest_attribute", instance=f"{inst.zone}/{inst.name}", key=path)
+    return PlainTextResponse("", headers=headers)
+
+
+@route("GET", GA, "metadata.guestAttributes.get")
+async def guest_attribute_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    headers = {"Metadata-Flavor": "Google"}
+    try:
+        inst, path = _guest_attribute(cloud, request, m)
+    except MetadataError as err:
+        return PlainTextResponse(err.text, err.code, headers=headers)
+    if path not in inst.guest_attributes:
+        return PlainTextResponse("Not Found", 404, headers=headers)
+    return PlainTextResponse(inst.guest_attributes[path], headers=headers)
 
 
 @route("GET", "/vm/{zone}/{instance}/computeMetadata/v1/{rest}", "metadata.get")

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from agent_api import create_app
-from agent_settings import Settings
+from agent.api import create_app
+from agent.settings import Settings
 from gcp_emulator.demo import free_port
 from tests.harness import EmulatorProcess, stop_group
 

@@ -3,6 +3,8 @@ operator (or Cloud Run) runs it."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shlex
 import subprocess
@@ -20,14 +22,48 @@ PROJECT = "flow-project"
 
 
 def agent_guest_script(extra: str = "") -> str:
-    """A startup-script that boots the agent straight from this checkout."""
+    """A startup-script that boots the agent straight from this checkout. With TLS_KEY and
+    TLS_CERT in its environment it publishes the key's pin as startup.sh does (the guest
+    attribute vm-job-agent/tls-pin) and serves HTTPS."""
     return textwrap.dedent(f"""\
         #!/bin/bash
         {extra}
+        tls=()
+        if [[ -n ${{TLS_KEY:-}} ]]; then
+          pin="sha256//$(openssl pkey -in "$TLS_KEY" -pubout -outform der |
+            openssl dgst -sha256 -binary | base64)"
+          curl -sS -X PUT --data "$pin" -H 'Metadata-Flavor: Google' \\
+            "http://$GCE_METADATA_HOST/computeMetadata/v1/instance/guest-attributes/vm-job-agent/tls-pin"
+          tls=(--ssl-keyfile "$TLS_KEY" --ssl-certfile "$TLS_CERT")
+        fi
         cd {shlex.quote(str(REPO))}
         exec {shlex.quote(sys.executable)} -m uvicorn fastapi_app:app \\
-          --host "$AGENT_HOST" --port "$AGENT_PORT" --timeout-graceful-shutdown 3
+          --host "$AGENT_HOST" --port "$AGENT_PORT" --timeout-graceful-shutdown 3 "${{tls[@]}}"
         """)
+
+
+def make_tls_key(directory: Path) -> tuple[Path, Path, str]:
+    """An EC P-256 key and self-signed certificate, as startup.sh makes them; and the key's pin
+    in curl's --pinnedpubkey format."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    argv += ["-nodes", "-days", "30", "-subj", "/CN=test", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        argv,
+        check=True,
+        capture_output=True,
+    )
+    return key, cert, pin_of(key)
+
+
+def pin_of(key: Path) -> str:
+    der = subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "der"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return "sha256//" + base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
 @dataclass
@@ -41,6 +77,10 @@ class Flow:
     script: str = field(default_factory=agent_guest_script)
     emu: EmulatorProcess | None = None
     port: int = field(default_factory=free_port)
+    tls: bool = True  # the agent serves HTTPS and publishes its pin
+    guest_attributes: bool = True  # the VMs' metadata enables guest attributes
+    guest_env: dict[str, str] = field(default_factory=dict)  # more for every guest
+    pin: str = ""  # the agent's pin, once config() made its key
 
     def runs_file(self, i: int = 0) -> Path:
         return self.tmp / f"vm-{i}" / "runs.log"
@@ -62,14 +102,22 @@ class Flow:
                 "IDLE_SHUTDOWN": "0",
                 "KILL_GRACE": "2",
                 "JOB_COMMAND": job,
+                **self.guest_env,
             }
+            if self.tls:
+                key, cert, self.pin = make_tls_key(vm_dir / "tls")
+                env |= {"TLS_KEY": str(key), "TLS_CERT": str(cert)}
+            metadata = {"startup-script": self.script}
+            if self.guest_attributes:
+                metadata["enable-guest-attributes"] = "TRUE"
+            metadata_toml = ", ".join(f"{toml_str(k)} = {toml_str(v)}" for k, v in metadata.items())
             env_toml = ", ".join(f"{k} = {toml_str(v)}" for k, v in env.items())
             parts.append(f"""
 [[instances]]
 name = "vm-{i}"
 shutdown_grace = 5
 env = {{ {env_toml} }}
-metadata = {{ startup-script = {toml_str(self.script)} }}
+metadata = {{ {metadata_toml} }}
 
 [[addresses]]
 name = "ip-{i}"
@@ -98,6 +146,7 @@ address = "127.0.{60 + i}.{10 + i}"
             "RUN_TIMEOUT": "120",
             "STOP_TIMEOUT": "60",
             "API_TIMEOUT": "30",
+            "AGENT_TLS": "1" if self.tls else "0",
         }
         env.update(overrides)
         return {k: v for k, v in env.items() if v is not None}
@@ -124,6 +173,7 @@ address = "127.0.{60 + i}.{10 + i}"
             text=True,
             stdin=subprocess.DEVNULL,
             cwd=self.tmp,
+            start_new_session=True,  # so a test's clean-up reaches its gcloud and curl too
         )
 
     def assert_cleaned_up(self, i: int = 0) -> None:

@@ -139,3 +139,23 @@ def stop_group(proc: subprocess.Popen, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+
+def reap(proc: subprocess.Popen, grace: float = 10) -> tuple[str | bytes | None, ...]:
+    """A test's bounded clean-up of a child it started: SIGKILL it (its whole group when it
+    leads one) and collect its output for at most grace seconds. Pipes that a grandchild still
+    holds are closed, not waited on: one hang costs seconds, not the suite's timeout."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+    try:
+        return proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait(grace)
+        return (None, None)

@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.conftest import AUTH, REPO, TOKEN, finished, pid_alive, wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 def test_real_uvicorn_serves_health_runs_long_poll_and_log(live_agent):

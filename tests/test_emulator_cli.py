@@ -7,11 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import REPO, pid_alive, wait_until
+from tests.harness import reap
+
+pytestmark = pytest.mark.e2e
 
 
 def emulator_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -47,33 +51,37 @@ def test_run_without_a_command_is_a_usage_error():
     assert "run needs a command" in r.stderr
 
 
-def test_ctrl_c_during_run_stops_the_command_and_every_guest(tmp_path):
-    config = tmp_path / "emu.toml"
-    config.write_text("""
+GUEST_IGNORING_TERM = """
 [[instances]]
 name = "vm-1"
 status = "RUNNING"
 metadata = { startup-script = "#!/bin/bash\\ntrap '' TERM\\nsleep 300 & wait" }
 shutdown_grace = 1
-""")
-    url_file = tmp_path / "url"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gcp_emulator",
-            "run",
-            "--config",
-            str(config),
-            "--",
-            "bash",
-            "-c",
-            f'echo "$GCP_EMULATOR_URL" > {url_file}; sleep 300',
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+"""
+
+
+def start_run_cli(tmp_path, command: str) -> subprocess.Popen[str]:
+    """`python -m gcp_emulator run -v` with one RUNNING VM whose guest ignores SIGTERM; its
+    output goes to files, so no leftover process can hold a pipe the test waits on."""
+    config = tmp_path / "emu.toml"
+    config.write_text(GUEST_IGNORING_TERM)
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        argv = [sys.executable, "-m", "gcp_emulator", "run", "-v", "--config", str(config)]
+        argv += ["--state-dir", str(tmp_path / "state"), "--", "bash", "-c", command]
+        return subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+
+def test_ctrl_c_during_run_stops_the_command_and_every_guest(tmp_path):
+    url_file, pid_file = tmp_path / "url", tmp_path / "command.pid"
+    proc = start_run_cli(
+        tmp_path, f'echo $$ > {pid_file}; echo "$GCP_EMULATOR_URL" > {url_file}; sleep 300'
     )
     try:
         wait_until(lambda: url_file.exists() and url_file.read_text().strip(), 20, "the command")
@@ -85,14 +93,49 @@ shutdown_grace = 1
         wait_until(lambda: len(guest_pids()) == 2, 20, "the guest's processes")
         pids = guest_pids()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        rc = proc.wait(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
-    left = [p for p in pids if pid_alive(p)]
-    assert left == [], f"guest processes left behind after Ctrl-C: {left}"
+        reap(proc)
+    assert rc == 130, (tmp_path / "err").read_text()
+    left = [p for p in [*pids, int(pid_file.read_text())] if pid_alive(p)]
+    assert left == [], f"processes left behind after Ctrl-C: {left}"
+
+
+def test_ctrl_c_while_the_command_is_being_started_still_stops_everything(tmp_path):
+    """The race behind a flaky run: a Ctrl-C between the emulator being ready and the command
+    running must reach the command (or keep it from starting), and the guests must stop."""
+    pid_file = tmp_path / "command.pid"
+    proc = start_run_cli(tmp_path, f"echo $$ > {pid_file}; exec sleep 300")
+    err = tmp_path / "err"
+    try:
+        wait_until(lambda: "emulator ready" in err.read_text(), 20, "the emulator")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(30)
+    finally:
+        reap(proc)
+    assert rc == 130, err.read_text()
+    if pid_file.exists():
+        command = int(pid_file.read_text())
+        wait_until(lambda: not pid_alive(command), 5, "the command to end")
+    guest = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _is_guest_of(p, tmp_path)
+    ]
+    assert guest == [], f"guest processes left behind: {guest}"
+
+
+def _is_guest_of(proc_dir: Path, tmp_path: Path) -> bool:
+    """A live process started by this test's emulator (its guest's environment names it)."""
+    try:
+        environ = (proc_dir / "environ").read_bytes()
+    except OSError:
+        return False
+    return (
+        b"GCP_EMULATOR_GUEST=" in environ
+        and str(tmp_path).encode() in environ
+        and pid_alive(int(proc_dir.name))
+    )
 
 
 def test_serve_prints_exports_and_stops_on_sigterm(tmp_path):
@@ -126,9 +169,7 @@ def test_serve_prints_exports_and_stops_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        reap(proc)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from gcp_emulator.crc32c import crc32c
 from tests.harness import needs_gcloud
 
-pytestmark = needs_gcloud
+pytestmark = [pytest.mark.e2e, needs_gcloud]
 
 ZONE = "asia-northeast3-c"
 REGION = "asia-northeast3"

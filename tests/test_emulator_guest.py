@@ -5,8 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
+import pytest
+
 from tests.conftest import pid_alive, wait_until
 from tests.harness import needs_gcloud
+
+pytestmark = pytest.mark.e2e
 
 ZONE = "us-central1-a"
 Z = f"--zone={ZONE}"
@@ -57,7 +61,8 @@ def test_boot_delay_holds_the_script_back_after_running(emulator, tmp_path):
     emu.set_instance(ZONE, "vm-1", boot_delay=1.0)
     t0 = time.time()
     emu.set_instance(ZONE, "vm-1", status="RUNNING")
-    wait_until(mark.exists, 20, "the startup script")
+    # the shell creates the file before date writes to it: wait for the line, not the file
+    wait_until(lambda: mark.exists() and mark.read_text().endswith("\n"), 20, "the script")
     assert float(mark.read_text()) - t0 >= 1.0
 
 
@@ -171,3 +176,64 @@ address = "127.0.0.31"
     )
     assert r.text == "127.0.0.31"
     assert emu.address("ip-1")["status"] == "IN_USE"
+
+
+# -- guest attributes ------------------------------------------------------------------------
+
+PIN_PATH = "instance/guest-attributes/vm-job-agent/tls-pin"
+
+
+def test_guest_attributes_are_refused_unless_the_metadata_enables_them(emulator):
+    emu = emulator(vm_config("vm-1", script="#!/bin/bash\ntrue\n"))
+    base = f"/vm/{ZONE}/vm-1/computeMetadata/v1"
+    flavor = {"Metadata-Flavor": "Google"}
+    r = emu.http.put(f"{base}/{PIN_PATH}", content=b"sha256//x", headers=flavor)
+    assert (r.status_code, r.text) == (403, "Guest attributes endpoint access is disabled.")
+    assert emu.instance("vm-1")["guest_attributes"] == {}
+    emu.set_instance(ZONE, "vm-1", metadata={"enable-guest-attributes": "TRUE"})
+    assert emu.http.put(f"{base}/{PIN_PATH}", content=b"sha256//x").status_code == 403, (
+        "no Metadata-Flavor header: refused"
+    )
+    r = emu.http.put(f"{base}/{PIN_PATH}", content=b"sha256//x", headers=flavor)
+    assert r.status_code == 200
+    assert emu.http.get(f"{base}/{PIN_PATH}", headers=flavor).text == "sha256//x"
+    bad = emu.http.put(f"{base}/instance/guest-attributes/vm-job-agent/a.b", headers=flavor)
+    assert bad.status_code == 400, "names are letters, digits, - and _"
+
+
+@needs_gcloud
+def test_get_guest_attributes_reads_what_the_guest_published_this_boot(emulator):
+    script = (
+        "#!/bin/bash\ncurl -sf -X PUT --data \"boot-$(date +%s%N)\" -H 'Metadata-Flavor: Google' "
+        f'"http://$GCE_METADATA_HOST/computeMetadata/v1/{PIN_PATH}"\nsleep 300\n'
+    )
+    emu = emulator(vm_config("vm-1", script=script, **{"enable-guest-attributes": "TRUE"}))
+    query = ("compute", "instances", "get-guest-attributes", "vm-1", Z)
+    missing = emu.gcloud(*query, "--query-path=vm-job-agent/tls-pin")
+    assert missing.returncode == 1
+    assert (
+        "HTTPError 404: The resource 'vm-job-agent/tls-pin' of type 'Guest Attribute' "
+        "was not found." in missing.stderr
+    )
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(lambda: emu.instance("vm-1")["guest_attributes"], 20, "the guest's PUT")
+    first = emu.gcloud(*query, "--query-path=vm-job-agent/tls-pin", "--format=value(value)")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("boot-")
+    table = emu.gcloud(*query, "--query-path=vm-job-agent/")
+    header, row = table.stdout.splitlines()
+    assert (header.split(), row.split()) == (
+        ["NAMESPACE", "KEY", "VALUE"],
+        ["vm-job-agent", "tls-pin", first.stdout.strip()],
+    )
+    variable = emu.http.get(
+        f"/compute/v1/projects/guest-project/zones/{ZONE}/instances/vm-1/getGuestAttributes",
+        params={"variableKey": "vm-job-agent/tls-pin"},
+        headers={"Authorization": "Bearer x"},
+    ).json()
+    assert variable["variableValue"] == first.stdout.strip()
+    emu.set_instance(ZONE, "vm-1", status="TERMINATED")
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(lambda: emu.instance("vm-1")["guest_attributes"], 20, "the second boot's PUT")
+    second = emu.gcloud(*query, "--query-path=vm-job-agent/tls-pin", "--format=value(value)")
+    assert second.stdout != first.stdout, "a value is current only if this boot wrote it"

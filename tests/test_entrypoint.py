@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import TOKEN, pid_alive, wait_until
 from tests.flow import ZONE, Flow
-from tests.harness import needs_gcloud
+from tests.harness import needs_gcloud, reap
 
-pytestmark = needs_gcloud
+pytestmark = [pytest.mark.e2e, needs_gcloud]
 
 MUTATING = (
     "compute.instances.start",
@@ -91,7 +91,7 @@ def test_vm_is_stopped_when_the_agent_never_answers(make_flow):
     r = flow.entrypoint(BOOT_TIMEOUT="6")
     assert r.returncode == 4, r.stderr
     assert "did not answer within BOOT_TIMEOUT=6s" in r.stderr
-    assert f"http://127.0.60.10:{flow.port}/" in r.stderr, "the timeout names the URL"
+    assert f"https://127.0.60.10:{flow.port}/" in r.stderr, "the timeout names the URL"
     assert "tries" in r.stderr and "last error:" in r.stderr
     assert "get-serial-port-output vm-0" in r.stderr, "it says where to look next"
     assert flow.runs() == []
@@ -225,9 +225,7 @@ def test_second_execution_on_a_busy_vm_leaves_it_alone(make_flow):
         ], "the second execution must not stop the VM or detach its address"
         out, err = first.communicate(timeout=120)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+        reap(first)
     assert first.returncode == 0, err
     assert "first run complete" in out, "the running job was not cut off"
     assert len(flow.runs()) == 1
@@ -267,9 +265,7 @@ def test_sigterm_during_the_run_cancels_the_job_and_stops_the_vm(make_flow, tmp_
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     assert proc.returncode == 143, err
     stop = flow.emu.calls("compute.instances.stop")
     assert stop, "the VM was not stopped"
@@ -305,6 +301,8 @@ def test_the_token_never_appears_even_in_a_trace(make_flow):
     r = flow.entrypoint("-x")
     assert r.returncode == 0, r.stderr
     assert TOKEN not in r.stderr and TOKEN not in r.stdout
+    api_token = flow.emu.env["CLOUDSDK_AUTH_ACCESS_TOKEN"]
+    assert f"Bearer {api_token}" not in r.stderr, "nor the Compute API's access token"
 
 
 def test_on_cloud_run_every_log_line_is_json_with_severity(make_flow):

@@ -20,7 +20,7 @@ from gcp_emulator.demo import Demo, demo_config, make_disk, push_commit
 from tests.conftest import REPO, free_port, wait_until
 from tests.harness import EmulatorProcess, needs_gcloud
 
-pytestmark = needs_gcloud
+pytestmark = [pytest.mark.e2e, needs_gcloud]
 ZONE = "asia-northeast3-c"
 AS_ROOT = os.geteuid() == 0
 
@@ -239,3 +239,48 @@ def test_app_user_root_is_refused(tmp_path):
     )
     assert r.returncode == 1
     assert "APP_USER must not be root" in r.stderr
+
+
+def published_pin(vm: Booted) -> str:
+    return vm.emu.instance("demo-vm")["guest_attributes"]["vm-job-agent/tls-pin"]
+
+
+def test_the_agents_key_outlives_reboots_and_deploys_and_a_lost_one_is_made_again(boot, vm_base):
+    disk = make_disk(vm_base)
+    vm = boot(disk=disk)
+    first = vm.entrypoint(CLOUD_RUN_EXECUTION="first")
+    assert first.returncode == 0, first.stderr + vm.serial()
+    pin = published_pin(vm)
+    assert f"matches the pin demo-vm published ({pin}): verified" in first.stderr
+    key = disk.tls / "agent-key.pem"
+    assert not key.is_relative_to(disk.app), "the key lives outside the checkout"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert pwd.getpwuid(key.stat().st_uid).pw_name == (
+        "jobrunner" if AS_ROOT else pwd.getpwuid(os.getuid()).pw_name
+    ), "the agent's user owns its key"
+
+    push_commit(disk.origin, {"deploy-marker.txt": "v2\n"}, "deploy v2")
+    second = vm.entrypoint(CLOUD_RUN_EXECUTION="second")
+    assert second.returncode == 0, second.stderr + vm.serial()
+    assert "(origin/main)" in vm.serial() and (disk.app / "deploy-marker.txt").exists()
+    assert published_pin(vm) == pin, "a reboot and a deploy (git reset --hard) keep the key"
+
+    key.unlink()
+    third = vm.entrypoint(CLOUD_RUN_EXECUTION="third")
+    assert third.returncode == 0, third.stderr + vm.serial()
+    assert published_pin(vm) != pin, "a lost key is made again, with a new pin"
+    assert vm.serial().count("tls: no key yet: made one") == 2
+
+
+def test_without_guest_attributes_the_boot_says_what_to_set_and_nothing_runs(boot):
+    vm = boot(metadata={"enable-guest-attributes": "FALSE"})
+    r = vm.entrypoint(PIN_WAIT="3")
+    assert r.returncode == 6, r.stderr + vm.serial()
+    serial = vm.serial()
+    assert "guest attributes are disabled on this VM" in serial
+    assert "enable-guest-attributes=TRUE" in serial
+    assert "step 6/6 agent: starting" in serial, "the agent still starts"
+    assert "enable-guest-attributes=TRUE" in r.stderr
+    with sqlite3.connect(vm.app / "state" / "runs.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM runs").fetchone() == (0,), "a run started"
+    vm.assert_cleaned_up()

@@ -16,7 +16,8 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-APP_DIR = Path(__file__).resolve().parent
+# The checkout: fastapi_app.py, main.py and pyproject.toml, one level above this package.
+APP_DIR = Path(__file__).resolve().parent.parent
 ENV_FILE = Path(".env")
 MIN_TOKEN_LENGTH = 16
 # Longest a `GET /runs/{id}?wait=S` long poll is held, in seconds; a larger S is capped to this.

@@ -22,9 +22,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_settings import MAX_WAIT_SECONDS, Settings, project_version
-from job_runner import BusyError, JobRunner
-from run_store import RunRecord, RunStore, is_valid_run_id
+from agent.runner import BusyError, JobRunner
+from agent.settings import MAX_WAIT_SECONDS, Settings, project_version
+from agent.store import RunRecord, RunStore, is_valid_run_id
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_settings import APP_DIR, Settings
-from run_store import ACTIVE, RunRecord, RunStore, current_boot_id, new_run_id
+from agent.settings import APP_DIR, Settings
+from agent.store import ACTIVE, RunRecord, RunStore, current_boot_id, new_run_id
 
 logger = logging.getLogger(__name__)
 
