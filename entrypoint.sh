@@ -203,7 +203,7 @@ gcloud_call() {
       return "$rc"
     fi
     log WARNING "gcloud $1 $2 $3: transient error, retrying in ${delay}s: $(last_error)"
-    sleep "$delay"
+    nap "$delay"
     delay=$((delay * 2 > 16 ? 16 : delay * 2))
   done
 }
@@ -221,6 +221,16 @@ in_background() {
   wait "$CHILD_PID" || rc=$?
   CHILD_PID=""
   return "$rc"
+}
+
+# nap SECONDS: a sleep we wait for as a child, so that SIGTERM or SIGINT runs the trap at once
+# (bash runs a trap only when its foreground command ends: a plain `sleep 16` would hold back
+# the cleanup, and Cloud Run's SIGKILL comes 10 s after its SIGTERM).
+nap() {
+  sleep "$1" &
+  CHILD_PID=$!
+  wait "$CHILD_PID" || true
+  CHILD_PID=""
 }
 
 # -- the agent -------------------------------------------------------------------------------
@@ -446,7 +456,7 @@ verify_agent_key() {
       stop_pin_reader
       die "$EX_AGENT" "step 4/6: $INSTANCE's agent answers, but the VM never published its TLS key (guest attribute $PIN_ATTRIBUTE): is enable-guest-attributes=TRUE set in its metadata (gcloud compute instances add-metadata $INSTANCE --zone=$ZONE --metadata=enable-guest-attributes=TRUE), and may this job's service account read it (compute.instances.getGuestAttributes)? Last answer: $(pin_error). Nothing was sent with the token."
     fi
-    sleep 0.05
+    nap 0.05
   done
   stop_pin_reader
   use_pin "$(<"$WORK_DIR/pin")"
@@ -499,7 +509,7 @@ wait_for_agent() {
     if (($(date +%s) >= BOOT_DEADLINE)); then
       die "$EX_TIMEOUT" "step 4/6: the agent on $AGENT_URL/ did not answer within BOOT_TIMEOUT=${BOOT_TIMEOUT}s ($attempts tries, every ${HEALTH_INTERVAL}s); last error: $(last_agent_error). The VM's serial console tells why: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
     fi
-    sleep "$HEALTH_INTERVAL"
+    nap "$HEALTH_INTERVAL"
   done
 }
 
@@ -522,7 +532,7 @@ start_run() {
     (($(date +%s) + delay <= deadline)) ||
       die "$EX_AGENT" "step 5/6: could not start the run: $(last_agent_error)"
     log WARNING "step 5/6: POST /runs: $(last_agent_error); retrying in ${delay}s"
-    sleep "$delay"
+    nap "$delay"
     delay=$((delay * 2 > 8 ? 8 : delay * 2))
   done
   case $HTTP_CODE in
@@ -568,7 +578,7 @@ wait_for_run() {
       delay=1
     elif is_transient_http; then
       log WARNING "step 6/6: polling run $RUN_ID: $(last_agent_error); retrying in ${delay}s"
-      sleep "$delay"
+      nap "$delay"
       delay=$((delay * 2 > 8 ? 8 : delay * 2))
     else
       die "$EX_AGENT" "step 6/6: polling run $RUN_ID: $(last_agent_error)"

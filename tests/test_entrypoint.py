@@ -318,3 +318,29 @@ def test_on_cloud_run_every_log_line_is_json_with_severity(make_flow):
         assert entry["severity"] in ("INFO", "WARNING", "ERROR"), line
         assert entry["message"]
     assert "plain job output" in r.stdout
+
+
+def test_sigterm_during_a_retry_wait_starts_the_cleanup_at_once(make_flow):
+    flow = make_flow()
+    flow.emu.fault("compute.instances.start", status=503, count=-1)
+    proc = flow.popen()
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "retrying in 8s" in line:  # the longest wait before it: 8 s of sleep
+                break
+        else:
+            raise AssertionError("no 8 s retry wait: " + "".join(seen))
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        reap(proc)
+    assert proc.returncode == 143, "".join(seen) + err
+    stop = flow.emu.calls("compute.instances.stop")
+    assert stop, "the cleanup did not stop the VM"
+    # gcloud's own start-up (~0.6 s) is in this; the 8 s sleep must not be
+    assert stop[0]["time"] - sent < 4, f"the cleanup began {stop[0]['time'] - sent:.1f} s late"
+    flow.assert_cleaned_up()
