@@ -25,6 +25,11 @@ readonly SERVICE=vm-job-agent
 readonly UNIT_FILE=/etc/systemd/system/$SERVICE.service
 readonly SUDOERS_FILE=/etc/sudoers.d/$SERVICE
 readonly GUEST_NAMESPACE=vm-job-agent # guest attributes: vm-job-agent/tls-pin
+readonly NOFILE=65536                 # the agent's open files: far above its MAX_CONNECTIONS
+# bounded connections (agent/connections.py): accepted at most 256 at a time, so a burst can
+# not outrun the cap to the open-file limit; and a short graceful stop
+readonly -a UVICORN_ARGS=(--http agent.connections:GuardedH11Protocol --backlog 256
+  --timeout-graceful-shutdown 5)
 
 log() { printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}" >&2; }
 die() {
@@ -270,7 +275,9 @@ start_agent() {
   log INFO "step 6/6 agent: starting in the foreground as $APP_USER on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT (no systemd)"
   cd "$APP_DIR"
   local -a exec_agent=(env STATE_DIR="$STATE_DIR" "$APP_DIR/.venv/bin/uvicorn" fastapi_app:app
-    --host "$AGENT_HOST" --port "$AGENT_PORT" --timeout-graceful-shutdown 5 "${TLS_ARGS[@]}")
+    "${UVICORN_ARGS[@]}" --host "$AGENT_HOST" --port "$AGENT_PORT" "${TLS_ARGS[@]}")
+  # open files far above MAX_CONNECTIONS, as the unit's LimitNOFILE (as far as we may)
+  ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
   if ((EUID == 0)); then
     exec runuser -u "$APP_USER" -- env HOME="$APP_HOME" "${exec_agent[@]}"
   fi
@@ -317,7 +324,8 @@ User=$APP_USER
 WorkingDirectory=$APP_DIR
 Environment=STATE_DIR=$STATE_DIR
 Environment="SHUTDOWN_COMMAND=sudo -n /usr/sbin/poweroff"
-ExecStart=$APP_DIR/.venv/bin/uvicorn fastapi_app:app --host $AGENT_HOST --port $AGENT_PORT --timeout-graceful-shutdown 5${TLS_ARGS[*]:+ ${TLS_ARGS[*]}}
+ExecStart=$APP_DIR/.venv/bin/uvicorn fastapi_app:app ${UVICORN_ARGS[*]} --host $AGENT_HOST --port $AGENT_PORT${TLS_ARGS[*]:+ ${TLS_ARGS[*]}}
+LimitNOFILE=$NOFILE
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=30

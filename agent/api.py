@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -22,13 +23,21 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.runner import BusyError, JobRunner
+from agent.runner import BusyError, JobRunner, KeyConflict, StoreError
 from agent.settings import MAX_WAIT_SECONDS, Settings, project_version
-from agent.store import RunRecord, RunStore, is_valid_run_id
+from agent.store import (
+    RunRecord,
+    RunStore,
+    StateDirBusy,
+    is_valid_run_id,
+    lock_state_dir,
+    read_log_tail,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024
+BODY_TIMEOUT = 10.0  # seconds between two parts of a request body before 408
 MAX_LOG_BYTES = 4 * 1024 * 1024
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
 
@@ -85,7 +94,9 @@ class SyncResult(BaseModel):
 
 
 class BodySizeLimit:
-    """Answer 413 to a request body over max_bytes, declared or streamed, before any handler."""
+    """Answer 413 to a request body over max_bytes before any handler sees it. The bytes that
+    arrive are counted, whatever Content-Length says (a request may declare a small length and
+    stream a chunked body)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -97,19 +108,24 @@ class BodySizeLimit:
             return
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(scope, receive, send)
             return
-        if b"transfer-encoding" not in headers:
-            await self.app(scope, receive, send)
+        if declared is None and b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body
             return
-        # A chunked body: read it here, within the limit, then replay it to the app.
+        # Read the body here, counting what arrives, then replay it to the app.
         body, more = b"", True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_TIMEOUT)
+            except TimeoutError:
+                response = JSONResponse(
+                    {"detail": f"request body not received within {BODY_TIMEOUT:g} s"},
+                    status_code=status.HTTP_408_REQUEST_TIMEOUT,
+                )
+                await response(scope, receive, send)
+                return
             if message["type"] != "http.request":
                 return
             body += message.get("body", b"")
@@ -180,6 +196,10 @@ def checked_run_id(run_id: str) -> str:
 RunId = Annotated[str, Depends(checked_run_id)]
 
 
+def store_error(exc: StoreError) -> str:
+    return f"the agent cannot write its run records ({exc}): free space on the VM's disk"
+
+
 def record_or_404(rec: RunRecord | None) -> RunRecord:
     if rec is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "run not found")
@@ -242,6 +262,10 @@ async def create_run(
         rec, created = await runner.start(body.mode, idempotency_key)
     except BusyError as exc:
         return busy_response(exc)
+    except KeyConflict as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    except StoreError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, store_error(exc)) from None
     return JSONResponse(
         RunPublic.of(rec).model_dump(),
         status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
@@ -251,7 +275,7 @@ async def create_run(
 @router.get("/runs", response_model=RunsPublic)
 def list_runs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20) -> RunsPublic:
     """Recent runs, newest first."""
-    runs = [RunPublic.of(r) for r in request.app.state.store.recent(limit)]
+    runs = [RunPublic.of(r) for r in request.app.state.runner.recent(limit)]
     return RunsPublic(data=runs, count=len(runs))
 
 
@@ -264,7 +288,7 @@ async def get_run(
     ] = 0,
 ) -> RunPublic:
     """The run's record; with `wait=S`, answers when the run ends or after S seconds."""
-    rec = record_or_404(runner.store.get(run_id))
+    rec = record_or_404(runner.get(run_id))
     if wait > 0 and rec.status == "running":
         rec = record_or_404(await runner.wait(run_id, min(wait, MAX_WAIT_SECONDS)))
     return RunPublic.of(rec)
@@ -272,24 +296,21 @@ async def get_run(
 
 @router.get("/runs/{run_id}/log", response_class=PlainTextResponse)
 def get_run_log(run_id: RunId, request: Request) -> PlainTextResponse:
-    """The job's combined stdout and stderr (the last 4 MiB of it)."""
+    """The job's combined stdout and stderr (its last 4 MiB, or LOG_MAX_BYTES if less)."""
     store: RunStore = request.app.state.store
+    settings: Settings = request.app.state.settings
     record_or_404(store.get(run_id))
-    try:
-        with store.log_path(run_id).open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - MAX_LOG_BYTES))
-            data = f.read(MAX_LOG_BYTES)
-    except FileNotFoundError:
-        data = b""
-    return PlainTextResponse(data.decode("utf-8", "replace"))
+    data, start = read_log_tail(store.log_path(run_id), min(MAX_LOG_BYTES, settings.log_max_bytes))
+    text = data.decode("utf-8", "replace")
+    if start:
+        text = f"[… the first {start} bytes of this log are not kept (LOG_MAX_BYTES) …]\n" + text
+    return PlainTextResponse(text)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic)
 async def cancel_run(run_id: RunId, runner: RunnerDep) -> RunPublic:
-    """Stop the run's process group (SIGTERM, then SIGKILL); a no-op on an ended run."""
-    record_or_404(runner.store.get(run_id))
+    """Stop every process of the run (SIGTERM, then SIGKILL); a no-op on an ended run."""
+    record_or_404(runner.get(run_id))
     return RunPublic.of(record_or_404(await runner.cancel(run_id)))
 
 
@@ -298,6 +319,11 @@ async def run_to_the_end(runner: JobRunner, mode: str) -> Any:
         rec, _ = await runner.start(mode, None)
     except BusyError as exc:
         return busy_response(exc, status="error")
+    except StoreError as exc:
+        return JSONResponse(
+            {"status": "error", "detail": store_error(exc)},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
     rec = record_or_404(await runner.wait(rec.id, None))
     if rec.status != "succeeded":
         return JSONResponse(
@@ -333,9 +359,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            lock = lock_state_dir(settings.state_dir)  # first: before recovery touches a run
+        except StateDirBusy as exc:
+            logger.error("%s", exc)
+            raise
         store = RunStore(settings.state_dir)
         runner = JobRunner(settings, store, job_env, job_argv)
         await runner.recover()
+        runner.prune()
         app.state.store, app.state.runner = store, runner
         watchdog = asyncio.create_task(runner.idle_watchdog())
         logger.info(
@@ -350,8 +382,17 @@ def create_app(
             watchdog.cancel()
             await runner.shutdown()
             store.close()
+            os.close(lock)
 
-    app = FastAPI(title="VM job agent", version=project_version(), lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json: every route but health needs the token (README).
+    app = FastAPI(
+        title="VM job agent",
+        version=project_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.settings = settings
     app.state.version = app.version
 

@@ -1,10 +1,14 @@
 """Runs the job in a child process, one run at a time, and keeps its record up to date.
 
 The child is `python main.py [--test]` in a new session (so its own process group), with its
-stdout and stderr appended to the run's log file. A timeout or a cancel sends SIGTERM to the
-whole group, then SIGKILL after KILL_GRACE seconds. Processes the job leaves behind in its
-group are killed when it exits. The idle watchdog runs SHUTDOWN_COMMAND after IDLE_SHUTDOWN
-seconds with no run and no authenticated request.
+stdout and stderr appended to the run's log file. Every process of a run carries
+VM_JOB_RUN=<run id> in its environment, so the run's processes are found wherever they went
+(their own session, a double fork). A timeout or a cancel sends SIGTERM to all of them and
+gives them KILL_GRACE seconds, then SIGKILL; what the job leaves behind when it exits gets the
+same. A run's end that cannot be written (a full disk) is kept in memory, answered as the
+run's state, and written as soon as the store takes it: the agent never wedges on it. The idle
+watchdog runs SHUTDOWN_COMMAND after IDLE_SHUTDOWN seconds with no run and no authenticated
+request.
 """
 
 from __future__ import annotations
@@ -14,14 +18,23 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.settings import APP_DIR, Settings
-from agent.store import ACTIVE, RunRecord, RunStore, current_boot_id, new_run_id
+from agent.store import (
+    ACTIVE,
+    RunRecord,
+    RunStore,
+    cap_log,
+    current_boot_id,
+    new_run_id,
+    now_iso,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +42,24 @@ MODES = ("run", "test")
 # A retried key gets its earlier run back while that run is going or has succeeded; after a
 # failure, a cancel or an interruption the same key starts a new run.
 REPLAYABLE = (ACTIVE, "succeeded")
+
+
+RUN_MARKER = "VM_JOB_RUN"  # in the environment of every process of a run: VM_JOB_RUN=<id>
+
+
+class StoreError(Exception):
+    """The run store cannot be written (a full disk, most often): nothing was started."""
+
+
+class KeyConflict(Exception):
+    """An Idempotency-Key already used for a run of another mode."""
+
+    def __init__(self, key: str, earlier: RunRecord) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was used for a {earlier.mode} run ({earlier.id});"
+            " use a new key for another mode"
+        )
+        self.earlier = earlier
 
 
 class BusyError(Exception):
@@ -45,6 +76,7 @@ class _ActiveRun:
     proc: asyncio.subprocess.Process
     done: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: str | None = None  # "cancel", "timeout" or "shutdown" once we stop it
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)  # set once a stop is through
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:
@@ -67,6 +99,50 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def run_processes(run_id: str) -> list[int]:
+    """Live (non-zombie) processes whose environment holds VM_JOB_RUN=run_id: the job and all
+    it started, in whatever process group or session they are now."""
+    needle = f"{RUN_MARKER}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _signal_run(run_id: str, pgid: int | None, sig: signal.Signals) -> None:
+    """sig to the run's process group and to every process of the run outside it."""
+    if pgid is not None:
+        _signal_group(pgid, sig)
+    for pid in run_processes(run_id):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+async def end_run_processes(
+    run_id: str, pgid: int | None, grace: float, main: asyncio.subprocess.Process | None = None
+) -> int:
+    """SIGTERM every process of the run, SIGKILL what is left after grace seconds; returns how
+    many were still there for SIGKILL."""
+    _signal_run(run_id, pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if (main is None or main.returncode is not None) and not run_processes(run_id):
+            return 0
+        await asyncio.sleep(0.05)
+    left = len(run_processes(run_id))
+    _signal_run(run_id, pgid, signal.SIGKILL)
+    return left
 
 
 def _last_line(path: Path, limit: int = 200) -> str:
@@ -97,6 +173,9 @@ class JobRunner:
         self._active: _ActiveRun | None = None
         self._start_lock = asyncio.Lock()
         self._last_activity = time.monotonic()
+        # ends of runs the store could not take yet (a full disk): id -> final record
+        self._unrecorded: dict[str, RunRecord] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -108,33 +187,40 @@ class JobRunner:
         """Note activity: the idle watchdog counts from the last call."""
         self._last_activity = time.monotonic()
 
+    def get(self, run_id: str) -> RunRecord | None:
+        """The run's record, with an end not yet written to the store (a full disk) applied."""
+        return self._unrecorded.get(run_id) or self.store.get(run_id)
+
+    def recent(self, limit: int) -> list[RunRecord]:
+        return [self._unrecorded.get(r.id, r) for r in self.store.recent(limit)]
+
     async def recover(self) -> None:
         """At start-up: a run still `running` in the store was cut off when the agent died.
         Its process group, if it outlived the agent (same boot only), ends as on a cancel:
         SIGTERM, then SIGKILL after KILL_GRACE seconds."""
         boot_id = current_boot_id()
         for rec in self.store.active():
-            if rec.pid and rec.boot_id == boot_id and _signal_group(rec.pid, signal.SIGTERM):
-                logger.warning(
-                    "run %s: its process group %d outlived the agent; ending it", rec.id, rec.pid
-                )
-                deadline = time.monotonic() + self.settings.kill_grace
-                while time.monotonic() < deadline and _group_alive(rec.pid):
-                    await asyncio.sleep(0.05)
-                _signal_group(rec.pid, signal.SIGKILL)
-            self.store.finish(rec.id, "interrupted", None, "the agent stopped during the run")
+            same_boot = rec.pid and rec.boot_id == boot_id
+            if same_boot and (_group_alive(rec.pid) or run_processes(rec.id)):  # type: ignore[arg-type]
+                logger.warning("run %s: its processes outlived the agent; ending them", rec.id)
+                await end_run_processes(rec.id, rec.pid, self.settings.kill_grace)
+            self._record_end(
+                replace(rec, status="interrupted", error="the agent stopped during the run")
+            )
             logger.warning("run %s was running when the agent stopped: marked interrupted", rec.id)
 
     # -- starting ----------------------------------------------------------------------------
 
     def _child_env(self, record: RunRecord) -> dict[str, str]:
         env = {**self.job_env, **os.environ}
-        env.pop("AGENT_TOKEN", None)
+        for name in [k for k in env if k.upper() == "AGENT_TOKEN"]:  # any spelling of it
+            del env[name]
         if self.settings.job_command is not None:
             env["JOB_COMMAND"] = self.settings.job_command
         env["PYTHONUNBUFFERED"] = "1"
         env["RUN_ID"] = record.id
         env["RUN_MODE"] = record.mode
+        env[RUN_MARKER] = record.id
         return env
 
     async def start(self, mode: str, idempotency_key: str | None) -> tuple[RunRecord, bool]:
@@ -144,6 +230,10 @@ class JobRunner:
         async with self._start_lock:
             if idempotency_key is not None:
                 earlier = self.store.latest_for_key(idempotency_key)
+                if earlier is not None:
+                    earlier = self._unrecorded.get(earlier.id, earlier)
+                    if earlier.mode != mode:
+                        raise KeyConflict(idempotency_key, earlier)
                 if earlier is not None and earlier.status in REPLAYABLE:
                     logger.info(
                         "key %r: returning run %s (%s)", idempotency_key, earlier.id, earlier.status
@@ -151,7 +241,11 @@ class JobRunner:
                     return earlier, False
             if self._active is not None:
                 raise BusyError(self._active.run_id)
-            record = self.store.create(new_run_id(), mode, idempotency_key)
+            try:
+                record = self.store.create(new_run_id(), mode, idempotency_key)
+            except (sqlite3.Error, OSError) as exc:
+                logger.error("could not record a new run: %s", exc)
+                raise StoreError(str(exc)) from exc
             argv = self.job_argv + (["--test"] if mode == "test" else [])
             try:
                 with self.store.log_path(record.id).open("ab") as log:
@@ -165,10 +259,15 @@ class JobRunner:
                         start_new_session=True,
                     )
             except OSError as exc:
-                self.store.finish(record.id, "failed", None, f"could not start the job: {exc}")
                 logger.error("run %s: could not start the job: %s", record.id, exc)
-                return self.store.get(record.id), True  # type: ignore[return-value]
-            self.store.set_pid(record.id, proc.pid)
+                self._record_end(
+                    replace(record, status="failed", error=f"could not start the job: {exc}")
+                )
+                return self.get(record.id), True  # type: ignore[return-value]
+            with contextlib.suppress(
+                sqlite3.Error, OSError
+            ):  # only recovery after a crash needs it
+                self.store.set_pid(record.id, proc.pid)
             active = _ActiveRun(record.id, proc)
             self._active = active
             self.touch()
@@ -180,6 +279,7 @@ class JobRunner:
 
     async def _supervise(self, active: _ActiveRun) -> None:
         started = time.monotonic()
+        capper = asyncio.get_running_loop().create_task(self._cap_log(active.run_id))
         try:
             await asyncio.wait_for(asyncio.shield(active.proc.wait()), self.settings.job_timeout)
         except TimeoutError:
@@ -189,14 +289,25 @@ class JobRunner:
                 self.settings.job_timeout,
             )
             await self._terminate(active, "timeout")
+        if active.stop_reason is not None:  # the job's first process is gone, not its tree
+            await active.stopped.wait()
         rc = active.proc.returncode
-        # The job is over: whatever it left running in its group goes with it.
-        _signal_group(active.proc.pid, signal.SIGKILL)
+        # The job is over: whatever it left running (in its group or not) goes with it, with the
+        # same grace (a stop we asked for has given it already).
+        grace = 0.0 if active.stop_reason else self.settings.kill_grace
+        killed = await end_run_processes(active.run_id, active.proc.pid, grace)
+        if killed:
+            logger.warning("run %s: %d leftover processes killed", active.run_id, killed)
+        capper.cancel()
+        self._cap_log_once(active.run_id)
         status, error = self._outcome(active, rc)
-        self.store.finish(active.run_id, status, rc, error)
+        record = self.store.get(active.run_id)
+        if record is not None:
+            self._record_end(replace(record, status=status, exit_code=rc, error=error))
         self._active = None
         self.touch()
         active.done.set()
+        self.prune()
         logger.info(
             "run %s %s in %.2f s (exit code %s)%s",
             active.run_id,
@@ -226,21 +337,87 @@ class JobRunner:
         return "failed", f"job failed ({how})" + (f": {context}" if context else "")
 
     async def _terminate(self, active: _ActiveRun, reason: str) -> None:
-        """SIGTERM the run's process group, SIGKILL it after KILL_GRACE seconds."""
-        if active.stop_reason is None:
-            active.stop_reason = reason
-        pgid = active.proc.pid
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(active.proc.wait()), self.settings.kill_grace)
-        except TimeoutError:
+        """SIGTERM every process of the run; SIGKILL what is left after KILL_GRACE seconds
+        (the whole tree gets the grace, not only the job's first process)."""
+        if active.stop_reason is not None:  # a stop is under way: wait for it
+            await active.stopped.wait()
+            return
+        active.stop_reason = reason
+        left = await end_run_processes(
+            active.run_id, active.proc.pid, self.settings.kill_grace, active.proc
+        )
+        if left:
             logger.warning(
-                "run %s: still running %g s after SIGTERM, sending SIGKILL",
+                "run %s: %d processes still running %g s after SIGTERM, sent SIGKILL",
                 active.run_id,
+                left,
                 self.settings.kill_grace,
             )
-            _signal_group(pgid, signal.SIGKILL)
-            await active.proc.wait()
+        await active.proc.wait()
+        active.stopped.set()
+
+    # -- the disk over months ----------------------------------------------------------------
+
+    async def _cap_log(self, run_id: str) -> None:
+        """While the run goes, keep its log to LOG_MAX_BYTES on disk (checked twice a second)."""
+        while True:
+            await asyncio.sleep(0.5)
+            self._cap_log_once(run_id)
+
+    def _cap_log_once(self, run_id: str) -> None:
+        try:
+            dropped = cap_log(self.store.log_path(run_id), self.settings.log_max_bytes)
+        except OSError as exc:
+            logger.warning("run %s: %s", run_id, exc)
+            return
+        if dropped:
+            logger.info("run %s: log over LOG_MAX_BYTES, its start dropped from disk", run_id)
+
+    def prune(self) -> None:
+        """Remove old runs' records and logs (KEEP_RUNS, KEEP_DAYS); a full disk only skips it."""
+        try:
+            gone = self.store.prune(self.settings.keep_runs, self.settings.keep_days)
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("could not prune old runs: %s", exc)
+            return
+        if gone:
+            logger.info("pruned %d old runs (KEEP_RUNS, KEEP_DAYS)", len(gone))
+
+    # -- recording a run's end ---------------------------------------------------------------
+
+    def _record_end(self, final: RunRecord) -> None:
+        """Write the run's end; when the store cannot take it (a full disk), the run ends now
+        all the same (failed, saying why), and the end is written as soon as it can be."""
+        if final.finished_at is None:
+            final = replace(final, finished_at=now_iso())
+        try:
+            self.store.finish(final.id, final.status, final.exit_code, final.error)
+            self._unrecorded.pop(final.id, None)
+            return
+        except (sqlite3.Error, OSError) as exc:
+            if final.id not in self._unrecorded:
+                outcome = f"{final.status}, exit code {final.exit_code}"
+                final = replace(
+                    final,
+                    status="failed",
+                    error=f"the agent could not record the run's end ({exc}); it ended {outcome}"
+                    + (f": {final.error}" if final.error else ""),
+                )
+                logger.error("run %s: %s; will retry", final.id, final.error)
+                self._unrecorded[final.id] = final
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_unrecorded())
+
+    async def _flush_unrecorded(self) -> None:
+        while self._unrecorded:
+            await asyncio.sleep(1.0)
+            for final in list(self._unrecorded.values()):
+                try:
+                    self.store.finish(final.id, final.status, final.exit_code, final.error)
+                except (sqlite3.Error, OSError):
+                    break
+                self._unrecorded.pop(final.id, None)
+                logger.info("run %s: its end is recorded now (%s)", final.id, final.status)
 
     async def wait(self, run_id: str, timeout: float | None) -> RunRecord | None:
         """The run's record once it has ended, or after timeout seconds (None: no limit)."""
@@ -248,7 +425,7 @@ class JobRunner:
         if active is not None and active.run_id == run_id and (timeout is None or timeout > 0):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(active.done.wait(), timeout)
-        return self.store.get(run_id)
+        return self.get(run_id)
 
     async def cancel(self, run_id: str) -> RunRecord | None:
         """Stop the run if it is going and return its final record; a no-op on an ended run."""
@@ -257,7 +434,7 @@ class JobRunner:
             logger.warning("run %s: cancel requested", run_id)
             await self._terminate(active, "cancel")
             await active.done.wait()
-        return self.store.get(run_id)
+        return self.get(run_id)
 
     async def shutdown(self) -> None:
         """The agent is stopping: end a run still going and record it as interrupted."""

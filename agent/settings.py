@@ -7,6 +7,7 @@ stops the agent at start-up with one line on stderr and exit code 2, never at th
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 APP_DIR = Path(__file__).resolve().parent.parent
 ENV_FILE = Path(".env")
 MIN_TOKEN_LENGTH = 16
+TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")  # what a Bearer credential can carry
 # Longest a `GET /runs/{id}?wait=S` long poll is held, in seconds; a larger S is capped to this.
 MAX_WAIT_SECONDS = 60.0
 
@@ -45,12 +47,21 @@ class Settings(BaseSettings):
     idle_shutdown: Annotated[float, Field(ge=0)] = 900.0
     shutdown_command: str = "poweroff"
     kill_grace: Annotated[float, Field(gt=0)] = 5.0
+    log_max_bytes: Annotated[int, Field(ge=64 * 1024)] = 10 * 1024 * 1024
+    keep_runs: Annotated[int, Field(ge=1)] = 500
+    keep_days: Annotated[float, Field(gt=0)] = 90.0
 
     @field_validator("agent_token")
     @classmethod
-    def token_long_enough(cls, v: SecretStr) -> SecretStr:
-        if len(v.get_secret_value()) < MIN_TOKEN_LENGTH:
+    def token_usable(cls, v: SecretStr) -> SecretStr:
+        token = v.get_secret_value()
+        if len(token) < MIN_TOKEN_LENGTH:
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
+        if not TOKEN_CHARS.fullmatch(token):
+            raise ValueError(
+                "must be printable ASCII with no spaces (as a bearer token travels); check"
+                " the secret for a stray newline, space or non-ASCII character"
+            )
         return v
 
 

@@ -1,19 +1,27 @@
 """Run records in SQLite under STATE_DIR; they outlive restarts of the agent and of the VM.
 
 The file is `STATE_DIR/runs.sqlite3`; each run's combined stdout and stderr is
-`STATE_DIR/logs/<id>.log`. Run ids are 32 lowercase hex characters and are checked with
-`is_valid_run_id` before they are ever joined to a path.
+`STATE_DIR/logs/<id>.log`, kept to its last LOG_MAX_BYTES on disk (`cap_log` deallocates the
+start, so byte offsets stay valid), and old runs are pruned by count and age (`prune`). Run
+ids are 32 lowercase hex characters, checked with `is_valid_run_id` before they are ever
+joined to a path. One agent per STATE_DIR: `lock_state_dir`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import logging
+import os
 import re
 import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 RUN_ID_RE = re.compile(r"[0-9a-f]{32}")
 ACTIVE = "running"
@@ -35,6 +43,74 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_by_key ON runs (idempotency_key, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 """
+
+
+BLOCK = 4096
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def cap_log(path: Path, max_bytes: int) -> int:
+    """Keep a log's last max_bytes on disk: the blocks before them are deallocated (a hole that
+    reads as zeros), so the file's size and every offset stay as they were. Returns the number
+    of bytes dropped from the disk now (0 when under the cap)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return 0
+    if st.st_blocks * 512 <= max_bytes + BLOCK:
+        return 0
+    drop = (st.st_size - max_bytes) // BLOCK * BLOCK
+    if drop <= 0:
+        return 0
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, drop) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot cap {path.name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    return drop
+
+
+def read_log_tail(path: Path, max_bytes: int) -> tuple[bytes, int]:
+    """(the last max_bytes of a log, the offset they start at); (b"", 0) when there is none."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            return f.read(max_bytes), start
+    except FileNotFoundError:
+        return b"", 0
+
+
+class StateDirBusy(Exception):
+    """Another agent holds the lock on this STATE_DIR."""
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take STATE_DIR/agent.lock for this process (an open file descriptor: the lock lasts as
+    long as it stays open). One agent per state directory: a second one would take the first
+    one's live run for a dead one. Raises StateDirBusy, having touched nothing else."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StateDirBusy(
+            f"another agent (pid {holder}) is using STATE_DIR={state_dir.resolve()}:"
+            " one agent per state directory; this one exits and touches nothing"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only for the message above; a full disk must not stop the agent
+    return fd
 
 
 def now_iso() -> str:
@@ -142,6 +218,33 @@ class RunStore:
             f"SELECT {_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",  # noqa: S608
             (limit,),
         )
+
+    def prune(self, keep_runs: int, keep_days: float) -> list[str]:
+        """Delete the records and logs of ended runs beyond the newest keep_runs, or started more
+        than keep_days ago; a running run is never touched. Returns the ids deleted."""
+        cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
+        cutoff = cutoff.replace("+00:00", "Z")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, started_at, status FROM runs ORDER BY started_at DESC, rowid DESC"
+            ).fetchall()
+        old = [
+            run_id
+            for n, (run_id, started, status) in enumerate(rows)
+            if status != ACTIVE and (n >= keep_runs or started < cutoff)
+        ]
+        if not old:
+            return []
+        with self._lock, self._db:
+            self._db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in old])
+        for run_id in old:
+            try:
+                self.log_path(run_id).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("could not remove the log of run %s: %s", run_id, exc)
+        return old
 
     def active(self) -> list[RunRecord]:
         return self._query(f"SELECT {_COLUMNS} FROM runs WHERE status = ?", (ACTIVE,))  # noqa: S608

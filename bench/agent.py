@@ -4,15 +4,20 @@ Prints a small table:
 - cold start: exec of `uvicorn fastapi_app:app` to the first 200 on `GET /`;
 - `GET /` latency over a keep-alive connection, p50 and p99;
 - job exit to long-poll answer: the job's last command writes the time, then exits; we note
-  when `GET /runs/{id}?wait=30` answers.
+  when `GET /runs/{id}?wait=30` answers;
+- a flood of 1,100 idle connections (issue 11): `GET /` latency on a new connection while they
+  are held, how many the agent keeps open (MAX_CONNECTIONS, 500), and how long until it has
+  closed every idle one (CONNECTION_TIMEOUT, 5 s).
 
 Targets (DEVELOPERS' issue 2): cold start < 1.5 s, `GET /` p50 < 2 ms, exit-to-answer < 50 ms.
+The agent runs as startup.sh runs it (--http agent.connections:GuardedH11Protocol).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +56,10 @@ def start_agent(workdir: Path, job_command: str) -> tuple[subprocess.Popen[bytes
             "--app-dir",
             str(REPO),
             "fastapi_app:app",
+            "--http",
+            "agent.connections:GuardedH11Protocol",
+            "--backlog",
+            "256",
             "--host",
             "127.0.0.1",
             "--port",
@@ -86,11 +95,46 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def flood(url: str, count: int) -> tuple[list[float], int, float]:
+    """(GET / latencies on new connections while count idle ones are held, how many of those the
+    agent kept open, seconds until it had closed them all)."""
+    port = int(url.rsplit(":", 1)[1])
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+    opened = time.perf_counter()
+    try:
+        latencies = []
+        for _ in range(20):
+            t = time.perf_counter()
+            assert httpx.get(url + "/", timeout=10).status_code == 200
+            latencies.append(time.perf_counter() - t)
+        time.sleep(0.5)
+        kept = len(socks) - sum(closed(s) for s in socks)
+        while sum(closed(s) for s in socks) < len(socks):
+            if time.perf_counter() - opened > 60:
+                raise SystemExit("idle connections still open after 60 s")
+            time.sleep(0.1)
+        return latencies, kept, time.perf_counter() - opened
+    finally:
+        for s in socks:
+            s.close()
+
+
+def closed(sock: socket.socket) -> bool:
+    sock.settimeout(0)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=5, help="cold starts to time")
     parser.add_argument("--requests", type=int, default=2000, help="GET / requests to time")
     parser.add_argument("--runs", type=int, default=20, help="runs for exit-to-answer")
+    parser.add_argument("--flood", type=int, default=1100, help="idle connections to hold")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +164,7 @@ def main() -> None:
                     answered = time.time()
                     assert r.json()["status"] == "succeeded", r.text
                     lags.append(answered - float(stamp.read_text()))
+            flooded, kept, all_closed = flood(url, args.flood)
         finally:
             stop(proc)
 
@@ -141,6 +186,18 @@ def main() -> None:
             f"{statistics.median(lags) * 1000:.1f} ms median",
             f"{max(lags) * 1000:.1f} ms max",
             "< 50 ms",
+        ),
+        (
+            f"GET / beside {args.flood} idle conns",
+            f"{pct(flooded, 0.5) * 1000:.1f} ms p50",
+            f"{max(flooded) * 1000:.1f} ms max",
+            "answers",
+        ),
+        (
+            "idle connections kept / all closed",
+            f"{kept} kept",
+            f"{all_closed:.1f} s",
+            "<= 500 / ~5 s",
         ),
     ]
     print(f"{'measure':34} {'typical':>18} {'worst':>14}  target")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -75,11 +76,19 @@ def agent(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
 class LiveAgent:
     """`uvicorn fastapi_app:app` as its own process on a free loopback port."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        tls: tuple[Path, Path] | None = None,
+        nofile: int | None = None,
+    ) -> None:
         self.workdir = workdir
         self.env = env
+        self.tls = tls  # (key, cert): serve HTTPS
+        self.nofile = nofile  # the agent's open-file limit
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "agent.log"
 
@@ -91,11 +100,23 @@ class LiveAgent:
             "--app-dir",
             str(REPO),
             "fastapi_app:app",
+            "--http",  # as startup.sh runs it
+            "agent.connections:GuardedH11Protocol",
+            "--backlog",
+            "256",
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
         ]
+        if self.tls:
+            argv += ["--ssl-keyfile", str(self.tls[0]), "--ssl-certfile", str(self.tls[1])]
+        nofile = self.nofile
+
+        def limit_files() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -104,6 +125,7 @@ class LiveAgent:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=limit_files,
             )
         if wait:
             wait_until(self.ready, 20, f"the agent on {self.url}")
@@ -116,7 +138,8 @@ class LiveAgent:
                 f"agent exited with {self.proc.returncode}: {self.log.read_text()}"
             )
         try:
-            return httpx.get(self.url + "/", timeout=1).status_code == 200
+            # health over the test's own self-signed key: nothing to trust, no token sent
+            return httpx.get(self.url + "/", timeout=1, verify=False).status_code == 200  # noqa: S501
         except httpx.TransportError:
             return False
 
@@ -136,7 +159,12 @@ def live_agent(tmp_path: Path) -> Iterator[Callable[..., LiveAgent]]:
     """make(**env) -> a running uvicorn agent in tmp_path; stopped after the test."""
     agents: list[LiveAgent] = []
 
-    def make(start: bool = True, **env: str) -> LiveAgent:
+    def make(
+        start: bool = True,
+        tls: tuple[Path, Path] | None = None,
+        nofile: int | None = None,
+        **env: str,
+    ) -> LiveAgent:
         full_env = {
             **os.environ,
             "AGENT_TOKEN": TOKEN,
@@ -145,7 +173,7 @@ def live_agent(tmp_path: Path) -> Iterator[Callable[..., LiveAgent]]:
             "KILL_GRACE": "1",
             **env,
         }
-        live = LiveAgent(tmp_path, full_env)
+        live = LiveAgent(tmp_path, full_env, tls=tls, nofile=nofile)
         agents.append(live)
         return live.start() if start else live
 

@@ -38,6 +38,7 @@ def agent_guest_script(extra: str = "") -> str:
         fi
         cd {shlex.quote(str(REPO))}
         exec {shlex.quote(sys.executable)} -m uvicorn fastapi_app:app \\
+          --http agent.connections:GuardedH11Protocol --backlog 256 \\
           --host "$AGENT_HOST" --port "$AGENT_PORT" --timeout-graceful-shutdown 3 "${{tls[@]}}"
         """)
 
