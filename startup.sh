@@ -7,7 +7,8 @@
 # in the emulator's guest.
 #
 # Settings, each from the environment first, then the VM's metadata attribute, then a default:
-#   APP_DIR     (attribute app-dir)     /opt/vm-job-runner   the checkout (cloned once by you)
+#   APP_DIR     (attribute app-dir)     /opt/vm-job-runner   the checkout
+#   REPO_URL    (attribute repo-url)    (none)               cloned into APP_DIR at the first boot
 #   GIT_REF     (attribute git-ref)     main                 the branch to run
 #   ENV_SECRET  (attribute env-secret)  app-env              Secret Manager secret holding .env
 #   APP_USER    (attribute app-user)    jobrunner            the agent's user (never root)
@@ -16,8 +17,11 @@
 #   STATE_DIR   (attribute state-dir)   $APP_DIR/state       run records and logs
 #   TLS_DIR     (attribute tls-dir)     /var/lib/vm-job-agent/tls   the agent's key and certificate
 #   AGENT_TLS   (attribute agent-tls)   1                    0: plain HTTP (a private network only)
+#   BOOT_WATCHDOG (attribute boot-watchdog) 1200             seconds for the agent to answer, else
+#                                                            the VM powers itself off; 0: off
 # Every step logs what it did and how long it took: this is the serial console, the first
-# place to look when a VM never answers.
+# place to look when a VM never answers. INFO goes to stdout, WARNING and ERROR to stderr (the
+# script runner logs stderr as ERROR). It uses no variable the runner does not set (no HOME).
 set -Eeuo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" # useradd, runuser: not on every caller's PATH
 
@@ -31,7 +35,13 @@ readonly NOFILE=65536                 # the agent's open files: far above its MA
 readonly -a UVICORN_ARGS=(--http agent.connections:GuardedH11Protocol --backlog 256
   --timeout-graceful-shutdown 5)
 
-log() { printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}" >&2; }
+log() {
+  if [[ $1 == INFO ]]; then
+    printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}"
+  else
+    printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}" >&2
+  fi
+}
 die() {
   log ERROR "$*"
   exit 1
@@ -90,6 +100,7 @@ setting() {
 read_settings() {
   SOURCES=()
   setting APP_DIR app-dir /opt/vm-job-runner
+  setting REPO_URL repo-url ""
   setting GIT_REF git-ref main
   setting ENV_SECRET env-secret app-env
   setting APP_USER app-user jobrunner
@@ -97,13 +108,15 @@ read_settings() {
   setting AGENT_HOST agent-host 0.0.0.0
   setting STATE_DIR state-dir "$APP_DIR/state"
   setting AGENT_TLS agent-tls 1
+  setting BOOT_WATCHDOG boot-watchdog 1200
   if ((EUID == 0)); then
     setting TLS_DIR tls-dir "/var/lib/$SERVICE/tls"
   else
-    setting TLS_DIR tls-dir "${XDG_STATE_HOME:-$HOME/.local/state}/$SERVICE/tls"
+    setting TLS_DIR tls-dir "$(home_of "$(id -un)")/.local/state/$SERVICE/tls"
   fi
   log INFO "step 1/6 settings: ${SOURCES[*]}"
   [[ $AGENT_TLS == 0 || $AGENT_TLS == 1 ]] || die "AGENT_TLS must be 0 or 1, not '$AGENT_TLS'"
+  [[ $BOOT_WATCHDOG =~ ^[0-9]+$ ]] || die "BOOT_WATCHDOG must be seconds (0: off), not '$BOOT_WATCHDOG'"
   { [[ $AGENT_PORT =~ ^[0-9]+$ ]] && ((AGENT_PORT >= 1 && AGENT_PORT <= 65535)); } ||
     die "AGENT_PORT must be a port number, not '$AGENT_PORT'"
   [[ $GIT_REF =~ ^[A-Za-z0-9._/-]+$ ]] || die "GIT_REF '$GIT_REF' is not a branch name"
@@ -112,7 +125,7 @@ read_settings() {
     ensure_user
   else
     APP_USER=$(id -un)
-    APP_HOME=$HOME
+    APP_HOME=$(home_of "$APP_USER")
     log INFO "step 1/6 not root (as on a laptop under the emulator): everything runs as $APP_USER"
   fi
 }
@@ -122,7 +135,60 @@ ensure_user() {
     useradd --system --create-home --home-dir "/home/$APP_USER" --shell /usr/sbin/nologin "$APP_USER"
     log INFO "step 1/6 created the system user $APP_USER"
   fi
-  APP_HOME=$(getent passwd "$APP_USER" | cut -d: -f6)
+  APP_HOME=$(home_of "$APP_USER")
+}
+
+# home_of USER: the user's home directory from the password database (the script runner sets
+# no HOME).
+home_of() { getent passwd "$1" | cut -d: -f6; }
+
+# need_command CMD PACKAGE: install PACKAGE with apt-get (no Recommends: no compiler on a small
+# VM's first boot) when CMD is missing, as on a stock Debian image, which has no git.
+need_command() {
+  local cmd=$1 package=$2 t0 err
+  command -v "$cmd" >/dev/null && return 0
+  t0=$(now)
+  if ((EUID != 0)) || ! command -v apt-get >/dev/null; then
+    die "$cmd is not installed and cannot be installed here (not root, or no apt-get): install $package on the image"
+  fi
+  log INFO "$cmd is not installed: installing $package with apt-get"
+  if ! err=$( { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends "$package"; } 2>&1 >/dev/null); then
+    die "installing $package failed: ${err//$'\n'/ }"
+  fi
+  command -v "$cmd" >/dev/null || die "$package was installed but $cmd cannot be found"
+  log INFO "installed $package ($(since "$t0")s)"
+}
+
+# The boot watchdog, armed first: if the agent does not answer within BOOT_WATCHDOG seconds
+# (a secret that cannot be read, no network, a broken commit) the VM powers itself off, so a
+# failed boot with nobody watching (the orchestrator gone, a start by hand) does not bill for
+# days. It disarms itself once the agent answers. A background process: it outlives this
+# script, as the agent must.
+arm_watchdog() {
+  if ((BOOT_WATCHDOG == 0)); then
+    log WARNING "step 1/6 boot watchdog off (BOOT_WATCHDOG=0): a failed boot leaves the VM running"
+    return
+  fi
+  log INFO "step 1/6 boot watchdog: the VM powers itself off at $(date -d "+$BOOT_WATCHDOG seconds" +%H:%M:%S) (in ${BOOT_WATCHDOG}s) unless the agent answers by then"
+  watchdog </dev/null &
+}
+
+watchdog() {
+  local deadline=$((SECONDS + BOOT_WATCHDOG)) host=$AGENT_HOST scheme=https
+  trap - ERR
+  set +e
+  [[ $host == 0.0.0.0 ]] && host=127.0.0.1
+  ((AGENT_TLS)) || scheme=http
+  while ((SECONDS < deadline)); do
+    if curl -sfk --max-time 2 -o /dev/null "$scheme://$host:$AGENT_PORT/"; then
+      log INFO "boot watchdog: the agent answers; disarmed"
+      exit 0
+    fi
+    sleep 1
+  done
+  log ERROR "boot watchdog: the agent did not answer within ${BOOT_WATCHDOG}s (the boot failed: see above); powering the VM off"
+  poweroff
 }
 
 # as_app CMD...: run CMD as APP_USER, with its own HOME and uv cache.
@@ -148,7 +214,7 @@ ensure_tls_key() {
     log WARNING "step 2/6 tls: AGENT_TLS=0: the agent serves plain HTTP, and the orchestrator's token crosses the network in the clear"
     return
   fi
-  command -v openssl >/dev/null || die "step 2/6 tls: openssl is not installed (Debian: apt-get install openssl)"
+  need_command openssl openssl
   mkdir -p "$TLS_DIR"
   chmod 700 "$TLS_DIR"
   if ((EUID == 0)); then
@@ -194,12 +260,13 @@ new_tls_file() {
 }
 
 # 3. Code: the tip of origin/GIT_REF, with a hard reset so an edit on the VM cannot block a
-# deploy. A failed fetch (network) keeps the code that is there.
+# deploy. A failed fetch (network) keeps the code that is there. No checkout yet: REPO_URL is
+# cloned into APP_DIR (the first boot).
 update_code() {
   local t0 old new err
   t0=$(now)
-  [[ -d $APP_DIR/.git ]] ||
-    die "step 3/6 no checkout at APP_DIR=$APP_DIR: clone the repository there once (git clone URL $APP_DIR) or set the app-dir attribute"
+  need_command git git
+  [[ -d $APP_DIR/.git ]] || first_clone
   if ((EUID == 0)) && [[ $(stat -c %U "$APP_DIR") != "$APP_USER" ]]; then
     chown -R "$APP_USER:" "$APP_DIR"
   fi
@@ -212,6 +279,24 @@ update_code() {
   else
     log WARNING "step 3/6 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)"
   fi
+}
+
+first_clone() {
+  local t0 err
+  t0=$(now)
+  [[ -n $REPO_URL ]] ||
+    die "step 3/6 no checkout at APP_DIR=$APP_DIR and no repo-url: set the metadata attribute repo-url (gcloud compute instances add-metadata INSTANCE --metadata=repo-url=https://github.com/YOU/vm-job-runner.git), or clone it there once (git clone URL $APP_DIR), or set app-dir"
+  if [[ -e $APP_DIR ]] && [[ -n $(ls -A "$APP_DIR") ]]; then
+    die "step 3/6 APP_DIR=$APP_DIR is not empty and not a checkout: move it away, or set app-dir"
+  fi
+  mkdir -p "$APP_DIR"
+  ((EUID == 0)) && chown "$APP_USER:" "$APP_DIR"
+  if ! err=$(as_app env GIT_TERMINAL_PROMPT=0 timeout 300 git clone --quiet --branch "$GIT_REF" \
+    "$REPO_URL" "$APP_DIR" 2>&1); then
+    rm -rf "${APP_DIR:?}/.git"
+    die "step 3/6 cloning $REPO_URL ($GIT_REF) into $APP_DIR failed: ${err//$'\n'/ }"
+  fi
+  log INFO "step 3/6 code: first boot: cloned $REPO_URL ($GIT_REF) into $APP_DIR ($(since "$t0")s)"
 }
 
 # 4. .env from Secret Manager: written to a temp file, checked, then renamed, mode 0600, owned
@@ -251,12 +336,12 @@ ensure_uv() {
   fi
   log INFO "step 5/6 uv is missing (or not usable by $APP_USER): installing it from PyPI with pip"
   if ! python3 -m pip --version >/dev/null 2>&1; then
-    command -v apt-get >/dev/null || die "step 5/6 no uv, no pip, and no apt-get to install pip with"
-    apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
+    need_command pip3 python3-pip
   fi
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --root-user-action=ignore uv
-  UV_BIN=$(command -v uv || printf '%s' "$HOME/.local/bin/uv")
-  [[ -x $UV_BIN ]] || die "step 5/6 uv was installed but cannot be found"
+  hash -r
+  UV_BIN=$(command -v uv || true)
+  [[ -n $UV_BIN ]] || die "step 5/6 uv was installed but is not on PATH ($PATH)"
 }
 
 # 6. The agent: a systemd service where systemd runs (written each boot, so a changed setting
@@ -340,6 +425,7 @@ main() {
   t0=$(now)
   log INFO "starting (pid $$, user $(id -un))"
   read_settings   # 1. settings: environment, metadata, defaults
+  arm_watchdog    #    and the boot watchdog, first
   ensure_tls_key  # 2. the agent's TLS key, its pin published as a guest attribute
   update_code     # 3. code at origin/GIT_REF
   write_env       # 4. .env from Secret Manager

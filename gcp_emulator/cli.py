@@ -40,6 +40,34 @@ exec curl -fsS -X POST -H 'Metadata-Flavor: Google' \\
 """
 
 
+APT_GET = """#!/usr/bin/env bash
+# apt-get for an emulated VM: it never touches the host's packages. `install PKG` puts PKG's
+# command (a link to the host's copy) back into the guest's image when the instance was told it
+# is missing (missing_commands); every call is noted in the instance's apt-get.log.
+set -u
+printf '%s\\n' "$*" >>"${GCP_EMULATOR_APT_LOG:?not inside an emulated VM}"
+case " $* " in
+  *" update "*) echo "Reading package lists... Done"; exit 0 ;;
+  *" install "*) ;;
+  *) echo "E: the emulator's apt-get knows update and install" >&2; exit 100 ;;
+esac
+for pkg in "$@"; do
+  case $pkg in
+    -* | install) continue ;;
+    python3-pip) cmd=pip3 ;;
+    openssh-client) cmd=ssh ;;
+    *) cmd=$pkg ;;
+  esac
+  if ! real=$(PATH=$GCP_EMULATOR_HOST_PATH command -v "$cmd"); then
+    echo "E: Unable to locate package $pkg" >&2
+    exit 100
+  fi
+  [[ -z ${GCP_EMULATOR_IMAGE_BIN:-} ]] || ln -sf "$real" "$GCP_EMULATOR_IMAGE_BIN/$cmd"
+  echo "Setting up $pkg (emulator) ..."
+done
+"""
+
+
 class _Server(uvicorn.Server):
     """uvicorn, minus its signal handling: the CLI owns SIGINT and SIGTERM."""
 
@@ -85,8 +113,9 @@ class Emulator:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         bin_dir = self.state_dir / "guest-bin"
         bin_dir.mkdir(exist_ok=True)
-        (bin_dir / "poweroff").write_text(POWEROFF)
-        (bin_dir / "poweroff").chmod(0o755)
+        for name, text in (("poweroff", POWEROFF), ("apt-get", APT_GET)):
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
         self.cloud = Cloud(self.cfg, self.state_dir, self.url, bin_dir)
         config = uvicorn.Config(
             EmulatorApp(self.cloud),

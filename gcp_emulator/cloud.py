@@ -24,6 +24,7 @@ from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig
 from gcp_emulator.guest import Guest, SerialPort
 
 logger = logging.getLogger(__name__)
+SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's default
 ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes any token)
 _ids = itertools.count(1000000000000000001)
 
@@ -284,7 +285,12 @@ class Cloud:
         self.set_status(inst, "RUNNING")
         await asyncio.sleep(inst.cfg.boot_delay)
         inst.guest = Guest(
-            f"{inst.zone}/{inst.name}", inst.serial, inst.workdir, inst.dir, self.guest_env(inst)
+            f"{inst.zone}/{inst.name}",
+            inst.serial,
+            inst.workdir,
+            inst.dir,
+            self.guest_env(inst),
+            inst.cfg.script_runner,
         )
         script = inst.metadata.get("startup-script")
         await inst.guest.boot(script)
@@ -358,15 +364,13 @@ class Cloud:
                 inst.guest.kill_now()
 
     def guest_env(self, inst: Instance) -> dict[str, str]:
+        """What the startup script gets: what systemd gives a system unit (no HOME, no USER,
+        systemd's default PATH, the locale), the machine's trust store and proxy and uv's
+        settings (a VM image has its own), the gcloud overrides, the metadata server, and the
+        instance's `env` on top."""
         keep = (
-            "PATH",
-            "HOME",
-            "USER",
-            "LOGNAME",
             "LANG",
             "LC_ALL",
-            "TMPDIR",
-            "TERM",
             # the machine's trust store and proxy, as a VM image has its own
             "SSL_CERT_FILE",
             "SSL_CERT_DIR",
@@ -382,6 +386,7 @@ class Cloud:
             "no_proxy",
         )
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("UV_")}
+        env["PATH"] = SYSTEMD_PATH
         metadata_host = f"{self.base_url.removeprefix('http://')}/vm/{inst.zone}/{inst.name}"
         config_dir = inst.dir / "gcloud"
         config_dir.mkdir(exist_ok=True)
@@ -397,9 +402,39 @@ class Cloud:
             }
         )
         env.update(inst.cfg.env)
-        # poweroff stays on PATH, even when the instance's env sets its own PATH
-        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+        # The emulator's poweroff and apt-get come first, even when the instance's env sets its
+        # own PATH; commands the image lacks (missing_commands) are left out of the rest.
+        env["GCP_EMULATOR_HOST_PATH"] = env["PATH"]
+        env["GCP_EMULATOR_APT_LOG"] = str(inst.dir / "apt-get.log")
+        image = self.image_bin(inst, env["PATH"])
+        if image is not None:
+            env["GCP_EMULATOR_IMAGE_BIN"] = str(image)
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{image or env['PATH']}"
         return env
+
+    def image_bin(self, inst: Instance, path: str) -> Path | None:
+        """For an instance told that commands are missing from its image: a directory of links
+        to every command on path but those, made at its first boot on its disk (workdir) and
+        kept there (what the emulator's apt-get installs stays, as on a disk)."""
+        missing = set(inst.cfg.missing_commands)
+        if not missing:
+            return None
+        image = inst.workdir / "image-bin"  # on the VM's disk: its users must reach it
+        if image.is_dir():
+            return image
+        image.mkdir(parents=True)
+        for directory in path.split(os.pathsep):
+            try:
+                entries = sorted(Path(directory).iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                link = image / entry.name
+                if entry.name in missing or link.exists() or link.is_symlink():
+                    continue
+                if entry.is_file() and os.access(entry, os.X_OK):
+                    link.symlink_to(entry)
+        return image
 
     def gcloud_env(self, config_dir: Path) -> dict[str, str]:
         """What points the real gcloud at this emulator."""

@@ -25,6 +25,8 @@ INSTANCE_TIMINGS = {
     "shutdown_grace": 5.0,  # SIGTERM to the guest -> SIGKILL (a real VM allows 90 s)
 }
 STATUSES = ("TERMINATED", "RUNNING")
+RUNNERS = ("guest-agent", "legacy")  # gcp_emulator.guest: the script runner's serial format
+COMMAND_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 class ConfigError(Exception):
@@ -40,6 +42,8 @@ class InstanceConfig:
     env: dict[str, str] = field(default_factory=dict)
     workdir: Path | None = None
     network_ip: str | None = None
+    script_runner: str = "guest-agent"  # or "legacy": the format of the serial console
+    missing_commands: list[str] = field(default_factory=list)  # not in the guest's image
     provision_delay: float = INSTANCE_TIMINGS["provision_delay"]
     staging_delay: float = INSTANCE_TIMINGS["staging_delay"]
     boot_delay: float = INSTANCE_TIMINGS["boot_delay"]
@@ -162,6 +166,13 @@ def _instance(
     inst.workdir = (base / workdir).resolve() if workdir else None
     ip = _take(t, where, "network_ip", str)
     inst.network_ip = _loopback(ip, where + "network_ip") if ip else None
+    inst.script_runner = _take(t, where, "script_runner", str, inst.script_runner)
+    if inst.script_runner not in RUNNERS:
+        raise ConfigError(f"{where}script_runner: must be one of {', '.join(RUNNERS)}")
+    missing = _take(t, where, "missing_commands", list, [])
+    if not all(isinstance(m, str) and COMMAND_RE.fullmatch(m) for m in missing):
+        raise ConfigError(f"{where}missing_commands: expected command names, got {missing!r}")
+    inst.missing_commands = list(missing)
     for key in INSTANCE_TIMINGS:
         value = _take(t, where, key, float, defaults[key])
         if value < 0:
@@ -285,6 +296,9 @@ def dump_config(cfg: EmulatorConfig) -> str:
             lines.append(f"workdir = {_toml_value(str(inst.workdir))}")
         if inst.network_ip is not None:
             lines.append(f"network_ip = {_toml_value(inst.network_ip)}")
+        lines.append(f"script_runner = {_toml_value(inst.script_runner)}")
+        if inst.missing_commands:
+            lines.append(f"missing_commands = {json.dumps(inst.missing_commands)}")
     for addr in cfg.addresses:
         lines += [
             "",

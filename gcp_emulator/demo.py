@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gcp_emulator.cloud import SYSTEMD_PATH
 from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig, SecretConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,23 +116,39 @@ def _world_usable(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
 
 
+def _unshimmed(path: str) -> str:
+    """pyenv puts a shell script (a shim) on PATH for uv installed with pip; another user cannot
+    run it (it reads our ~/.pyenv). The binary it stands for, when pyenv can say."""
+    try:
+        if Path(path).read_bytes()[:2] != b"#!":
+            return path
+    except OSError:
+        return path
+    pyenv = shutil.which("pyenv")
+    if pyenv is not None:
+        r = subprocess.run([pyenv, "which", Path(path).name], capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            return r.stdout.strip()
+    return path
+
+
 def guest_access(disk: Disk) -> dict[str, str]:
-    """Variables a guest needs so that startup.sh, as root, can run uv and Python as the
-    agent's user: a world-runnable uv (copied onto the disk if ours is not) and Python 3.11+.
-    Nothing is needed when we are not root: then the guest runs as us."""
-    if os.geteuid() != 0:
-        return {}
-    env: dict[str, str] = {}
+    """Variables a guest needs so that startup.sh finds uv (a VM image would have it, or
+    startup.sh installs it; the guest's PATH is systemd's) and, as root, can run uv and Python
+    as the agent's user: a world-runnable uv (copied onto the disk if ours is not) and Python
+    3.11+. When we are not root, the guest runs as us."""
     uv = os.environ.get("UV") or shutil.which("uv")
     if uv is None:
         raise SystemExit("demo: uv is not on PATH")
+    uv = _unshimmed(uv)
+    if os.geteuid() != 0:
+        return {"PATH": f"{Path(uv).resolve().parent}:{SYSTEMD_PATH}"}
+    env: dict[str, str] = {}
     bin_dir = disk.base / "bin"
     bin_dir.mkdir(exist_ok=True)
     if not _world_usable(Path(uv)):
         shutil.copy2(Path(uv).resolve(), bin_dir / "uv")
-    env["PATH"] = (
-        f"{bin_dir}:{Path(uv).resolve().parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-    )
+    env["PATH"] = f"{bin_dir}:{Path(uv).resolve().parent}:{SYSTEMD_PATH}"
     candidates = [Path(sys.executable)] + [Path(f"/usr/bin/python3.{n}") for n in (13, 12, 11)]
     python = next((p for p in candidates if _world_usable(p)), None)
     if python is None:
@@ -187,6 +204,8 @@ def demo_config(
     env: dict[str, str] | None = None,
     address: str = "127.0.77.7",
     boot_delay: float = 1.0,
+    missing_commands: list[str] | None = None,
+    script_runner: str = "guest-agent",
 ) -> Demo:
     """One VM booting startup.sh over disk, one static address, the app-env secret."""
     token = secrets.token_urlsafe(24)
@@ -208,6 +227,8 @@ def demo_config(
                 **(metadata or {}),
             },
             env={**guest_access(disk), **(env or {})},
+            missing_commands=list(missing_commands or []),
+            script_runner=script_runner,
         )
     )
     cfg.addresses.append(AddressConfig(name="demo-ip", region=cfg.region, address=address))

@@ -1,9 +1,15 @@
 """The guest: what runs "inside" an emulated VM while it is RUNNING.
 
-Like google-startup-scripts.service (GCP_REFERENCE.md section 3), a boot writes the
-`startup-script` metadata value (leading whitespace trimmed) to a file with mode 0755 and runs
-`/bin/bash -c FILE` as a new process group, in the instance's working directory. Its merged
-stdout and stderr go to the serial port as `startup-script: <line>`.
+Like google-startup-scripts.service and its script runner (GCP_REFERENCE.md section 3;
+guest-agent's gce_metadata_script_runner), a boot writes the `startup-script` metadata value
+(leading whitespace trimmed) to a file with mode 0755 in a fresh temp directory and runs
+`/bin/bash -c FILE` as a new process group, in `/`, with umask 0022 and the environment a
+system unit gets (no HOME, systemd's default PATH; cloud.guest_env). Its output goes to the
+serial port in the runner's format (`runner`):
+- "guest-agent" (the newer runner, the default): stdout and stderr apart, each line as
+  `google_metadata_script_runner: <time> [INFO]: Metadata key("startup-script"),
+  command("/bin/bash"): <line>`, [ERROR] for stderr (galog's serial format);
+- "legacy" (google_metadata_script_runner): both merged, `startup-script: <line>`.
 
 Every process of a boot carries GCP_EMULATOR_GUEST=<boot token> in its environment, so a stop
 finds them all, including those that started their own session (the agent's jobs do): SIGTERM
@@ -18,11 +24,15 @@ import logging
 import os
 import secrets
 import signal
+import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 MARKER = "GCP_EMULATOR_GUEST"
+RUNNERS = ("guest-agent", "legacy")
+RUNNER = "google_metadata_script_runner"
 
 
 class SerialPort:
@@ -66,12 +76,19 @@ class Guest:
     """One boot of one instance."""
 
     def __init__(
-        self, name: str, serial: SerialPort, workdir: Path, script_dir: Path, env: dict[str, str]
+        self,
+        name: str,
+        serial: SerialPort,
+        workdir: Path,
+        script_dir: Path,
+        env: dict[str, str],
+        runner: str = "guest-agent",
     ) -> None:
         self.name = name
         self.serial = serial
         self.workdir = workdir
         self.script_dir = script_dir
+        self.runner = runner
         self.token = secrets.token_hex(8)
         self.env = {**env, MARKER: self.token}
         self.proc: asyncio.subprocess.Process | None = None
@@ -81,16 +98,39 @@ class Guest:
     def pids(self) -> list[int]:
         return processes_with_marker(self.token)
 
+    def _log(self, level: str, message: str) -> None:
+        """One line of the script runner on the serial port, in its format."""
+        if self.runner == "legacy":
+            self.serial.write(f"{RUNNER}: {message}")
+        else:
+            when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-2] + "Z"
+            self.serial.write(f"{RUNNER}: {when} [{level}]: {message}")
+
+    def _script_line(self, line: str, stream: str) -> None:
+        if self.runner == "legacy":
+            self._log("INFO", f"startup-script: {line}")
+        else:
+            level = "ERROR" if stream == "stderr" else "INFO"
+            self._log(level, f'Metadata key("startup-script"), command("/bin/bash"): {line}')
+
     async def boot(self, script: str | None) -> None:
         """Start the startup script (if any); returns once it is started."""
-        self.serial.write(
-            "google_metadata_script_runner: Starting startup scripts (version emulator)."
-        )
+        legacy = self.runner == "legacy"
+        if legacy:
+            self._log("INFO", "Starting startup scripts (version emulator).")
+        else:
+            self._log("INFO", 'Running metadata script runner for "startup" event')
         if not script or not script.strip():
-            self.serial.write("google_metadata_script_runner: No startup scripts to run.")
+            self._log(
+                "INFO", "No startup scripts to run." if legacy else "No startup scripts to run"
+            )
             return
-        self.serial.write("google_metadata_script_runner: Found startup-script in metadata.")
-        path = self.script_dir / "startup-script"
+        self._log(
+            "INFO",
+            "Found startup-script in metadata." if legacy else "Found startup-script in metadata",
+        )
+        run_dir = Path(tempfile.mkdtemp(prefix="metadata-scripts", dir=self.script_dir))
+        path = run_dir / "startup-script"
         path.write_text(script.lstrip())
         path.chmod(0o755)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -100,30 +140,42 @@ class Guest:
             str(path),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=self.workdir,
+            stderr=asyncio.subprocess.STDOUT if legacy else asyncio.subprocess.PIPE,
+            cwd="/",
             env=self.env,
             start_new_session=True,
+            umask=0o022,
         )
         logger.info("%s: startup script started (pid %d)", self.name, self.proc.pid)
         self._pump = asyncio.get_running_loop().create_task(self._pump_output(self.proc))
 
-    async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.stdout is None:  # not spawned with a pipe: nothing to copy
+    async def _pump_stream(self, stream: asyncio.StreamReader | None, name: str) -> None:
+        if stream is None:
             return
-        async for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.serial.write(f"google_metadata_script_runner: startup-script: {line}")
-        rc = await proc.wait()
-        self.exit_status = rc
-        if rc == 0:
-            self.serial.write("google_metadata_script_runner: startup-script exit status 0")
-        else:
-            self.serial.write(
-                'google_metadata_script_runner: Script "startup-script" failed '
-                f"with error: exit status {rc}"
-            )
-        self.serial.write("google_metadata_script_runner: Finished running startup scripts.")
+        async for raw in stream:
+            self._script_line(raw.decode("utf-8", "replace").rstrip("\n"), name)
+
+    async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        pumps = asyncio.gather(
+            self._pump_stream(proc.stdout, "stdout"), self._pump_stream(proc.stderr, "stderr")
+        )
+        # The script's status is known when it exits; the runner's last lines come once every
+        # process that holds its output (a daemon it started) has let go of it. (asyncio's
+        # wait() would wait for the pipes too: the status is polled instead.)
+        while proc.returncode is None:
+            await asyncio.sleep(0.05)
+        rc = self.exit_status = proc.returncode
+        await pumps
+        if self.runner == "legacy":
+            if rc == 0:
+                self._log("INFO", "startup-script exit status 0")
+            else:
+                self._log("INFO", f'Script "startup-script" failed with error: exit status {rc}')
+            self._log("INFO", "Finished running startup scripts.")
+            return
+        if rc != 0:
+            self._log("WARNING", f'Script "startup-script" failed with error: exit status {rc}')
+        self._log("INFO", "Finished running startup scripts")
 
     async def shutdown(self, grace: float) -> None:
         """SIGTERM every process of this boot, SIGKILL what is left after grace seconds."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,15 +89,70 @@ wait
 
 
 @needs_gcloud
-def test_script_output_is_in_the_serial_port_output(emulator):
-    emu = emulator(vm_config("vm-1", script="#!/bin/bash\necho 'hello from the guest'\nexit 3\n"))
+def test_script_output_is_on_the_serial_port_in_the_newer_runners_format(emulator):
+    script = "#!/bin/bash\necho 'hello from the guest'\necho 'oops' >&2\nexit 3\n"
+    emu = emulator(vm_config("vm-1", script=script))
     assert emu.gcloud("compute", "instances", "start", "vm-1", Z).returncode == 0
     wait_until(lambda: emu.instance("vm-1")["guest_exit_status"] == 3, 20, "the script to end")
     r = emu.gcloud("compute", "instances", "get-serial-port-output", "vm-1", Z)
     assert r.returncode == 0, r.stderr
-    assert "startup-script: hello from the guest" in r.stdout
-    assert 'Script "startup-script" failed with error: exit status 3' in r.stdout
-    assert "Finished running startup scripts." in r.stdout
+    key = 'Metadata key("startup-script"), command("/bin/bash"): '
+    lines = r.stdout.splitlines()
+    assert any(f"[INFO]: {key}hello from the guest" in ln for ln in lines), r.stdout
+    assert any(f"[ERROR]: {key}oops" in ln for ln in lines), "stderr is logged as ERROR"
+    wait_until(lambda: "Finished running startup scripts" in serial_of(emu), 10, "the runner")
+    assert '[WARNING]: Script "startup-script" failed with error: exit status 3' in serial_of(emu)
+
+
+def test_the_legacy_runner_merges_the_streams_as_startup_script_lines(emulator, tmp_path):
+    config = vm_config("vm-1", script="#!/bin/bash\necho out\necho err >&2\nexit 3\n")
+    emu = emulator(config.replace('name = "vm-1"', 'name = "vm-1"\nscript_runner = "legacy"'))
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(lambda: "Finished running startup scripts." in serial_of(emu), 20, "the script")
+    serial = serial_of(emu)
+    assert "google_metadata_script_runner: startup-script: out" in serial
+    assert "google_metadata_script_runner: startup-script: err" in serial
+    assert 'Script "startup-script" failed with error: exit status 3' in serial
+
+
+def serial_of(emu) -> str:
+    return (Path(emu.instance("vm-1")["dir"]) / "serial-port-1.log").read_text()
+
+
+def test_the_script_runs_as_the_runner_runs_it(emulator, tmp_path):
+    out = tmp_path / "seen"
+    script = f"""#!/bin/bash
+{{ pwd; echo "HOME=${{HOME-unset}} USER=${{USER-unset}}"; umask; echo "$PATH"
+   stat -c '%a %n' "$0"; }} > {out}
+"""
+    emu = emulator(vm_config("vm-1", script=script))
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 5, 20, "the script")
+    cwd, home, umask, path, script_file = out.read_text().splitlines()
+    assert cwd == "/", "the runner starts the script in /"
+    assert home == "HOME=unset USER=unset", "a system unit gets no HOME and no USER"
+    assert umask == "0022"
+    systemd_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert path.split(":", 1)[1] == systemd_path, "systemd's PATH, after the emulator's commands"
+    mode, name = script_file.split(" ", 1)
+    assert mode == "755" and Path(name).name == "startup-script"
+    assert Path(name).parent.name.startswith("metadata-scripts"), "a copy in a temp dir"
+
+
+def test_a_command_missing_from_the_image_is_missing_until_apt_get_installs_it(emulator, tmp_path):
+    out = tmp_path / "seen"
+    script = f"""#!/bin/bash
+{{ command -v git || echo "no git"
+   apt-get update -qq && apt-get install -y --no-install-recommends git
+   command -v git && git --version; }} > {out} 2>&1
+"""
+    config = vm_config("vm-1", script=script)
+    emu = emulator(config.replace('name = "vm-1"', 'name = "vm-1"\nmissing_commands = ["git"]'))
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(lambda: out.exists() and "git version" in out.read_text(), 20, "the install")
+    assert out.read_text().splitlines()[0] == "no git"
+    apt_log = (Path(emu.instance("vm-1")["dir"]) / "apt-get.log").read_text().splitlines()
+    assert apt_log == ["update -qq", "install -y --no-install-recommends git"]
 
 
 def test_poweroff_inside_the_guest_stops_its_vm(emulator):

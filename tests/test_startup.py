@@ -149,7 +149,7 @@ def test_a_failed_fetch_keeps_the_code_and_still_boots(boot, vm_base):
 
 def test_a_missing_secret_leaves_no_env_and_no_agent_and_the_flow_cleans_up(boot):
     vm = boot(metadata={"env-secret": "no-such-secret"})
-    r = vm.entrypoint(BOOT_TIMEOUT="10")
+    r = vm.entrypoint(BOOT_TIMEOUT="6")
     assert r.returncode == 4, r.stderr
     serial = vm.serial()
     assert "cannot read secret no-such-secret" in serial
@@ -171,7 +171,9 @@ def test_a_missing_checkout_is_a_clear_error(boot):
     vm = boot(metadata={"app-dir": "/nonexistent/app"})
     vm.emu.set_instance(ZONE, "demo-vm", status="RUNNING")
     wait_until(lambda: vm.emu.instance("demo-vm")["guest_exit_status"] == 1, 60, "startup.sh")
-    assert "no checkout at APP_DIR=/nonexistent/app" in vm.serial()
+    serial = vm.serial()
+    assert "no checkout at APP_DIR=/nonexistent/app and no repo-url" in serial
+    assert "--metadata=repo-url=" in serial, "the message says what to set"
 
 
 def test_reboot_works_and_the_run_history_survives_it(boot):
@@ -284,3 +286,54 @@ def test_without_guest_attributes_the_boot_says_what_to_set_and_nothing_runs(boo
     with sqlite3.connect(vm.app / "state" / "runs.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM runs").fetchone() == (0,), "a run started"
     vm.assert_cleaned_up()
+
+
+# -- a stock Debian image and the real script runner -------------------------------------------
+
+
+def serial_lines(vm: Booted, marker: str) -> list[str]:
+    return [ln for ln in vm.serial().splitlines() if marker in ln]
+
+
+def test_info_goes_to_stdout_and_only_warnings_and_errors_to_stderr(boot):
+    vm = boot()
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    info = serial_lines(vm, "startup.sh INFO")
+    assert len(info) >= 6, vm.serial()
+    assert all("[INFO]: " in ln for ln in info), "an INFO line reached stderr (ERROR in the log)"
+    errors = [ln for ln in serial_lines(vm, "[ERROR]: ") if "startup.sh" in ln]
+    assert errors == [], "a healthy boot logs no startup.sh line as ERROR"
+
+
+def test_a_stock_image_without_git_gets_it_from_apt_without_recommends(boot):
+    vm = boot(missing_commands=["git"])
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "git is not installed: installing git with apt-get" in vm.serial()
+    apt_log = (Path(vm.emu.instance("demo-vm")["dir"]) / "apt-get.log").read_text()
+    install = [ln for ln in apt_log.splitlines() if "install" in ln]
+    assert install == ["install -y -qq --no-install-recommends git"], apt_log
+
+
+def test_the_first_boot_clones_repo_url_when_there_is_no_checkout(boot, vm_base):
+    disk = make_disk(vm_base)
+    shutil.rmtree(disk.app)
+    vm = boot(disk=disk, metadata={"repo-url": str(disk.origin)}, job="echo cloned and ran")
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "cloned and ran" in r.stdout
+    assert f"first boot: cloned {disk.origin} (main) into {disk.app}" in vm.serial()
+    git_config = (disk.app / ".git" / "config").read_text()
+    assert f"url = {disk.origin}" in git_config, "later boots fetch from repo-url"
+
+
+def test_a_failed_boot_with_nobody_watching_powers_the_vm_off(boot):
+    vm = boot(metadata={"env-secret": "no-such-secret", "boot-watchdog": "3"})
+    vm.emu.set_instance(ZONE, "demo-vm", status="RUNNING")
+    vm.emu.wait_status("demo-vm", "TERMINATED", timeout=60)
+    serial = vm.serial()
+    assert "boot watchdog: the VM powers itself off at" in serial, "the log says when"
+    assert "cannot read secret no-such-secret" in serial
+    assert "boot watchdog: the agent did not answer within 3s" in serial
+    assert any(e.get("event") == "guest_poweroff" for e in vm.emu.journal())

@@ -16,7 +16,7 @@ from tests.flow import pin_of
 def ensure_tls_key(tls_dir: Path) -> tuple[str, str]:
     """(pin, log) of one run of ensure_tls_key, with no metadata server to publish to."""
     user = pwd.getpwuid(os.getuid()).pw_name
-    script = f'source {REPO / "startup.sh"}; ensure_tls_key; printf "%s" "$TLS_PIN"'
+    script = f'source {REPO / "startup.sh"}; ensure_tls_key; printf "PIN=%s\\n" "$TLS_PIN"'
     env = {
         **os.environ,
         "TLS_DIR": str(tls_dir),
@@ -28,7 +28,9 @@ def ensure_tls_key(tls_dir: Path) -> tuple[str, str]:
     r = subprocess.run(
         ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True
     )
-    return r.stdout, r.stderr
+    log = r.stdout + r.stderr  # INFO on stdout, WARNING and ERROR on stderr
+    pin = next(ln.removeprefix("PIN=") for ln in r.stdout.splitlines() if ln.startswith("PIN="))
+    return pin, log
 
 
 def test_the_key_is_made_once_private_and_kept_at_the_next_boot(tmp_path):
