@@ -9,6 +9,8 @@
 # Settings, each from the environment first, then the VM's metadata attribute, then a default:
 #   APP_DIR     (attribute app-dir)     /opt/vm-job-runner   the checkout
 #   REPO_URL    (attribute repo-url)    (none)               cloned into APP_DIR at the first boot
+#   REPO_KEY_SECRET (attribute repo-key-secret) (none)       Secret Manager secret holding the
+#                                                            SSH deploy key of a private repository
 #   GIT_REF     (attribute git-ref)     main                 the branch to run
 #   ENV_SECRET  (attribute env-secret)  app-env              Secret Manager secret holding .env
 #   APP_USER    (attribute app-user)    jobrunner            the agent's user (never root)
@@ -101,6 +103,7 @@ read_settings() {
   SOURCES=()
   setting APP_DIR app-dir /opt/vm-job-runner
   setting REPO_URL repo-url ""
+  setting REPO_KEY_SECRET repo-key-secret ""
   setting GIT_REF git-ref main
   setting ENV_SECRET env-secret app-env
   setting APP_USER app-user jobrunner
@@ -266,12 +269,14 @@ update_code() {
   local t0 old new err
   t0=$(now)
   need_command git git
+  GIT_ENV=(GIT_TERMINAL_PROMPT=0)
+  [[ -z $REPO_KEY_SECRET ]] || deploy_key
   [[ -d $APP_DIR/.git ]] || first_clone
   if ((EUID == 0)) && [[ $(stat -c %U "$APP_DIR") != "$APP_USER" ]]; then
     chown -R "$APP_USER:" "$APP_DIR"
   fi
   old=$(as_app git -C "$APP_DIR" rev-parse --short HEAD)
-  if err=$(as_app env GIT_TERMINAL_PROMPT=0 timeout 120 git -C "$APP_DIR" fetch --quiet origin \
+  if err=$(as_app env "${GIT_ENV[@]}" timeout 120 git -C "$APP_DIR" fetch --quiet origin \
     "+refs/heads/$GIT_REF:refs/remotes/origin/$GIT_REF" 2>&1); then
     as_app git -C "$APP_DIR" reset --quiet --hard "origin/$GIT_REF"
     new=$(as_app git -C "$APP_DIR" rev-parse --short HEAD)
@@ -279,6 +284,31 @@ update_code() {
   else
     log WARNING "step 3/6 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)"
   fi
+}
+
+# A private repository: its SSH deploy key, read from Secret Manager (like .env) at every boot
+# into the agent's private directory (TLS_DIR: 0700, APP_USER's, outside the checkout), mode
+# 0600; git's ssh uses that key only.
+deploy_key() {
+  local t0 key tmp err
+  t0=$(now)
+  need_command ssh openssh-client
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  ((EUID == 0)) && chown "$APP_USER:" "$TLS_DIR"
+  key=$TLS_DIR/deploy-key
+  tmp=$(mktemp "$key.XXXXXX")
+  if ! err=$(timeout 120 gcloud secrets versions access latest --secret="$REPO_KEY_SECRET" \
+    --quiet 2>&1 >"$tmp"); then
+    rm -f "$tmp"
+    die "step 3/6 code: cannot read the deploy key secret $REPO_KEY_SECRET: ${err//$'\n'/ }"
+  fi
+  [[ $(tail -c1 "$tmp") == "" ]] || printf '\n' >>"$tmp" # ssh wants the key's last newline
+  chmod 600 "$tmp"
+  ((EUID == 0)) && chown "$APP_USER:" "$tmp"
+  mv -f "$tmp" "$key"
+  GIT_ENV+=("GIT_SSH_COMMAND=ssh -i $key -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new")
+  log INFO "step 3/6 code: deploy key from secret $REPO_KEY_SECRET in $key (mode 0600) ($(since "$t0")s)"
 }
 
 first_clone() {
@@ -291,7 +321,7 @@ first_clone() {
   fi
   mkdir -p "$APP_DIR"
   ((EUID == 0)) && chown "$APP_USER:" "$APP_DIR"
-  if ! err=$(as_app env GIT_TERMINAL_PROMPT=0 timeout 300 git clone --quiet --branch "$GIT_REF" \
+  if ! err=$(as_app env "${GIT_ENV[@]}" timeout 300 git clone --quiet --branch "$GIT_REF" \
     "$REPO_URL" "$APP_DIR" 2>&1); then
     rm -rf "${APP_DIR:?}/.git"
     die "step 3/6 cloning $REPO_URL ($GIT_REF) into $APP_DIR failed: ${err//$'\n'/ }"

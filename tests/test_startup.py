@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gcp_emulator.config import dump_config
-from gcp_emulator.demo import Demo, demo_config, make_disk, push_commit
+from gcp_emulator.demo import Demo, demo_config, guest_access, make_disk, push_commit
 from tests.conftest import REPO, free_port, wait_until
 from tests.harness import EmulatorProcess, needs_gcloud
 
@@ -337,3 +337,52 @@ def test_a_failed_boot_with_nobody_watching_powers_the_vm_off(boot):
     assert "cannot read secret no-such-secret" in serial
     assert "boot watchdog: the agent did not answer within 3s" in serial
     assert any(e.get("event") == "guest_poweroff" for e in vm.emu.journal())
+
+
+DEPLOY_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+FAKE_SSH = """#!/bin/bash
+# ssh for the test: checks that git's ssh was given the deploy key (and only it), then runs
+# git's remote command here, as a git server would.
+key=""
+while (($#)); do
+  case $1 in -i) key=$2; shift 2 ;; -o | -p) shift 2 ;; -*) shift ;; *) break ;; esac
+done
+shift  # user@host
+if ! cmp -s "$key" {expected}; then
+  echo "fake ssh: -i '$key' is not the deploy key" >&2
+  exit 255
+fi
+exec bash -c "$*"
+"""
+
+
+def test_a_private_repository_is_cloned_with_the_deploy_key_from_secret_manager(boot, vm_base):
+    disk = make_disk(vm_base)
+    shutil.rmtree(disk.app)
+    expected = disk.base / "expected-key"
+    expected.write_text(DEPLOY_KEY)
+    expected.chmod(0o644)
+    fake = disk.base / "fake-ssh"
+    fake.mkdir()
+    (fake / "ssh").write_text(FAKE_SSH.format(expected=expected))
+    (fake / "ssh").chmod(0o755)
+    vm = boot(
+        disk=disk,
+        metadata={
+            "repo-url": f"ssh://git@github.invalid{disk.origin}",
+            "repo-key-secret": "repo-key",
+        },
+        env={"PATH": f"{fake}:{guest_access(disk)['PATH']}"},
+        job="echo private code ran",
+    )
+    vm.emu.http.post("/_emulator/secrets/repo-key", json={"value": DEPLOY_KEY}).raise_for_status()
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "private code ran" in r.stdout
+    assert "deploy key from secret repo-key" in vm.serial()
+    key = disk.tls / "deploy-key"
+    assert key.read_text() == DEPLOY_KEY
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not key.is_relative_to(disk.app), "the key stays out of the checkout"
