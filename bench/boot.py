@@ -67,20 +67,26 @@ def boot_once(emu: EmulatorProcess, serial: Path, url: str) -> dict[str, float]:
     return result
 
 
+def booted_vm(base: Path, name: str, **demo: object) -> tuple[EmulatorProcess, Path, str]:
+    """An emulator process with the demo VM over a disk in base/name: (emulator, its serial
+    log, the agent's health URL)."""
+    disk = make_disk(base / name)
+    if demo.pop("clone", True) is False:
+        shutil.rmtree(disk.app)
+        demo["metadata"] = {"repo-url": str(disk.origin)}
+    cfg = demo_config(disk, boot_delay=0.0, **demo)  # type: ignore[arg-type]
+    config = base / f"{name}.toml"
+    config.write_text(dump_config(cfg.config))
+    emu = EmulatorProcess(config, base / f"{name}-emulator")
+    inst = emu.instance("demo-vm")
+    return emu, Path(inst["dir"]) / "serial-port-1.log", f"https://{inst['network_ip']}:{cfg.port}/"
+
+
 def stock_first_boot(base: Path) -> dict[str, float]:
     """One first boot of a stock image: no git on it, no checkout (repo-url), no .venv, no key."""
-    disk = make_disk(base / "stock")
-    shutil.rmtree(disk.app)
-    demo = demo_config(
-        disk, boot_delay=0.0, missing_commands=["git"], metadata={"repo-url": str(disk.origin)}
-    )
-    config = base / "stock.toml"
-    config.write_text(dump_config(demo.config))
-    emu = EmulatorProcess(config, base / "stock-emulator")
+    emu, serial, url = booted_vm(base, "stock", clone=False, missing_commands=["git"])
     try:
-        inst = emu.instance("demo-vm")
-        url = f"https://{inst['network_ip']}:{demo.port}/"
-        return boot_once(emu, Path(inst["dir"]) / "serial-port-1.log", url)
+        return boot_once(emu, serial, url)
     finally:
         emu.stop()
 
@@ -92,21 +98,15 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="vm-job-bench-"))
     base.chmod(0o755)
     try:
-        disk = make_disk(base / "vm")
-        demo = demo_config(disk, boot_delay=0.0)
-        config = base / "emulator.toml"
-        config.write_text(dump_config(demo.config))
-        emu = EmulatorProcess(config, base / "emulator")
+        emu, serial, url = booted_vm(base, "vm")
+        disk_origin = base / "vm" / "origin.git"
         try:
-            inst = emu.instance("demo-vm")
-            url = f"https://{inst['network_ip']}:{demo.port}/"
-            serial = Path(inst["dir"]) / "serial-port-1.log"
             rows = [("stock image, first boot", [stock_first_boot(base)])]
             rows.append(("first boot (creates .venv)", [boot_once(emu, serial, url)]))
             rows.append(("warm", [boot_once(emu, serial, url) for _ in range(args.boots)]))
             after = []
             for n in range(args.boots):
-                push_commit(disk.origin, {"bench-marker.txt": f"{n}\n"}, f"bench commit {n}")
+                push_commit(disk_origin, {"bench-marker.txt": f"{n}\n"}, f"bench commit {n}")
                 after.append(boot_once(emu, serial, url))
             rows.append(("after a new commit", after))
         finally:
