@@ -31,6 +31,9 @@ RUN_ID=""         # the agent's run this execution started or got back
 RUN_ACTIVE=0      # 1 while that run may still be going
 STATIC_IP=""
 AGENT_URL=""
+LOG_OFFSET=0      # how much of the run's log is on stdout (a partial last line: in pending)
+LOG_STATUS=""
+LOG_DONE=0        # 1 once the whole log is on stdout
 PIN=""            # the agent's key as the VM published it; the token goes to no other key
 PINNED=()         # curl's arguments that hold a connection to PIN
 PIN_PID=""        # the background reader of the pin
@@ -261,13 +264,16 @@ call_agent() {
   BODY=""
   CURL_ERROR=""
   CURL_RC=0
+  rm -f "$WORK_DIR/body"
   in_background "$WORK_DIR/code" "$WORK_DIR/curl.err" \
     curl -sS -X "$method" --connect-timeout 3 --max-time "$max_time" \
     -o "$WORK_DIR/body" -w '%{http_code}' "$@" "$AGENT_URL$path" || CURL_RC=$?
   HTTP_CODE=$(<"$WORK_DIR/code")
   [[ $HTTP_CODE =~ ^[0-9]{3}$ ]] || HTTP_CODE=000
-  [[ -f $WORK_DIR/body ]] && BODY=$(<"$WORK_DIR/body")
-  rm -f "$WORK_DIR/body"
+  [[ -f $WORK_DIR/body ]] || : >"$WORK_DIR/body"
+  if [[ -z ${RAW_BODY:-} || $HTTP_CODE != 200 ]]; then # a log chunk stays in the file only
+    BODY=$(<"$WORK_DIR/body")
+  fi
   CURL_ERROR=$(tr '\n' ' ' <"$WORK_DIR/curl.err")
 }
 
@@ -557,35 +563,40 @@ start_run() {
   esac
 }
 
-# 6. Long-poll the run until it ends or RUN_TIMEOUT; print its log; exit with its outcome.
+# 6. Follow the run: its log from LOG_OFFSET on, each complete line to stdout as it arrives
+# (`GET /runs/ID/log?offset=N&wait=S`; a retry or a reconnect goes on from the same offset,
+# so no line is lost or printed twice), until the run ends or RUN_TIMEOUT. Its record then
+# decides the exit code.
 wait_for_run() {
   local t0 deadline remaining wait status code delay=1
   t0=$(now)
   deadline=$(($(date +%s) + RUN_TIMEOUT))
-  status=$(json_field status)
-  while [[ $status == running ]]; do
+  log INFO "step 6/6: following run $RUN_ID; the job's output follows on stdout, line by line"
+  while :; do
     remaining=$((deadline - $(date +%s)))
     if ((remaining <= 0)); then
       log ERROR "step 6/6: run $RUN_ID still running after RUN_TIMEOUT=${RUN_TIMEOUT}s; cancelling it"
       cancel_run
-      print_run_log
-      exit "$EX_TIMEOUT"
+      exit "$EX_TIMEOUT" # the cleanup prints what the job wrote while it stopped
     fi
     wait=$((remaining < 50 ? remaining : 50))
-    agent GET "/runs/$RUN_ID?wait=$wait" $((wait + 15))
+    fetch_log "$wait" $((wait + 15))
     if [[ $HTTP_CODE == 200 ]]; then
-      status=$(json_field status)
       delay=1
+      [[ $LOG_STATUS == running || -s $WORK_DIR/body ]] || break
     elif is_transient_http; then
-      log WARNING "step 6/6: polling run $RUN_ID: $(last_agent_error); retrying in ${delay}s"
+      log WARNING "step 6/6: following run $RUN_ID: $(last_agent_error); retrying in ${delay}s"
       nap "$delay"
       delay=$((delay * 2 > 8 ? 8 : delay * 2))
     else
-      die "$EX_AGENT" "step 6/6: polling run $RUN_ID: $(last_agent_error)"
+      die "$EX_AGENT" "step 6/6: following run $RUN_ID: $(last_agent_error)"
     fi
   done
+  flush_log
+  LOG_DONE=1
   RUN_ACTIVE=0
-  print_run_log
+  final_record
+  status=$(json_field status)
   if [[ $status == succeeded ]]; then
     log INFO "step 6/6: run $RUN_ID succeeded ($(since "$t0")s)"
     return
@@ -594,16 +605,61 @@ wait_for_run() {
   die "$EX_FAILED" "step 6/6: run $RUN_ID $status (exit code ${code:-none}): $(json_field error)"
 }
 
-print_run_log() {
-  local keep=$BODY
-  agent GET "/runs/$RUN_ID/log" 60
-  if [[ $HTTP_CODE == 200 ]]; then
-    log INFO "the job's output follows on stdout"
-    [[ -n $BODY ]] && printf '%s\n' "$BODY"
-  else
-    log WARNING "could not fetch the job's log: $(last_agent_error)"
+# fetch_log WAIT [MAX_TIME]: the log's bytes from LOG_OFFSET (held up to WAIT s for new ones);
+# complete lines go to stdout, a last partial one waits in $WORK_DIR/pending. Sets LOG_STATUS.
+fetch_log() {
+  local wait=$1 max_time=${2:-$(($1 + 15))} next skipped
+  RAW_BODY=1 agent GET "/runs/$RUN_ID/log?offset=$LOG_OFFSET&wait=$wait" "$max_time" \
+    -D "$WORK_DIR/headers"
+  [[ $HTTP_CODE == 200 ]] || return 0
+  next=$(header x-next-offset)
+  skipped=$(header x-log-skipped)
+  LOG_STATUS=$(header x-run-status)
+  if [[ ! $next =~ ^[0-9]+$ ]]; then
+    ((IN_CLEANUP)) && return 0
+    die "$EX_AGENT" "step 6/6: the agent's log answer has no X-Next-Offset"
   fi
-  BODY=$keep
+  if [[ ${skipped:-0} != 0 ]]; then
+    log WARNING "step 6/6: $skipped bytes of the job's output were no longer kept on the VM (LOG_MAX_BYTES)"
+  fi
+  LOG_OFFSET=$next
+  cat "$WORK_DIR/body" >>"$WORK_DIR/pending"
+  emit_lines
+}
+
+# Every complete line of $WORK_DIR/pending to stdout; the rest stays for the next chunk.
+emit_lines() {
+  local n
+  n=$(tr -dc '\n' <"$WORK_DIR/pending" | wc -c)
+  ((n > 0)) || return 0
+  head -n "$n" "$WORK_DIR/pending"
+  tail -n +"$((n + 1))" "$WORK_DIR/pending" >"$WORK_DIR/pending.rest"
+  mv -f "$WORK_DIR/pending.rest" "$WORK_DIR/pending"
+}
+
+# The job's last line, when it did not end with a newline.
+flush_log() {
+  [[ -s $WORK_DIR/pending ]] || return 0
+  cat "$WORK_DIR/pending"
+  printf '\n'
+  : >"$WORK_DIR/pending"
+}
+
+header() { tr -d '\r' <"$WORK_DIR/headers" | sed -n "s/^$1: *//Ip" | tail -n 1; }
+
+# The run's record once it has ended (transient errors retried within API_TIMEOUT).
+final_record() {
+  local deadline delay=1
+  deadline=$(($(date +%s) + API_TIMEOUT))
+  while :; do
+    agent GET "/runs/$RUN_ID" 30
+    [[ $HTTP_CODE == 200 ]] && return
+    if ! is_transient_http || (($(date +%s) + delay > deadline)); then
+      die "$EX_AGENT" "step 6/6: reading run $RUN_ID: $(last_agent_error)"
+    fi
+    nap "$delay"
+    delay=$((delay * 2 > 8 ? 8 : delay * 2))
+  done
 }
 
 cancel_run() {
@@ -645,6 +701,10 @@ cleanup() {
   fi
   if ((RUN_ACTIVE)) && [[ -n $AGENT_URL ]]; then
     cancel_run
+  fi
+  if [[ -n $RUN_ID ]] && ((LOG_DONE == 0)); then # what the job printed since the last fetch
+    fetch_log 0 3
+    flush_log
   fi
   if ((OWN_VM)); then
     wait "$stop_pid" || stop_rc=$?

@@ -12,13 +12,14 @@ import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,6 +32,8 @@ from agent.store import (
     StateDirBusy,
     is_valid_run_id,
     lock_state_dir,
+    log_size,
+    read_log_range,
     read_log_tail,
 )
 
@@ -39,6 +42,8 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 BODY_TIMEOUT = 10.0  # seconds between two parts of a request body before 408
 MAX_LOG_BYTES = 4 * 1024 * 1024
+LOG_CHUNK_BYTES = 1024 * 1024  # at most this much per answer when following a log
+LOG_POLL_SECONDS = 0.05  # how often a held log request looks for new bytes
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
 
 
@@ -295,16 +300,57 @@ async def get_run(
 
 
 @router.get("/runs/{run_id}/log", response_class=PlainTextResponse)
-def get_run_log(run_id: RunId, request: Request) -> PlainTextResponse:
-    """The job's combined stdout and stderr (its last 4 MiB, or LOG_MAX_BYTES if less)."""
+async def get_run_log(
+    run_id: RunId,
+    request: Request,
+    runner: RunnerDep,
+    offset: Annotated[int | None, Query(ge=0, description="follow from this byte")] = None,
+    wait: Annotated[
+        float,
+        Query(ge=0, description=f"with offset: hold for new bytes, <= {MAX_WAIT_SECONDS:g} s"),
+    ] = 0,
+) -> Response:
+    """The job's combined stdout and stderr. Without `offset`: its last 4 MiB (or LOG_MAX_BYTES
+    if less) as text. With `offset=N`: the bytes from N on (at most 1 MiB), `X-Next-Offset` and
+    `X-Run-Status` in the headers; with `wait=S`, held until there are new bytes, the run ends,
+    or S seconds pass. Bytes no longer kept (LOG_MAX_BYTES) are skipped, and `X-Log-Skipped`
+    says how many."""
     store: RunStore = request.app.state.store
     settings: Settings = request.app.state.settings
     record_or_404(store.get(run_id))
-    data, start = read_log_tail(store.log_path(run_id), min(MAX_LOG_BYTES, settings.log_max_bytes))
-    text = data.decode("utf-8", "replace")
-    if start:
-        text = f"[… the first {start} bytes of this log are not kept (LOG_MAX_BYTES) …]\n" + text
-    return PlainTextResponse(text)
+    window = min(MAX_LOG_BYTES, settings.log_max_bytes)
+    path = store.log_path(run_id)
+    if offset is None:
+        data, start = read_log_tail(path, window)
+        text = data.decode("utf-8", "replace")
+        if start:
+            text = (
+                f"[… the first {start} bytes of this log are not kept (LOG_MAX_BYTES) …]\n" + text
+            )
+        return PlainTextResponse(text)
+    deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
+    while True:
+        status_now = record_or_404(runner.get(run_id)).status  # before the bytes: none is missed
+        size = log_size(path)
+        if offset > size:
+            raise HTTPException(
+                status.HTTP_416_RANGE_NOT_SATISFIABLE,
+                f"offset {offset} is past the end of the log ({size} bytes)",
+            )
+        if size > offset or status_now != "running" or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(LOG_POLL_SECONDS)
+    start = max(offset, size - window)
+    data = read_log_range(path, start, min(size - start, LOG_CHUNK_BYTES))
+    return Response(
+        data,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "X-Next-Offset": str(start + len(data)),
+            "X-Run-Status": status_now,
+            "X-Log-Skipped": str(start - offset),
+        },
+    )
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic)

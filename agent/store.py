@@ -86,6 +86,22 @@ def read_log_tail(path: Path, max_bytes: int) -> tuple[bytes, int]:
         return b"", 0
 
 
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def read_log_range(path: Path, start: int, length: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(start)
+            return f.read(length)
+    except FileNotFoundError:
+        return b""
+
+
 class StateDirBusy(Exception):
     """Another agent holds the lock on this STATE_DIR."""
 

@@ -365,3 +365,53 @@ def test_authenticated_requests_keep_the_agent_awake(agent, tmp_path):
         assert client.get("/runs", headers=AUTH).status_code == 200
         time.sleep(0.1)
     assert not fired.exists(), "idle shutdown fired although authenticated requests kept coming"
+
+
+# -- following a run's log ----------------------------------------------------------------------
+
+
+def test_following_a_log_from_an_offset_gives_new_bytes_as_they_are_written(agent, tmp_path):
+    go = tmp_path / "go"
+    client = agent(job_command=f"echo first; while [ ! -e {go} ]; do sleep 0.05; done; echo second")
+    run_id = client.post("/runs", json={"mode": "run"}, headers=AUTH).json()["id"]
+    r = client.get(f"/runs/{run_id}/log", params={"offset": 0, "wait": 10}, headers=AUTH)
+    assert (r.status_code, r.text) == (200, "first\n")
+    assert r.headers["x-run-status"] == "running"
+    assert r.headers["x-next-offset"] == "6" and r.headers["x-log-skipped"] == "0"
+    go.touch()
+    seen, offset, status = "", 6, "running"
+    while status == "running":
+        r = client.get(f"/runs/{run_id}/log", params={"offset": offset, "wait": 10}, headers=AUTH)
+        seen += r.text
+        offset, status = int(r.headers["x-next-offset"]), r.headers["x-run-status"]
+    assert seen == "second\n", "each byte once, in order"
+    assert status == "succeeded"
+
+
+def test_a_held_log_request_answers_when_the_run_ends_not_when_the_wait_expires(agent):
+    client = agent(job_command="sleep 1")
+    run_id = client.post("/runs", json={"mode": "run"}, headers=AUTH).json()["id"]
+    started = time.monotonic()
+    r = client.get(f"/runs/{run_id}/log", params={"offset": 0, "wait": 30}, headers=AUTH)
+    assert r.headers["x-run-status"] == "succeeded" and r.text == ""
+    assert time.monotonic() - started < 15, "held for the whole wait"
+
+
+@pytest.mark.parametrize(("offset", "code"), [(10_000, 416), (-1, 422), ("x", 422)])
+def test_a_bad_log_offset_gets_a_4xx(agent, offset, code):
+    client = agent(job_command="echo hi")
+    run = finished(client, client.post("/runs", json={"mode": "run"}, headers=AUTH).json()["id"])
+    r = client.get(f"/runs/{run['id']}/log", params={"offset": offset}, headers=AUTH)
+    assert r.status_code == code, r.text
+
+
+def test_following_from_bytes_no_longer_kept_skips_to_what_is_and_says_so(agent):
+    client = agent(
+        job_command="python3 -c 'for i in range(3001): print(99 * \"y\")'",
+        log_max_bytes=64 * 1024,
+    )
+    run = finished(client, client.post("/runs", json={"mode": "run"}, headers=AUTH).json()["id"])
+    r = client.get(f"/runs/{run['id']}/log", params={"offset": 0}, headers=AUTH)
+    skipped = int(r.headers["x-log-skipped"])
+    assert skipped > 0 and "\0" not in r.text
+    assert int(r.headers["x-next-offset"]) == skipped + len(r.content) == 3001 * 100

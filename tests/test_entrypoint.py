@@ -344,3 +344,47 @@ def test_sigterm_during_a_retry_wait_starts_the_cleanup_at_once(make_flow):
     # gcloud's own start-up (~0.6 s) is in this; the 8 s sleep must not be
     assert stop[0]["time"] - sent < 4, f"the cleanup began {stop[0]['time'] - sent:.1f} s late"
     flow.assert_cleaned_up()
+
+
+# -- the job's output, live ----------------------------------------------------------------------
+
+
+def test_the_jobs_lines_reach_stdout_as_they_are_printed(make_flow, tmp_path):
+    go = tmp_path / "go"
+    flow = make_flow(
+        job=f'echo "first line at $(date +%s.%N)"; while [ ! -e {go} ]; do sleep 0.1; done; '
+        "printf 'last line, no newline'"
+    )
+    proc = flow.popen()
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        arrived = time.time()
+        assert first.startswith("first line at "), first
+        lag = arrived - float(first.split()[-1])
+        assert lag < 2, f"the job's first line reached stdout {lag:.1f} s after it was printed"
+        assert proc.poll() is None, "the line came before the run ended"
+        go.touch()
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        reap(proc)
+    assert proc.returncode == 0, err
+    assert rest == "last line, no newline\n", "a last line without a newline is printed too"
+    assert first.count("first line") == 1 and "first line" not in rest, "no line twice"
+
+
+def test_what_the_job_prints_while_it_stops_is_on_stdout_after_sigterm(make_flow):
+    flow = make_flow(
+        job="trap 'echo \"closing orders on SIGTERM\"; exit 1' TERM; echo started; sleep 300 & wait"
+    )
+    proc = flow.popen()
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        reap(proc)
+    assert proc.returncode == 143, err
+    assert "closing orders on SIGTERM" in out, "the output of the job's last seconds was lost"
+    flow.assert_cleaned_up()
