@@ -12,12 +12,13 @@
 # Exit codes: 0 the run succeeded; 1 it failed, was cancelled or interrupted; 2 configuration;
 #   3 another run is in progress on the VM; 4 boot or run timeout; 5 Cloud API error;
 #   6 the agent refused or answered nonsense, or its TLS key is not the one the VM published
-#   (or the VM published none); 7 cleanup failed (the VM may still be up);
-#   130/143 interrupted by SIGINT/SIGTERM.
+#   (or the VM published none); 7 cleanup failed (the VM may still be up); 8 the VM went away
+#   during the run (stopped, preempted, deleted); 130/143 interrupted by SIGINT/SIGTERM.
 # Only the job's log goes to stdout; everything else is a log line on stderr.
 set -Eeuo pipefail
 
 readonly EX_FAILED=1 EX_CONFIG=2 EX_BUSY=3 EX_TIMEOUT=4 EX_CLOUD=5 EX_AGENT=6 EX_CLEANUP=7
+readonly EX_VM_GONE=8
 readonly NAME_RE='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
 readonly PIN_ATTRIBUTE=vm-job-agent/tls-pin
 # gcloud exits 1 for every error; these are the ones worth another try (HTTP 429 and 5xx,
@@ -585,6 +586,7 @@ wait_for_run() {
       delay=1
       [[ $LOG_STATUS == running || -s $WORK_DIR/body ]] || break
     elif is_transient_http; then
+      [[ $HTTP_CODE != 000 ]] || check_vm_still_there
       log WARNING "step 6/6: following run $RUN_ID: $(last_agent_error); retrying in ${delay}s"
       nap "$delay"
       delay=$((delay * 2 > 8 ? 8 : delay * 2))
@@ -603,6 +605,26 @@ wait_for_run() {
   fi
   code=$(json_field exit_code)
   die "$EX_FAILED" "step 6/6: run $RUN_ID $status (exit code ${code:-none}): $(json_field error)"
+}
+
+# The agent does not answer during the run: is the VM still RUNNING? If not (a Spot VM
+# preempted, a stop by hand, a deletion), waiting is pointless: say so, keep the log we have,
+# let the cleanup finish what is left, exit 8. A RUNNING VM keeps being retried.
+check_vm_still_there() {
+  local vm_status err
+  if gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+    --zone="$ZONE" --format='value(status)'; then
+    vm_status=$GCLOUD_OUT
+    [[ $vm_status == RUNNING ]] && return 0
+  else
+    err=$(last_error)
+    [[ $err == *"was not found"* ]] || return 0 # cannot tell: keep retrying
+    vm_status="gone (deleted)"
+  fi
+  RUN_ACTIVE=0 # nothing left to cancel: the VM's processes are gone with it
+  LOG_DONE=1   # nor a log to fetch
+  flush_log
+  die "$EX_VM_GONE" "step 6/6: the VM went away during run $RUN_ID: $INSTANCE is $vm_status (a Spot VM is preempted this way; a stop by hand or a deletion looks the same). The job's output up to then is above; what the job did after it is unknown: check before running it again."
 }
 
 # fetch_log WAIT [MAX_TIME]: the log's bytes from LOG_OFFSET (held up to WAIT s for new ones);
@@ -654,6 +676,7 @@ final_record() {
   while :; do
     agent GET "/runs/$RUN_ID" 30
     [[ $HTTP_CODE == 200 ]] && return
+    [[ $HTTP_CODE != 000 ]] || check_vm_still_there # an interrupted run: the VM stopping?
     if ! is_transient_http || (($(date +%s) + delay > deadline)); then
       die "$EX_AGENT" "step 6/6: reading run $RUN_ID: $(last_agent_error)"
     fi

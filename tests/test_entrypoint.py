@@ -388,3 +388,22 @@ def test_what_the_job_prints_while_it_stops_is_on_stdout_after_sigterm(make_flow
     assert proc.returncode == 143, err
     assert "closing orders on SIGTERM" in out, "the output of the job's last seconds was lost"
     flow.assert_cleaned_up()
+
+
+def test_a_vm_stopped_under_a_running_job_is_noticed_and_reported_with_exit_8(make_flow):
+    flow = make_flow(job="echo started; sleep 300")
+    proc = flow.popen()
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        stopped = time.monotonic()
+        flow.emu.set_instance(ZONE, "vm-0", status="TERMINATED")  # as a preemption or a person
+        _, err = proc.communicate(timeout=120)
+        noticed = time.monotonic() - stopped
+    finally:
+        reap(proc)
+    assert proc.returncode == 8, err
+    assert noticed < 30, f"the orchestrator took {noticed:.0f} s to notice the VM was gone"
+    assert "the VM went away during run" in err and "vm-0 is TERMINATED" in err
+    assert "Spot VM is preempted this way" in err
+    flow.assert_cleaned_up()
