@@ -20,7 +20,8 @@ set -Eeuo pipefail
 readonly EX_FAILED=1 EX_CONFIG=2 EX_BUSY=3 EX_TIMEOUT=4 EX_CLOUD=5 EX_AGENT=6 EX_CLEANUP=7
 readonly EX_VM_GONE=8
 readonly NAME_RE='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
-readonly PIN_ATTRIBUTE=vm-job-agent/tls-pin
+readonly GUEST_NAMESPACE=vm-job-agent
+readonly PIN_ATTRIBUTE=$GUEST_NAMESPACE/tls-pin
 # gcloud exits 1 for every error; these are the ones worth another try (HTTP 429 and 5xx,
 # connection trouble, a VM still on its way to TERMINATED).
 readonly TRANSIENT_RE='HTTPError (429|5[0-9][0-9])|[Rr]ate [Ll]imit|[Qq]uota exceeded|[Ii]nternal error|[Bb]ackend ?[Ee]rror|[Uu]navailable|[Tt]ry again|[Cc]onnection (refused|reset|aborted)|ConnectionError|[Tt]imed? ?out|[Tt]emporary failure|is not ready|resourceNotReady'
@@ -37,7 +38,7 @@ LOG_STATUS=""
 LOG_DONE=0        # 1 once the whole log is on stdout
 PIN=""            # the agent's key as the VM published it; the token goes to no other key
 PINNED=()         # curl's arguments that hold a connection to PIN
-PIN_PID=""        # the background reader of the pin
+WATCHER_PID=""    # the background reader of the VM's guest attributes (pin, boot state)
 IN_CLEANUP=0
 WORK_DIR=""
 CHILD_PID=""      # a long gcloud/curl in the background, killed by cleanup
@@ -356,7 +357,7 @@ start_vm() {
   local t0 deadline
   t0=$(now)
   BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
-  start_pin_reader
+  start_watcher
   OWN_VM=1
   gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE" || {
     grep -Eq "$TRANSIENT_RE" "$WORK_DIR/gcloud.err" &&
@@ -387,26 +388,37 @@ agent_url() {
   AGENT_URL="$scheme://$address:$AGENT_PORT"
 }
 
-# The pin: the guest attribute that startup.sh writes at every boot, read through the Compute
-# API, so IAM decides who may (compute.instances.getGuestAttributes). Read in the background from
-# just before the VM starts, every 0.2 s, with curl and one access token from gcloud (a gcloud
-# start-up per read would cost 0.5 s of CPU each and lag the pin): it is on no critical path.
-# A pin from the previous boot is the same key unless the VM made a new one (see reread_pin).
-start_pin_reader() {
-  ((AGENT_TLS)) || return 0
+# The VM's guest attributes, watched in the background from just before the start until the
+# agent answers: the key's pin (vm-job-agent/tls-pin) and the boot's state (vm-job-agent/boot:
+# the step, `ready`, or `failed: <reason>`), both written by startup.sh at every boot and read
+# through the Compute API, so IAM decides who may (compute.instances.getGuestAttributes). Every
+# 0.2 s, with curl and one access token from gcloud (a gcloud start-up per read would cost 0.5 s
+# of CPU each and lag): on no critical path. A pin from an earlier boot is the same key unless
+# the VM made a new one (see reread_pin); a boot state counts once this boot has written one
+# that is not a failure (an earlier boot's `failed:` is not this one's).
+start_watcher() {
   (
     trap 'exit 1' TERM
+    local last=""
     while :; do
-      if { [[ -s $WORK_DIR/api-auth ]] || api_token; } && read_pin; then
-        printf '%s' "$PIN_READ" >"$WORK_DIR/pin.tmp"
-        mv -f "$WORK_DIR/pin.tmp" "$WORK_DIR/pin"
-        exit 0
+      if { [[ -s $WORK_DIR/api-auth ]] || api_token; } && read_attributes; then
+        if ((AGENT_TLS)) && [[ -n $PIN_READ && ! -s $WORK_DIR/pin ]]; then
+          printf '%s' "$PIN_READ" >"$WORK_DIR/pin.tmp"
+          mv -f "$WORK_DIR/pin.tmp" "$WORK_DIR/pin"
+        fi
+        [[ -z $BOOT_READ || $BOOT_READ == failed:* ]] || : >"$WORK_DIR/boot-progress"
+        if [[ -n $BOOT_READ && -f $WORK_DIR/boot-progress && $BOOT_READ != "$last" ]]; then
+          last=$BOOT_READ
+          printf '%s' "$BOOT_READ" >"$WORK_DIR/boot-state.tmp"
+          mv -f "$WORK_DIR/boot-state.tmp" "$WORK_DIR/boot-state"
+          log INFO "[vm] boot: $BOOT_READ"
+        fi
       fi
       (($(date +%s) < BOOT_DEADLINE)) || exit 1
       sleep 0.2
     done
   ) &
-  PIN_PID=$!
+  WATCHER_PID=$!
 }
 
 # api_token: an access token for the Compute API from gcloud (on Cloud Run, the job's service
@@ -422,17 +434,23 @@ api_token() {
   return 1
 }
 
-# read_pin: one read of the guest attribute (GET instances/NAME/getGuestAttributes, at the
-# endpoint gcloud uses); true, with the pin in PIN_READ, when the VM has published one.
-read_pin() {
-  local code body url re='"value":[[:space:]]*"(sha256//[A-Za-z0-9+/]{43}=)"'
-  url="${COMPUTE_API%/}/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE/getGuestAttributes?queryPath=$PIN_ATTRIBUTE"
-  code=$(curl -sS --connect-timeout 5 --max-time 10 -o "$WORK_DIR/pin.json" -w '%{http_code}' \
+# read_attributes: one read of the VM's vm-job-agent/ guest attributes (GET
+# instances/NAME/getGuestAttributes?queryPath=vm-job-agent/, at the endpoint gcloud uses); true
+# when there are any, with the pin in PIN_READ and the boot's state in BOOT_READ ("" if absent).
+read_attributes() {
+  local code body url
+  local pin_re='"key":[[:space:]]*"tls-pin",[[:space:]]*"value":[[:space:]]*"(sha256//[A-Za-z0-9+/]{43}=)"'
+  local boot_re='"key":[[:space:]]*"boot",[[:space:]]*"value":[[:space:]]*"(([^"\\]|\\.)*)"'
+  PIN_READ="" BOOT_READ=""
+  url="${COMPUTE_API%/}/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE/getGuestAttributes?queryPath=$GUEST_NAMESPACE/"
+  code=$(curl -sS --connect-timeout 5 --max-time 10 -o "$WORK_DIR/ga.json" -w '%{http_code}' \
     -H @"$WORK_DIR/api-auth" "$url" 2>"$WORK_DIR/pin.err") || code=000
   body=""
-  [[ -f $WORK_DIR/pin.json ]] && body=$(tr '\n' ' ' <"$WORK_DIR/pin.json")
-  if [[ $code == 200 && $body =~ $re ]]; then
-    PIN_READ=${BASH_REMATCH[1]}
+  [[ -f $WORK_DIR/ga.json ]] && body=$(tr '\n' ' ' <"$WORK_DIR/ga.json")
+  if [[ $code == 200 ]]; then
+    [[ $body =~ $pin_re ]] && PIN_READ=${BASH_REMATCH[1]}
+    [[ $body =~ $boot_re ]] && BOOT_READ=${BASH_REMATCH[1]//\\\"/\"}
+    [[ -n $PIN_READ ]] || printf 'no %s among the guest attributes\n' "$PIN_ATTRIBUTE" >>"$WORK_DIR/pin.err"
     return 0
   fi
   [[ $code != 401 ]] || rm -f "$WORK_DIR/api-auth" # expired: the next try gets a new token
@@ -440,11 +458,11 @@ read_pin() {
   return 1
 }
 
-stop_pin_reader() {
-  [[ -n $PIN_PID ]] || return 0
-  kill "$PIN_PID" 2>/dev/null || true
-  wait "$PIN_PID" 2>/dev/null || true
-  PIN_PID=""
+stop_watcher() {
+  [[ -n $WATCHER_PID ]] || return 0
+  kill "$WATCHER_PID" 2>/dev/null || true
+  wait "$WATCHER_PID" 2>/dev/null || true
+  WATCHER_PID=""
 }
 
 # After the agent has answered: wait (at most PIN_WAIT s) for the pin, then check that the key
@@ -459,13 +477,13 @@ verify_agent_key() {
   deadline=$(($(date +%s) + PIN_WAIT))
   ((deadline < BOOT_DEADLINE)) || deadline=$BOOT_DEADLINE
   until [[ -s $WORK_DIR/pin ]]; do
-    if ! kill -0 "$PIN_PID" 2>/dev/null || (($(date +%s) >= deadline)); then
-      stop_pin_reader
+    if ! kill -0 "$WATCHER_PID" 2>/dev/null || (($(date +%s) >= deadline)); then
+      stop_watcher
       die "$EX_AGENT" "step 4/6: $INSTANCE's agent answers, but the VM never published its TLS key (guest attribute $PIN_ATTRIBUTE): is enable-guest-attributes=TRUE set in its metadata (gcloud compute instances add-metadata $INSTANCE --zone=$ZONE --metadata=enable-guest-attributes=TRUE), and may this job's service account read it (compute.instances.getGuestAttributes)? Last answer: $(pin_error). Nothing was sent with the token."
     fi
     nap 0.05
   done
-  stop_pin_reader
+  stop_watcher
   use_pin "$(<"$WORK_DIR/pin")"
   call_agent GET / 5 "${PINNED[@]}"
   if ((CURL_RC == 90)) && reread_pin; then
@@ -486,7 +504,7 @@ use_pin() {
 # once more (startup.sh publishes before the agent starts); true when it changed.
 reread_pin() {
   local old=$PIN
-  read_pin && [[ $PIN_READ != "$old" ]] || return 1
+  read_attributes && [[ $PIN_READ =~ ^sha256// && $PIN_READ != "$old" ]] || return 1
   log WARNING "step 4/6: $INSTANCE published a new TLS key pin ($PIN_READ, was $old): using it"
   use_pin "$PIN_READ"
 }
@@ -511,13 +529,35 @@ wait_for_agent() {
     if [[ $HTTP_CODE == 200 ]]; then
       log INFO "step 4/6: agent $(json_field version) answers on $AGENT_URL after $attempts tries ($(since "$t0")s; busy=$(busy_flag))"
       verify_agent_key
+      stop_watcher
       return
     fi
+    boot_failed
     if (($(date +%s) >= BOOT_DEADLINE)); then
       die "$EX_TIMEOUT" "step 4/6: the agent on $AGENT_URL/ did not answer within BOOT_TIMEOUT=${BOOT_TIMEOUT}s ($attempts tries, every ${HEALTH_INTERVAL}s); last error: $(last_agent_error). The VM's serial console tells why: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
     fi
     nap "$HEALTH_INTERVAL"
   done
+}
+
+# A boot that startup.sh reported failed (vm-job-agent/boot is `failed: <reason>`) ends the
+# wait at once, with the reason and the last lines of the VM's serial console.
+boot_failed() {
+  local state
+  [[ -s $WORK_DIR/boot-state ]] || return 0
+  state=$(<"$WORK_DIR/boot-state")
+  [[ $state == failed:* ]] || return 0
+  stop_watcher
+  console_tail
+  die "$EX_TIMEOUT" "step 4/6: $INSTANCE's boot failed: ${state#failed: }. The serial console: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
+}
+
+# The last lines startup.sh wrote on the VM's serial console, each marked [vm], in our log.
+console_tail() {
+  gcloud_call $(($(date +%s) + 30)) compute instances get-serial-port-output "$INSTANCE" \
+    --zone="$ZONE" || return 0
+  sed -n 's/.*\(startup\.sh .*\)$/\1/p' <<<"$GCLOUD_OUT" | tail -n 12 |
+    while IFS= read -r line; do log INFO "[vm] $line"; done
 }
 
 busy_flag() { [[ $BODY == *'"busy":true'* ]] && printf true || printf false; }
@@ -707,7 +747,7 @@ cleanup() {
   set +e
   IN_CLEANUP=1
   [[ -n $CHILD_PID ]] && kill "$CHILD_PID" 2>/dev/null
-  stop_pin_reader
+  stop_watcher
   if ((OWN_VM == 0 && OWN_IP == 0)); then
     finish "$rc"
   fi

@@ -31,6 +31,7 @@ readonly SERVICE=vm-job-agent
 readonly UNIT_FILE=/etc/systemd/system/$SERVICE.service
 readonly SUDOERS_FILE=/etc/sudoers.d/$SERVICE
 readonly GUEST_NAMESPACE=vm-job-agent # guest attributes: vm-job-agent/tls-pin
+GA_WARNED=0 BOOT_STATE_OFF=0
 readonly NOFILE=65536                 # the agent's open files: far above its MAX_CONNECTIONS
 # bounded connections (agent/connections.py): accepted at most 256 at a time, so a burst can
 # not outrun the cap to the open-file limit; and a short graceful stop
@@ -46,6 +47,7 @@ log() {
 }
 die() {
   log ERROR "$*"
+  boot_state "failed: $*"
   exit 1
 }
 now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }
@@ -73,10 +75,20 @@ guest_attribute() {
     true
   case $code in
     200) return 0 ;;
-    403) log WARNING "guest attributes are disabled on this VM (the metadata server answered 403 to $GUEST_NAMESPACE/$1): set the metadata key enable-guest-attributes=TRUE (gcloud compute instances add-metadata INSTANCE --metadata=enable-guest-attributes=TRUE); until then the orchestrator cannot verify this agent and sends it nothing" ;;
+    403)
+      ((GA_WARNED++)) && return 1 # said once is enough
+      log WARNING "guest attributes are disabled on this VM (the metadata server answered 403 to $GUEST_NAMESPACE/$1): set the metadata key enable-guest-attributes=TRUE (gcloud compute instances add-metadata INSTANCE --metadata=enable-guest-attributes=TRUE); until then the orchestrator cannot verify this agent and sends it nothing" ;;
     *) log WARNING "could not publish the guest attribute $GUEST_NAMESPACE/$1 (HTTP ${code:-000})" ;;
   esac
   return 1
+}
+
+# boot_state STATE: where this boot is, as the guest attribute vm-job-agent/boot: the step,
+# `ready`, or `failed: <reason>`, so the orchestrator reports a failed boot at once instead of
+# at its BOOT_TIMEOUT. Best effort: after a refusal (guest attributes off) it stops trying.
+boot_state() {
+  ((BOOT_STATE_OFF)) && return 0
+  guest_attribute boot "${1:0:500}" || BOOT_STATE_OFF=1
 }
 
 # setting NAME ATTRIBUTE DEFAULT: set NAME from the environment, the attribute or the default,
@@ -185,6 +197,7 @@ watchdog() {
   ((AGENT_TLS)) || scheme=http
   while ((SECONDS < deadline)); do
     if curl -sfk --max-time 2 -o /dev/null "$scheme://$host:$AGENT_PORT/"; then
+      boot_state ready
       log INFO "boot watchdog: the agent answers; disarmed"
       exit 0
     fi
@@ -211,6 +224,7 @@ as_app() {
 ensure_tls_key() {
   local t0 how=""
   t0=$(now)
+  boot_state "step 2/6 tls"
   TLS_KEY=$TLS_DIR/agent-key.pem
   TLS_CERT=$TLS_DIR/agent-cert.pem
   if ((AGENT_TLS == 0)); then
@@ -268,6 +282,7 @@ new_tls_file() {
 update_code() {
   local t0 old new err
   t0=$(now)
+  boot_state "step 3/6 code"
   need_command git git
   GIT_ENV=(GIT_TERMINAL_PROMPT=0)
   [[ -z $REPO_KEY_SECRET ]] || deploy_key
@@ -334,6 +349,7 @@ first_clone() {
 write_env() {
   local t0 tmp err
   t0=$(now)
+  boot_state "step 4/6 .env"
   tmp=$(mktemp "$APP_DIR/.env.XXXXXX")
   if ! err=$(timeout 120 gcloud secrets versions access latest --secret="$ENV_SECRET" --quiet \
     2>&1 >"$tmp"); then
@@ -354,6 +370,7 @@ write_env() {
 sync_deps() {
   local t0
   t0=$(now)
+  boot_state "step 5/6 dependencies"
   ensure_uv
   as_app "$UV_BIN" sync --frozen --no-dev --quiet --directory "$APP_DIR"
   log INFO "step 5/6 dependencies: uv sync --frozen ($(since "$t0")s)"
@@ -379,6 +396,7 @@ ensure_uv() {
 agent_scheme() { if ((AGENT_TLS)); then printf https; else printf http; fi; }
 
 start_agent() {
+  boot_state "step 6/6 agent"
   TLS_ARGS=()
   ((AGENT_TLS)) && TLS_ARGS=(--ssl-keyfile "$TLS_KEY" --ssl-certfile "$TLS_CERT")
   mkdir -p "$STATE_DIR"
@@ -423,6 +441,7 @@ start_service() {
     sleep 0.2
   done
   log INFO "step 6/6 agent: $SERVICE answers on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT as $APP_USER ($(since "$t0")s)"
+  boot_state ready
 }
 
 unit_text() {
@@ -454,6 +473,7 @@ main() {
   local t0
   t0=$(now)
   log INFO "starting (pid $$, user $(id -un))"
+  boot_state "step 1/6 settings"
   read_settings   # 1. settings: environment, metadata, defaults
   arm_watchdog    #    and the boot watchdog, first
   ensure_tls_key  # 2. the agent's TLS key, its pin published as a guest attribute

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,10 +148,16 @@ def test_a_failed_fetch_keeps_the_code_and_still_boots(boot, vm_base):
     vm.assert_cleaned_up()
 
 
-def test_a_missing_secret_leaves_no_env_and_no_agent_and_the_flow_cleans_up(boot):
+def test_a_failed_boot_is_reported_at_once_with_startup_shs_reason_and_cleaned_up(boot):
     vm = boot(metadata={"env-secret": "no-such-secret"})
-    r = vm.entrypoint(BOOT_TIMEOUT="6")
+    started = time.monotonic()
+    r = vm.entrypoint(BOOT_TIMEOUT="120")
+    took = time.monotonic() - started
     assert r.returncode == 4, r.stderr
+    assert "demo-vm's boot failed: step 4/6 .env: cannot read secret no-such-secret" in r.stderr
+    assert "[vm] boot: failed: step 4/6" in r.stderr, "the boot's state is in the job's log"
+    assert "[vm] startup.sh ERROR" in r.stderr, "with the serial console's last lines"
+    assert took < 30, f"{took:.0f} s to report a boot that failed in its first seconds"
     serial = vm.serial()
     assert "cannot read secret no-such-secret" in serial
     assert "the agent is not started" in serial
