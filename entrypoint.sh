@@ -485,13 +485,19 @@ verify_agent_key() {
   done
   stop_watcher
   use_pin "$(<"$WORK_DIR/pin")"
-  call_agent GET / 5 "${PINNED[@]}"
-  if ((CURL_RC == 90)) && reread_pin; then
+  deadline=$(($(date +%s) + API_TIMEOUT))
+  while :; do
     call_agent GET / 5 "${PINNED[@]}"
-  fi
-  ((CURL_RC == 90)) && impostor
-  [[ $HTTP_CODE == 200 ]] ||
-    die "$EX_AGENT" "step 4/6: the agent answered, then not over the pinned connection: $(last_agent_error)"
+    if ((CURL_RC == 90)) && reread_pin; then
+      call_agent GET / 5 "${PINNED[@]}"
+    fi
+    ((CURL_RC == 90)) && impostor
+    [[ $HTTP_CODE == 200 ]] && break
+    if ! is_transient_http || (($(date +%s) >= deadline)); then
+      die "$EX_AGENT" "step 4/6: the agent answered, then not over the pinned connection: $(last_agent_error)"
+    fi
+    nap 0.5
+  done
   log INFO "step 4/6: TLS: the agent's key matches the pin $INSTANCE published ($PIN): verified ($(since "$t0")s)"
 }
 
@@ -643,6 +649,8 @@ wait_for_run() {
     log INFO "step 6/6: run $RUN_ID succeeded ($(since "$t0")s)"
     return
   fi
+  # A run that ended badly as its VM went down (a stop, a preemption) is the VM's story: exit 8.
+  check_vm_still_there "run $RUN_ID ended $status (exit code $(json_field exit_code))"
   code=$(json_field exit_code)
   die "$EX_FAILED" "step 6/6: run $RUN_ID $status (exit code ${code:-none}): $(json_field error)"
 }
@@ -651,7 +659,7 @@ wait_for_run() {
 # preempted, a stop by hand, a deletion), waiting is pointless: say so, keep the log we have,
 # let the cleanup finish what is left, exit 8. A RUNNING VM keeps being retried.
 check_vm_still_there() {
-  local vm_status err
+  local vm_status err what=${1:-}
   if gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
     --zone="$ZONE" --format='value(status)'; then
     vm_status=$GCLOUD_OUT
@@ -664,7 +672,7 @@ check_vm_still_there() {
   RUN_ACTIVE=0 # nothing left to cancel: the VM's processes are gone with it
   LOG_DONE=1   # nor a log to fetch
   flush_log
-  die "$EX_VM_GONE" "step 6/6: the VM went away during run $RUN_ID: $INSTANCE is $vm_status (a Spot VM is preempted this way; a stop by hand or a deletion looks the same). The job's output up to then is above; what the job did after it is unknown: check before running it again."
+  die "$EX_VM_GONE" "step 6/6: the VM went away during run $RUN_ID${what:+ ($what)}: $INSTANCE is $vm_status (a Spot VM is preempted this way; a stop by hand or a deletion looks the same). The job's output up to then is above; what the job did after it is unknown: check before running it again."
 }
 
 # fetch_log WAIT [MAX_TIME]: the log's bytes from LOG_OFFSET (held up to WAIT s for new ones);

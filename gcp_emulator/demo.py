@@ -202,12 +202,16 @@ def demo_config(
     job: str = DEMO_JOB,
     metadata: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
-    address: str = "127.0.77.7",
+    address: str | None = None,
     boot_delay: float = 1.0,
     missing_commands: list[str] | None = None,
     script_runner: str = "guest-agent",
 ) -> Demo:
-    """One VM booting startup.sh over disk, one static address, the app-env secret."""
+    """One VM booting startup.sh over disk, one static address, the app-env secret. Its
+    addresses are 127.NET.77.7 (static) and 127.NET.100.2 (internal) for a NET of its own, so
+    demos and tests running at once never share one."""
+    net = secrets.randbelow(254) + 1
+    address = address or f"127.{net}.77.7"
     token = secrets.token_urlsafe(24)
     port = free_port()
     cfg = EmulatorConfig(project="demo-project", region="asia-northeast3", zone="asia-northeast3-c")
@@ -216,6 +220,7 @@ def demo_config(
             name="demo-vm",
             zone=cfg.zone,
             workdir=disk.base / "disk",
+            network_ip=f"127.{net}.100.2",
             boot_delay=boot_delay,
             metadata={
                 "startup-script": (REPO / "startup.sh").read_text(),

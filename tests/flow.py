@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import shlex
 import subprocess
 import sys
@@ -78,10 +79,20 @@ class Flow:
     script: str = field(default_factory=agent_guest_script)
     emu: EmulatorProcess | None = None
     port: int = field(default_factory=free_port)
+    # each flow's addresses are its own (127.NET.x.y), so flows running at once never meet
+    net: int = field(default_factory=lambda: random.randrange(1, 255))
     tls: bool = True  # the agent serves HTTPS and publishes its pin
     guest_attributes: bool = True  # the VMs' metadata enables guest attributes
     guest_env: dict[str, str] = field(default_factory=dict)  # more for every guest
     pin: str = ""  # the agent's pin, once config() made its key
+
+    def static_ip(self, i: int = 0) -> str:
+        """The address of ip-i."""
+        return f"127.{self.net}.{60 + i}.{10 + i}"
+
+    def internal_ip(self, i: int = 0) -> str:
+        """vm-i's networkIP."""
+        return f"127.{self.net}.100.{2 + i}"
 
     def runs_file(self, i: int = 0) -> Path:
         return self.tmp / f"vm-{i}" / "runs.log"
@@ -116,13 +127,14 @@ class Flow:
             parts.append(f"""
 [[instances]]
 name = "vm-{i}"
+network_ip = "{self.internal_ip(i)}"
 shutdown_grace = 5
 env = {{ {env_toml} }}
 metadata = {{ {metadata_toml} }}
 
 [[addresses]]
 name = "ip-{i}"
-address = "127.0.{60 + i}.{10 + i}"
+address = "{self.static_ip(i)}"
 """)
         return "".join(parts)
 

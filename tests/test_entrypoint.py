@@ -50,9 +50,9 @@ def test_happy_path_runs_the_job_once_prints_its_log_and_cleans_up(make_flow):
     lines = steps(r.stderr)
     for n in range(1, 7):
         assert any(f"step {n}/6" in line for line in lines), f"no log line for step {n}"
-    assert "attached ip-0 (127.0.60.10) to vm-0/nic0" in r.stderr
+    assert f"attached ip-0 ({flow.static_ip()}) to vm-0/nic0" in r.stderr
     assert "cleanup: vm-0 is TERMINATED" in r.stderr
-    assert "cleanup: detached 127.0.60.10 from vm-0" in r.stderr
+    assert f"cleanup: detached {flow.static_ip()} from vm-0" in r.stderr
     assert "s)" in lines[-1], "each phase says how long it took"
 
 
@@ -91,7 +91,7 @@ def test_vm_is_stopped_when_the_agent_never_answers(make_flow):
     r = flow.entrypoint(BOOT_TIMEOUT="6")
     assert r.returncode == 4, r.stderr
     assert "did not answer within BOOT_TIMEOUT=6s" in r.stderr
-    assert f"https://127.0.60.10:{flow.port}/" in r.stderr, "the timeout names the URL"
+    assert f"https://{flow.static_ip()}:{flow.port}/" in r.stderr, "the timeout names the URL"
     assert "tries" in r.stderr and "last error:" in r.stderr
     assert "get-serial-port-output vm-0" in r.stderr, "it says where to look next"
     assert flow.runs() == []
@@ -176,7 +176,7 @@ def test_leftovers_of_a_dead_execution_are_taken_over_and_cleaned_up(make_flow):
         ZONE,
         "vm-0",
         status="RUNNING",
-        access_configs=[{"name": "External NAT", "natIP": "127.0.60.10"}],
+        access_configs=[{"name": "External NAT", "natIP": flow.static_ip()}],
     )
     flow.emu.clear_journal()
     r = flow.entrypoint()
@@ -360,7 +360,8 @@ def test_the_jobs_lines_reach_stdout_as_they_are_printed(make_flow, tmp_path):
         assert proc.stdout is not None
         first = proc.stdout.readline()
         arrived = time.time()
-        assert first.startswith("first line at "), first
+        if not first.startswith("first line at "):
+            raise AssertionError(f"stdout: {first!r}; stderr: {reap(proc)[1]}")
         lag = arrived - float(first.split()[-1])
         assert lag < 2, f"the job's first line reached stdout {lag:.1f} s after it was printed"
         assert proc.poll() is None, "the line came before the run ended"

@@ -14,16 +14,18 @@ from tests.network import Impostor, TcpRelay
 
 pytestmark = [pytest.mark.e2e, needs_gcloud]
 
-STATIC_IP = "127.0.60.10"  # ip-0 in tests/flow.py
-INTERNAL_IP = "127.0.100.2"  # vm-0's networkIP in the emulator
-
 
 @pytest.fixture
 def make_flow(emulator, tmp_path):
-    def make(**kwargs) -> Flow:
+    """make(agent_internal=True, ...): the agent listens on the VM's internal address only,
+    leaving the static IP to what a test puts on the path."""
+
+    def make(agent_internal: bool = False, **kwargs) -> Flow:
         flow = Flow(tmp_path, **kwargs)
+        if agent_internal:
+            flow.guest_env["AGENT_HOST"] = flow.internal_ip()
         flow.emu = emulator(flow.config())
-        assert flow.emu.instance("vm-0")["network_ip"] == INTERNAL_IP
+        assert flow.emu.instance("vm-0")["network_ip"] == flow.internal_ip()
         return flow
 
     return make
@@ -37,19 +39,15 @@ def on_the_path():
 
         def start(kind: str, flow: Flow) -> TcpRelay | Impostor:
             if kind == "relay":
-                relay = TcpRelay(STATIC_IP, flow.port, (INTERNAL_IP, flow.port))
+                relay = TcpRelay(flow.static_ip(), flow.port, (flow.internal_ip(), flow.port))
                 stack.callback(relay.close)
                 return relay
             key, cert, _ = make_tls_key(flow.tmp / "impostor")
-            impostor = Impostor(STATIC_IP, flow.port, key, cert)
+            impostor = Impostor(flow.static_ip(), flow.port, key, cert)
             stack.callback(impostor.close)
             return impostor
 
         yield start
-
-
-def agent_on_internal_address(**kwargs) -> dict:
-    return {"guest_env": {"AGENT_HOST": INTERNAL_IP}, **kwargs}
 
 
 def warnings(stderr: str) -> list[str]:
@@ -57,7 +55,7 @@ def warnings(stderr: str) -> list[str]:
 
 
 def test_a_whole_run_through_a_relay_never_shows_the_token(make_flow, on_the_path):
-    flow = make_flow(**agent_on_internal_address(job="echo 'order placed'"))
+    flow = make_flow(agent_internal=True, job="echo 'order placed'")
     relay = on_the_path("relay", flow)
     r = flow.entrypoint()
     assert r.returncode == 0, r.stderr
@@ -73,7 +71,7 @@ def test_a_whole_run_through_a_relay_never_shows_the_token(make_flow, on_the_pat
 def test_with_agent_tls_0_the_token_crosses_in_the_clear_and_a_warning_says_so(
     make_flow, on_the_path
 ):
-    flow = make_flow(**agent_on_internal_address(tls=False))
+    flow = make_flow(agent_internal=True, tls=False)
     relay = on_the_path("relay", flow)
     r = flow.entrypoint()
     assert r.returncode == 0, r.stderr
@@ -85,11 +83,11 @@ def test_with_agent_tls_0_the_token_crosses_in_the_clear_and_a_warning_says_so(
 
 
 def test_an_impostor_at_the_address_gets_no_token_and_the_run_never_starts(make_flow, on_the_path):
-    flow = make_flow(**agent_on_internal_address())
+    flow = make_flow(agent_internal=True)
     impostor = on_the_path("impostor", flow)
     r = flow.entrypoint()
     assert r.returncode == 6, r.stderr
-    assert f"something else answers at https://{STATIC_IP}:{flow.port}" in r.stderr
+    assert f"something else answers at https://{flow.static_ip()}:{flow.port}" in r.stderr
     assert "nothing was sent with the token" in r.stderr
     assert impostor.requests, "the impostor answered the health check"
     leaked = [q for q in impostor.requests if "authorization" in {h.lower() for h in q["headers"]}]
@@ -102,7 +100,7 @@ def test_an_impostor_at_the_address_gets_no_token_and_the_run_never_starts(make_
 def test_without_guest_attributes_it_exits_6_says_what_to_set_and_sends_nothing(
     make_flow, on_the_path
 ):
-    flow = make_flow(**agent_on_internal_address(guest_attributes=False))
+    flow = make_flow(agent_internal=True, guest_attributes=False)
     relay = on_the_path("relay", flow)
     r = flow.entrypoint(PIN_WAIT="3")
     assert r.returncode == 6, r.stderr
@@ -117,14 +115,14 @@ def test_without_guest_attributes_it_exits_6_says_what_to_set_and_sends_nothing(
 def test_internal_address_mode_talks_to_the_vms_internal_ip_and_still_attaches_the_static_one(
     make_flow,
 ):
-    flow = make_flow(**agent_on_internal_address(job="echo 'via the VPC'"))
+    flow = make_flow(agent_internal=True, job="echo 'via the VPC'")
     r = flow.entrypoint(AGENT_ADDRESS="internal")
     assert r.returncode == 0, r.stderr
     assert "via the VPC" in r.stdout
-    assert f"answers on https://{INTERNAL_IP}:{flow.port}" in r.stderr
+    assert f"answers on https://{flow.internal_ip()}:{flow.port}" in r.stderr
     attached = flow.emu.calls("compute.instances.addAccessConfig")
     assert [c["status"] for c in attached] == [200], "the static IP is attached in both modes"
-    assert "detached 127.0.60.10 from vm-0" in r.stderr
+    assert f"detached {flow.static_ip()} from vm-0" in r.stderr
     flow.assert_cleaned_up()
 
 
