@@ -805,11 +805,148 @@ finish() {
   exit "$1"
 }
 
+# -- status and logs: read-only ---------------------------------------------------------------
+
+usage() {
+  cat <<USAGE
+usage: entrypoint.sh [run | status | logs [RUN_ID] | --help]
+  run      (the default, as Cloud Run and Cloud Scheduler call it) attach the static IP, start
+           the VM, run the job through its agent, always stop the VM and detach the IP
+  status   the VM's status, the address and where it is attached, the boot's state, and, when
+           the agent answers, its health and its last runs
+  logs     a run's output (the latest run's without RUN_ID); the VM must be running
+status and logs only read: they never start, stop, attach or detach anything. The settings are
+the same as a run's (README.md, "The orchestrator").
+USAGE
+}
+
+# agent_url_of ADDRESS: the agent's URL on that address.
+agent_url_of() {
+  if ((AGENT_TLS)); then AGENT_URL="https://$1:$AGENT_PORT"; else AGENT_URL="http://$1:$AGENT_PORT"; fi
+}
+
+# describe_vm: VM_STATUS, VM_INTERNAL and VM_NAT of the instance's interface.
+describe_vm() {
+  local n=${NETWORK_INTERFACE#nic}
+  gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+    --zone="$ZONE" --format="value[separator=' '](status,networkInterfaces[$n].networkIP,networkInterfaces[$n].accessConfigs[0].natIP)" ||
+    die "$EX_CLOUD" "describing $INSTANCE: $(last_error)"
+  read -r VM_STATUS VM_INTERNAL VM_NAT <<<"$GCLOUD_OUT"
+}
+
+# status: what the VM, its address, its boot and its agent are doing now; changes nothing.
+status() {
+  local users
+  describe_vm
+  printf 'instance  %s in %s: %s (internal address %s, external %s)\n' "$INSTANCE" "$ZONE" \
+    "$VM_STATUS" "${VM_INTERNAL:-none}" "${VM_NAT:-none}"
+  gcloud_call $(($(date +%s) + API_TIMEOUT)) compute addresses describe "$STATIC_NAME" \
+    --region="$REGION" --format='value[separator=" "](address,users.list())' ||
+    die "$EX_CLOUD" "static address $STATIC_NAME in $REGION: $(last_error)"
+  read -r STATIC_IP users <<<"$GCLOUD_OUT"
+  if [[ -n $users ]]; then
+    printf 'address   %s %s: attached to %s\n' "$STATIC_NAME" "$STATIC_IP" "${users##*/}"
+  else
+    printf 'address   %s %s: not attached\n' "$STATIC_NAME" "$STATIC_IP"
+  fi
+  PIN_READ="" BOOT_READ=""
+  if api_token; then read_attributes || true; fi
+  printf 'boot      %s\n' "${BOOT_READ:-(no state published)}"
+  if [[ $VM_STATUS != RUNNING ]]; then
+    printf 'agent     not running: the VM is %s\n' "$VM_STATUS"
+    return 0
+  fi
+  if [[ $AGENT_ADDRESS == internal ]]; then agent_url_of "$VM_INTERNAL"; else agent_url_of "$STATIC_IP"; fi
+  status_agent
+}
+
+status_agent() {
+  local line
+  health
+  if [[ $HTTP_CODE != 200 ]]; then
+    printf 'agent     %s: no answer (%s)\n' "$AGENT_URL" "$(last_agent_error)"
+    return 0
+  fi
+  printf 'agent     %s: %s, version %s, busy=%s\n' "$AGENT_URL" "$(json_field status)" \
+    "$(json_field version)" "$(busy_flag)"
+  if ((AGENT_TLS)); then
+    if [[ -z $PIN_READ ]]; then
+      printf 'runs      not asked: the VM published no TLS key pin, so the token goes nowhere\n'
+      return 0
+    fi
+    use_pin "$PIN_READ"
+  fi
+  agent GET "/runs?limit=5" 10
+  if [[ $HTTP_CODE != 200 ]]; then
+    printf 'runs      could not list them: %s\n' "$(last_agent_error)"
+    return 0
+  fi
+  printf 'runs      (newest first)\n'
+  while IFS= read -r line; do
+    BODY=$line
+    printf '  %s  %-11s exit %-4s %s -> %s  %s\n' "$(json_field id)" "$(json_field status)" \
+      "$(json_field exit_code)" "$(json_field started_at)" "$(json_field finished_at)" \
+      "$(json_field error)"
+  done < <(printf '%s\n' "${BODY//\},\{/$'}\n{'}" | grep '"id":')
+}
+
+# logs [RUN_ID]: a run's output, from the agent on the running VM; changes nothing.
+show_logs() {
+  local run_id=${1:-}
+  describe_vm
+  [[ $VM_STATUS == RUNNING ]] ||
+    die "$EX_AGENT" "$INSTANCE is $VM_STATUS: the runs' logs are on its disk, reachable while it runs (./entrypoint.sh with KEEP_VM=1, then logs)"
+  if [[ $AGENT_ADDRESS == internal ]]; then
+    agent_url_of "$VM_INTERNAL"
+  else
+    gcloud_call $(($(date +%s) + API_TIMEOUT)) compute addresses describe "$STATIC_NAME" \
+      --region="$REGION" --format='value(address)' || die "$EX_CLOUD" "static address: $(last_error)"
+    agent_url_of "$GCLOUD_OUT"
+  fi
+  if ((AGENT_TLS)); then
+    api_token && read_attributes || true
+    [[ -n $PIN_READ ]] || die "$EX_AGENT" "$INSTANCE published no TLS key pin: is enable-guest-attributes=TRUE set?"
+    use_pin "$PIN_READ"
+  fi
+  if [[ -z $run_id ]]; then
+    agent GET "/runs?limit=1" 10
+    [[ $HTTP_CODE == 200 ]] || die "$EX_AGENT" "listing runs: $(last_agent_error)"
+    run_id=$(json_field id)
+    [[ -n $run_id ]] || die "$EX_AGENT" "$INSTANCE has no runs yet"
+  fi
+  [[ $run_id =~ ^[0-9a-f]{32}$ ]] || die "$EX_CONFIG" "a run id is 32 hex characters, not '$run_id'"
+  log INFO "the output of run $run_id follows on stdout"
+  RUN_ID=$run_id
+  while :; do
+    fetch_log 0 30
+    [[ $HTTP_CODE == 200 ]] || die "$EX_AGENT" "reading run $run_id's log: $(last_agent_error)"
+    [[ -s $WORK_DIR/body ]] || break
+  done
+  flush_log
+  LOG_DONE=1
+}
+
 main() {
+  case ${1:-run} in
+    run | status | logs) ;;
+    -h | --help | help)
+      usage
+      exit 0
+      ;;
+    *)
+      usage >&2
+      die "$EX_CONFIG" "unknown command '$1' (run, status, logs)"
+      ;;
+  esac
   START=$(now)
   trap cleanup EXIT
   trap 'log WARNING "SIGTERM received: cleaning up"; exit 143' TERM
   trap 'log WARNING "SIGINT received: cleaning up"; exit 130' INT
+  if [[ ${1:-run} != run ]]; then # read-only: the cleanup finds nothing of ours to undo
+    check_config
+    if [[ $1 == status ]]; then status; else show_logs "${2:-}"; fi
+    exit 0
+  fi
   check_config                      # 1. configuration, before any cloud call
   log INFO "step 1/6: $MODE on $INSTANCE in $ZONE (project $PROJECT_ID), address $STATIC_NAME, agent port $AGENT_PORT"
   attach_static_ip                  # 2. static IP on the VM

@@ -165,10 +165,11 @@ address = "{self.static_ip(i)}"
         return {k: v for k, v in env.items() if v is not None}
 
     def entrypoint(
-        self, *args: str, timeout: float = 180, **overrides: str
+        self, *args: str, command: tuple[str, ...] = (), timeout: float = 180, **overrides: str
     ) -> subprocess.CompletedProcess[str]:
+        """entrypoint.sh as an operator runs it: bash ARGS entrypoint.sh COMMAND."""
         return subprocess.run(
-            ["bash", *args, str(REPO / "entrypoint.sh")],
+            ["bash", *args, str(REPO / "entrypoint.sh"), *command],
             env=self.env(**overrides),
             capture_output=True,
             text=True,

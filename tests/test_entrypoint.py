@@ -408,3 +408,49 @@ def test_a_vm_stopped_under_a_running_job_is_noticed_and_reported_with_exit_8(ma
     assert "the VM went away during run" in err and "vm-0 is TERMINATED" in err
     assert "Spot VM is preempted this way" in err
     flow.assert_cleaned_up()
+
+
+# -- status and logs ------------------------------------------------------------------------------
+
+
+def test_status_and_logs_read_a_running_vm_and_change_nothing(make_flow):
+    flow = make_flow(job="echo 'status job output'")
+    first = flow.entrypoint(KEEP_VM="1", CLOUD_RUN_EXECUTION="exec-s")
+    assert first.returncode == 0, first.stderr
+    run_id = next(w for w in first.stderr.split() if len(w) == 32 and w.isalnum())
+    flow.emu.clear_journal()
+    st = flow.entrypoint(command=("status",))
+    assert st.returncode == 0, st.stderr
+    assert "instance  vm-0 in asia-northeast3-c: RUNNING" in st.stdout
+    assert f"address   ip-0 {flow.static_ip()}: attached to vm-0" in st.stdout
+    assert f"agent     https://{flow.static_ip()}:{flow.port}: ok, version" in st.stdout
+    assert f"  {run_id}  succeeded   exit 0" in st.stdout, st.stdout
+    logs = flow.entrypoint(command=("logs",))
+    assert (logs.returncode, logs.stdout) == (0, "status job output\n"), logs.stderr
+    by_id = flow.entrypoint(command=("logs", run_id))
+    assert by_id.stdout == "status job output\n", by_id.stderr
+    assert not [c for c in flow.emu.calls() if c["api"] in MUTATING], "status and logs only read"
+    assert flow.emu.instance("vm-0")["status"] == "RUNNING"
+
+
+def test_status_of_a_stopped_vm_and_of_a_missing_one(make_flow):
+    flow = make_flow()
+    st = flow.entrypoint(command=("status",))
+    assert st.returncode == 0, st.stderr
+    assert "vm-0 in asia-northeast3-c: TERMINATED" in st.stdout
+    assert (
+        "not attached" in st.stdout and "agent     not running: the VM is TERMINATED" in st.stdout
+    )
+    logs = flow.entrypoint(command=("logs",))
+    assert logs.returncode == 6 and "vm-0 is TERMINATED" in logs.stderr
+    missing = flow.entrypoint(command=("status",), INSTANCE="no-such-vm")
+    assert missing.returncode == 5 and "no-such-vm' was not found" in missing.stderr
+    assert not [c for c in flow.emu.calls() if c["api"] in MUTATING], "status and logs only read"
+
+
+def test_help_lists_run_status_and_logs(make_flow):
+    flow = make_flow()
+    r = flow.entrypoint(command=("--help",))
+    assert r.returncode == 0
+    for word in ("run ", "status ", "logs "):
+        assert word in r.stdout
