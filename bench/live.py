@@ -1,0 +1,137 @@
+"""Benchmark of how soon the operator knows (run by hand: `uv run python bench/live.py`).
+
+On the emulator, with the real gcloud and our entrypoint.sh (issue 9's table):
+- first-line lag: the job prints a line with the time in it; we note when that line reaches
+  entrypoint.sh's stdout. Goal: within 2 s.
+- a lost VM: a running job's VM is stopped under it (as a preemption or a person would); we note
+  when entrypoint.sh exits (8). Goal: within 30 s.
+- a failed boot: startup.sh cannot read its secret; we note when entrypoint.sh exits (4) after
+  the failure line reached the serial console. Goal: within 15 s (it was BOOT_TIMEOUT, 300 s).
+Each is measured --runs times; the medians and worsts are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gcp_emulator.config import dump_config  # noqa: E402
+from gcp_emulator.demo import demo_config, make_disk  # noqa: E402
+from tests.flow import ZONE, Flow  # noqa: E402
+from tests.harness import EmulatorProcess, reap  # noqa: E402
+
+
+def first_line_lag(flow: Flow) -> float:
+    proc = flow.popen()
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        arrived = time.time()
+        if not line.startswith("tick "):
+            raise SystemExit(f"no first line: {line!r} {reap(proc)[1]}")
+        proc.send_signal(signal.SIGTERM)  # as Cloud Run would: the cleanup stops the VM
+        proc.wait(120)
+        return arrived - float(line.split()[1])
+    finally:
+        reap(proc)
+
+
+def lost_vm(flow: Flow) -> float:
+    proc = flow.popen()
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the job runs
+        assert flow.emu is not None
+        stopped = time.monotonic()
+        flow.emu.set_instance(ZONE, "vm-0", status="TERMINATED")
+        proc.wait(120)
+        if proc.returncode != 8:
+            raise SystemExit(f"lost VM: exit {proc.returncode}")
+        return time.monotonic() - stopped
+    finally:
+        reap(proc)
+
+
+def failed_boot(base: Path) -> float:
+    disk = make_disk(base)
+    demo = demo_config(disk, metadata={"env-secret": "no-such-secret"}, boot_delay=0.0)
+    config = base / "emulator.toml"
+    config.write_text(dump_config(demo.config))
+    emu = EmulatorProcess(config, base / "emulator")
+    try:
+        env = {**os.environ, **emu.env, **demo.entrypoint_env(BOOT_TIMEOUT="300")}
+        r = subprocess.run(
+            ["bash", str(REPO / "entrypoint.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+            stdin=subprocess.DEVNULL,
+        )
+        ended = time.time()
+        if r.returncode != 4:
+            raise SystemExit(f"failed boot: exit {r.returncode}: {r.stderr}")
+        serial = (Path(emu.instance("demo-vm")["dir"]) / "serial-port-1.log").read_text()
+        hit = re.search(r"(\d{4}-\d\d-\d\dT[\d:.]+)Z \[ERROR\]: .*cannot read secret", serial)
+        if hit is None:
+            raise SystemExit("no failure line on the serial console")
+        failed = datetime.fromisoformat(hit[1] + "+00:00").timestamp()
+        return ended - failed
+    finally:
+        emu.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per measure")
+    args = parser.parse_args()
+    rows: dict[str, list[float]] = {"first-line lag": [], "lost VM noticed": [], "failed boot": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        flow = Flow(tmp_path / "flow", job='echo "tick $(date +%s.%N)"; sleep 300')
+        (tmp_path / "flow").mkdir()
+        (tmp_path / "emu.toml").write_text(flow.config())
+        flow.emu = EmulatorProcess(tmp_path / "emu.toml", tmp_path / "emu")
+        try:
+            for _ in range(args.runs):
+                rows["first-line lag"].append(first_line_lag(flow))
+                flow.emu.wait_status("vm-0", "TERMINATED", timeout=60)
+                rows["lost VM noticed"].append(lost_vm(flow))
+                flow.emu.wait_status("vm-0", "TERMINATED", timeout=60)
+        finally:
+            flow.emu.stop()
+    for n in range(args.runs):
+        base = Path(tempfile.mkdtemp(prefix="vm-job-bench-live-"))
+        base.chmod(0o755)
+        try:
+            rows["failed boot"].append(failed_boot(base / "vm"))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        print(f"failed boot {n + 1}/{args.runs} measured", file=sys.stderr)
+    goals = {"first-line lag": 2.0, "lost VM noticed": 30.0, "failed boot": 15.0}
+    print(f"{'seconds':20} {'median':>8} {'worst':>8} {'goal':>6}")
+    for name, values in rows.items():
+        worst = max(values)
+        verdict = "PASS" if worst < goals[name] else "MISS"
+        print(
+            f"{name:20} {statistics.median(values):>8.2f} {worst:>8.2f} "
+            f"{goals[name]:>6.0f}  {verdict}"
+        )
+    print(f"({args.runs} runs each; the failed boot: from startup.sh's failure line to exit 4)")
+
+
+if __name__ == "__main__":
+    main()
