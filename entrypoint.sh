@@ -371,8 +371,7 @@ start_vm() {
 # The agent's URL: the static IP, or the VM's internal address (AGENT_ADDRESS=internal, for a
 # job with Direct VPC egress). gcloud's start names nic0's internal IP; another NIC is asked.
 agent_url() {
-  local scheme=https address
-  ((AGENT_TLS)) || scheme=http
+  local address
   if [[ $AGENT_ADDRESS == static ]]; then
     address=$STATIC_IP
   else
@@ -385,7 +384,12 @@ agent_url() {
     fi
     [[ -n $address ]] || die "$EX_CLOUD" "$INSTANCE has no internal address on $NETWORK_INTERFACE"
   fi
-  AGENT_URL="$scheme://$address:$AGENT_PORT"
+  agent_url_of "$address"
+}
+
+# agent_url_of ADDRESS: the agent's URL on that address.
+agent_url_of() {
+  if ((AGENT_TLS)); then AGENT_URL="https://$1:$AGENT_PORT"; else AGENT_URL="http://$1:$AGENT_PORT"; fi
 }
 
 # The VM's guest attributes, watched in the background from just before the start until the
@@ -818,11 +822,6 @@ usage: entrypoint.sh [run | status | logs [RUN_ID] | --help]
 status and logs only read: they never start, stop, attach or detach anything. The settings are
 the same as a run's (README.md, "The orchestrator").
 USAGE
-}
-
-# agent_url_of ADDRESS: the agent's URL on that address.
-agent_url_of() {
-  if ((AGENT_TLS)); then AGENT_URL="https://$1:$AGENT_PORT"; else AGENT_URL="http://$1:$AGENT_PORT"; fi
 }
 
 # describe_vm: VM_STATUS, VM_INTERNAL and VM_NAT of the instance's interface.

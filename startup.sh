@@ -305,23 +305,16 @@ update_code() {
 # into the agent's private directory (TLS_DIR: 0700, APP_USER's, outside the checkout), mode
 # 0600; git's ssh uses that key only.
 deploy_key() {
-  local t0 key tmp err
+  local t0 key
   t0=$(now)
   need_command ssh openssh-client
   mkdir -p "$TLS_DIR"
   chmod 700 "$TLS_DIR"
   ((EUID == 0)) && chown "$APP_USER:" "$TLS_DIR"
   key=$TLS_DIR/deploy-key
-  tmp=$(mktemp "$key.XXXXXX")
-  if ! err=$(timeout 120 gcloud secrets versions access latest --secret="$REPO_KEY_SECRET" \
-    --quiet 2>&1 >"$tmp"); then
-    rm -f "$tmp"
-    die "step 3/6 code: cannot read the deploy key secret $REPO_KEY_SECRET: ${err//$'\n'/ }"
-  fi
-  [[ $(tail -c1 "$tmp") == "" ]] || printf '\n' >>"$tmp" # ssh wants the key's last newline
-  chmod 600 "$tmp"
-  ((EUID == 0)) && chown "$APP_USER:" "$tmp"
-  mv -f "$tmp" "$key"
+  fetch_secret "$REPO_KEY_SECRET" "$key" "step 3/6 code: deploy key"
+  [[ $(tail -c1 "$SECRET_TMP") == "" ]] || printf '\n' >>"$SECRET_TMP" # ssh wants a last newline
+  mv -f "$SECRET_TMP" "$key"
   GIT_ENV+=("GIT_SSH_COMMAND=ssh -i $key -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new")
   log INFO "step 3/6 code: deploy key from secret $REPO_KEY_SECRET in $key (mode 0600) ($(since "$t0")s)"
 }
@@ -344,25 +337,33 @@ first_clone() {
   log INFO "step 3/6 code: first boot: cloned $REPO_URL ($GIT_REF) into $APP_DIR ($(since "$t0")s)"
 }
 
+# fetch_secret SECRET DEST WHAT [MORE]: the secret's latest version into a temp file beside DEST
+# (its path in SECRET_TMP), mode 0600 and APP_USER's, for the caller to check and rename over
+# DEST; a failed read leaves nothing behind and dies: "WHAT: cannot read secret SECRET: …MORE".
+fetch_secret() {
+  local err
+  SECRET_TMP=$(mktemp "$2.XXXXXX")
+  if ! err=$(timeout 120 gcloud secrets versions access latest --secret="$1" --quiet \
+    2>&1 >"$SECRET_TMP"); then
+    rm -f "$SECRET_TMP"
+    die "$3: cannot read secret $1: ${err//$'\n'/ }${4:-}"
+  fi
+  chmod 600 "$SECRET_TMP"
+  if ((EUID == 0)); then chown "$APP_USER:" "$SECRET_TMP"; fi
+}
+
 # 4. .env from Secret Manager: written to a temp file, checked, then renamed, mode 0600, owned
 # by APP_USER. A failed fetch leaves the old file alone and the agent unstarted.
 write_env() {
-  local t0 tmp err
+  local t0
   t0=$(now)
   boot_state "step 4/6 .env"
-  tmp=$(mktemp "$APP_DIR/.env.XXXXXX")
-  if ! err=$(timeout 120 gcloud secrets versions access latest --secret="$ENV_SECRET" --quiet \
-    2>&1 >"$tmp"); then
-    rm -f "$tmp"
-    die "step 4/6 .env: cannot read secret $ENV_SECRET: ${err//$'\n'/ }; the agent is not started"
-  fi
-  if ! grep -q '^AGENT_TOKEN=' "$tmp"; then
-    rm -f "$tmp"
+  fetch_secret "$ENV_SECRET" "$APP_DIR/.env" "step 4/6 .env" "; the agent is not started"
+  if ! grep -q '^AGENT_TOKEN=' "$SECRET_TMP"; then
+    rm -f "$SECRET_TMP"
     die "step 4/6 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started"
   fi
-  chmod 600 "$tmp"
-  ((EUID == 0)) && chown "$APP_USER:" "$tmp"
-  mv -f "$tmp" "$APP_DIR/.env"
+  mv -f "$SECRET_TMP" "$APP_DIR/.env"
   log INFO "step 4/6 .env: written from secret $ENV_SECRET ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
 }
 
