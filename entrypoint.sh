@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# entrypoint.sh: the Cloud Run job. Attach the static IP to the VM, start the VM, wait for its
-# agent, run the job through the agent's API, print the job's log, and always stop the VM and
-# detach the IP that this execution took on, whatever happens (trap on EXIT, INT, TERM).
+# entrypoint.sh: the Cloud Run job. Claim the VM (one execution at a time), attach the static
+# IP to it, start it, wait for its agent, run the job through the agent's API, print the job's
+# log, and always stop the VM, detach the IP and give the claim back, for what this execution
+# took on, whatever happens (trap on EXIT, INT, TERM).
 # The token goes only over TLS to the key whose pin the VM published as the guest attribute
 # vm-job-agent/tls-pin, read through the Compute API (README.md, "How the trust works").
 #
@@ -10,10 +11,12 @@
 #   RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT HEALTH_INTERVAL KEEP_VM ACCESS_CONFIG_NAME
 #   NETWORK_INTERFACE AGENT_TLS AGENT_ADDRESS PIN_WAIT; from Cloud Run: CLOUD_RUN_JOB CLOUD_RUN_EXECUTION CLOUD_RUN_TASK_INDEX.
 # Exit codes: 0 the run succeeded; 1 it failed, was cancelled or interrupted; 2 configuration;
-#   3 another run is in progress on the VM; 4 boot or run timeout; 5 Cloud API error;
+#   3 the VM is busy (another execution holds its claim, or a run is in progress on it);
+#   4 boot failed, or boot or run timeout; 5 Cloud API error;
 #   6 the agent refused or answered nonsense, or its TLS key is not the one the VM published
-#   (or the VM published none); 7 cleanup failed (the VM may still be up); 8 the VM went away
-#   during the run (stopped, preempted, deleted); 130/143 interrupted by SIGINT/SIGTERM.
+#   (or the VM published none); 7 cleanup failed (the VM may still be up, or its claim was
+#   not given back); 8 the VM went away during the run (stopped, preempted, deleted);
+#   130/143 interrupted by SIGINT/SIGTERM.
 # Only the job's log goes to stdout; everything else is a log line on stderr.
 set -Eeuo pipefail
 
@@ -22,6 +25,7 @@ readonly EX_VM_GONE=8
 readonly NAME_RE='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
 readonly GUEST_NAMESPACE=vm-job-agent
 readonly PIN_ATTRIBUTE=$GUEST_NAMESPACE/tls-pin
+readonly CLAIM_LABEL=vm-job-owner
 # gcloud exits 1 for every error; these are the ones worth another try (HTTP 429 and 5xx,
 # connection trouble, a VM still on its way to TERMINATED).
 readonly TRANSIENT_RE='HTTPError (429|5[0-9][0-9])|[Rr]ate [Ll]imit|[Qq]uota exceeded|[Ii]nternal error|[Bb]ackend ?[Ee]rror|[Uu]navailable|[Tt]ry again|[Cc]onnection (refused|reset|aborted)|ConnectionError|[Tt]imed? ?out|[Tt]emporary failure|is not ready|resourceNotReady'
@@ -29,6 +33,8 @@ readonly TRANSIENT_RE='HTTPError (429|5[0-9][0-9])|[Rr]ate [Ll]imit|[Qq]uota exc
 # State of this execution: what it took on, so cleanup undoes exactly that.
 OWN_VM=0          # 1 once we ask the VM to start (or take over a running one)
 OWN_IP=0          # 1 once we attach the address (or find it attached to our VM)
+CLAIMED=0         # 1 while this execution holds the VM's claim (the label vm-job-owner)
+CLAIM=""          # its value: <until epoch seconds>-<owner>
 RUN_ID=""         # the agent's run this execution started or got back
 RUN_ACTIVE=0      # 1 while that run may still be going
 STATIC_IP=""
@@ -238,6 +244,209 @@ nap() {
   CHILD_PID=""
 }
 
+# -- the VM's claim: one execution at a time ---------------------------------------------------
+
+# An execution holds its VM by the label vm-job-owner=<until>-<owner> on the instance, written
+# with setLabels and the labelFingerprint read just before: of two executions that write at once
+# only one wins (Compute refuses a stale fingerprint, with HTTP 412 or an operation that ends with
+# that error). Only the holder attaches, starts, stops or detaches anything. It takes the claim
+# before step 2 changes anything and gives it back as the last step of its cleanup, after the VM
+# is TERMINATED and the address detached; another execution that finds it exits 3 at once,
+# having touched nothing. <until> (epoch seconds) is when the holder would be past all of its
+# timeouts, so the claim of an execution that was killed lapses then; <owner> is a hash of
+# CLOUD_RUN_EXECUTION/CLOUD_RUN_TASK_INDEX, so a retried task takes its own claim back. A value
+# of another form (an operator's `maintenance`) never lapses.
+
+# claim_vm: take the claim, or exit 3 if another execution holds it.
+claim_vm() {
+  local t0 until deadline rc delay=1
+  t0=$(now)
+  need_token
+  until=$(($(date +%s) + 3 * API_TIMEOUT + BOOT_TIMEOUT + RUN_TIMEOUT + STOP_TIMEOUT + 60))
+  CLAIM="$until-$(owner_id)"
+  deadline=$(($(date +%s) + API_TIMEOUT))
+  while :; do
+    rc=0
+    read_labels || rc=$?
+    if ((rc == 0)); then
+      if [[ -n $HOLDER && ${HOLDER#*-} != "${CLAIM#*-}" ]] && ! claim_lapsed "$HOLDER"; then
+        die "$EX_BUSY" "step 2/6: $INSTANCE is busy: another execution holds it (label $CLAIM_LABEL=$HOLDER$(claim_until "$HOLDER")); leaving the VM and its address alone. If none is running, remove the claim: gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
+      fi
+      if [[ -n $HOLDER ]]; then
+        if claim_lapsed "$HOLDER"; then
+          log WARNING "step 2/6: $INSTANCE's claim $HOLDER lapsed$(claim_until "$HOLDER") (its execution was killed?): taking it over"
+        else
+          log WARNING "step 2/6: $INSTANCE's claim $HOLDER is this task's, from an earlier attempt: taking it back"
+        fi
+      fi
+      set_labels "$CLAIM" || rc=$?
+    fi
+    case $rc in
+      0)
+        CLAIMED=1
+        log INFO "step 2/6: claimed $INSTANCE for this execution (label $CLAIM_LABEL=$CLAIM; it lapses$(claim_until "$CLAIM") if this execution is killed) ($(since "$t0")s)"
+        return
+        ;;
+      2) log INFO "step 2/6: $INSTANCE's labels changed while claiming it: reading them again" ;;
+      3) ;;
+      *) die "$EX_CLOUD" "step 2/6: claiming $INSTANCE (label $CLAIM_LABEL): $API_ERROR. The job's service account needs compute.instances.get and compute.instances.setLabels" ;;
+    esac
+    (($(date +%s) + delay <= deadline)) ||
+      die "$EX_CLOUD" "step 2/6: claiming $INSTANCE: still failing at API_TIMEOUT=${API_TIMEOUT}s: $API_ERROR"
+    if ((rc == 3)); then
+      log WARNING "step 2/6: claiming $INSTANCE: transient error, retrying in ${delay}s: $API_ERROR"
+      nap "$delay"
+      delay=$((delay * 2 > 16 ? 16 : delay * 2))
+    fi
+  done
+}
+
+# release_claim: the cleanup's last step; false if the claim could not be given back.
+release_claim() {
+  local try rc
+  ((CLAIMED)) || return 0
+  for try in 1 2 3 4 5 6; do
+    rc=0
+    read_labels || rc=$?
+    if ((rc == 0)) && [[ $HOLDER != "$CLAIM" ]]; then
+      CLAIMED=0
+      log WARNING "cleanup: $INSTANCE's claim is not this execution's any more (${HOLDER:-none}): leaving it"
+      return 0
+    fi
+    ((rc == 0)) && { set_labels "" || rc=$?; }
+    if ((rc == 0)); then
+      CLAIMED=0
+      log INFO "cleanup: released $INSTANCE's claim"
+      return 0
+    fi
+    ((rc == 1)) && break
+    ((rc == 3)) && nap "$try"
+  done
+  log ERROR "cleanup: could not release $INSTANCE's claim ($CLAIM_LABEL=$CLAIM): $API_ERROR. Other executions exit 3 until it lapses$(claim_until "$CLAIM"), or remove it: gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
+  return 1
+}
+
+# owner_id: who claims: a hash of the Cloud Run task (its retries are the same owner), or a
+# random one by hand.
+owner_id() {
+  if [[ -n ${CLOUD_RUN_EXECUTION:-} ]]; then
+    printf '%s/%s' "$CLOUD_RUN_EXECUTION" "${CLOUD_RUN_TASK_INDEX:-0}" | sha256sum | cut -c1-12
+  else
+    od -An -N6 -tx1 /dev/urandom | tr -d ' \n'
+  fi
+}
+
+# claim_lapsed VALUE: true when VALUE is <until>-<owner> and <until> has passed.
+claim_lapsed() { [[ $1 =~ ^([0-9]+)- ]] && ((BASH_REMATCH[1] < $(date +%s))); }
+
+# claim_until VALUE: ", until <UTC time>" for a claim of the form <until>-<owner>.
+claim_until() {
+  [[ $1 =~ ^([0-9]+)- ]] || return 0
+  printf ', until %s' "$(date -u -d "@${BASH_REMATCH[1]}" +%Y-%m-%dT%H:%M:%SZ)"
+}
+
+# read_labels: GET the instance; sets LABEL_FP, HOLDER (our label's value, "" if none) and
+# OTHER_LABELS (the others, as JSON members to write back). Returns 0, or 3 for a transient
+# error and 1 for another (in API_ERROR).
+read_labels() {
+  local rest k v
+  local fp_re='"labelFingerprint":[[:space:]]*"([^"]*)"'
+  local labels_re='"labels":[[:space:]]*\{([^}]*)\}'
+  local pair_re='^[[:space:],]*"([^"]*)":[[:space:]]*"([^"]*)"(.*)$'
+  LABEL_FP="" HOLDER="" OTHER_LABELS=""
+  compute_api GET "zones/$ZONE/instances/$INSTANCE?fields=labels,labelFingerprint"
+  api_outcome || return $?
+  [[ $API_BODY =~ $fp_re ]] && LABEL_FP=${BASH_REMATCH[1]}
+  if [[ $API_BODY =~ $labels_re ]]; then
+    rest=${BASH_REMATCH[1]}
+    while [[ $rest =~ $pair_re ]]; do
+      k=${BASH_REMATCH[1]} v=${BASH_REMATCH[2]} rest=${BASH_REMATCH[3]}
+      if [[ $k == "$CLAIM_LABEL" ]]; then
+        HOLDER=$v
+      else
+        OTHER_LABELS+="${OTHER_LABELS:+,}\"$k\":\"$v\""
+      fi
+    done
+  fi
+}
+
+# set_labels VALUE: setLabels with LABEL_FP: the other labels as read, ours set to VALUE (or
+# removed when VALUE is ""), and the operation followed until DONE. Returns 0 when done, 2 when
+# the fingerprint was stale (the labels changed since read_labels), 3 for a transient error,
+# 1 for another (in API_ERROR).
+set_labels() {
+  local labels=$OTHER_LABELS deadline
+  local name_re='"name":[[:space:]]*"([^"]+)"' done_re='"status":[[:space:]]*"DONE"'
+  [[ -z $1 ]] || labels+="${labels:+,}\"$CLAIM_LABEL\":\"$1\""
+  deadline=$(($(date +%s) + API_TIMEOUT))
+  compute_api POST "zones/$ZONE/instances/$INSTANCE/setLabels" \
+    -H 'Content-Type: application/json' --data "{\"labels\":{$labels},\"labelFingerprint\":\"$LABEL_FP\"}"
+  while [[ $API_CODE == 200 && ! $API_BODY =~ $done_re && $API_BODY =~ $name_re ]]; do
+    (($(date +%s) < deadline)) || {
+      API_ERROR="the setLabels operation was not done within ${API_TIMEOUT}s"
+      return 3
+    }
+    compute_api POST "zones/$ZONE/operations/${BASH_REMATCH[1]}/wait"
+  done
+  api_outcome || return $?
+  if [[ $API_BODY =~ \"error\":[[:space:]]*\{ ]]; then # the operation ended with an error
+    API_ERROR="setLabels failed: $(api_message)"
+    [[ $API_BODY =~ \"httpErrorStatusCode\":[[:space:]]*412 || $API_BODY == *CONDITION_NOT_MET* ]] &&
+      return 2
+    return 1
+  fi
+}
+
+# api_outcome: 0 for HTTP 200; else API_ERROR says what, and 2 for a stale fingerprint (412),
+# 3 for what is worth another try (no answer, 429, 5xx), 1 for the rest.
+api_outcome() {
+  [[ $API_CODE == 200 ]] && return 0
+  if [[ $API_CODE == 000 ]]; then
+    API_ERROR="no answer from the Compute API: $(tr '\n' ' ' <"$WORK_DIR/api.err" | cut -c1-300)"
+    return 3
+  fi
+  API_ERROR="HTTP $API_CODE: $(api_message)"
+  case $API_CODE in
+    412) return 2 ;;
+    429 | 5??) return 3 ;;
+    *) return 1 ;;
+  esac
+}
+
+api_message() {
+  local BODY=$API_BODY msg
+  msg=$(json_field message)
+  printf '%s' "${msg:-${API_BODY:0:300}}"
+}
+
+# compute_api METHOD PATH [CURL ARGS...]: one Compute API call (PATH is under
+# projects/PROJECT_ID/) with curl and the access token, as gcloud would make it: a few ms, where
+# a gcloud call costs half a second of start-up. Sets API_CODE and API_BODY (on one line). An
+# expired token (401) is renewed once.
+compute_api() {
+  local method=$1 path=$2 try
+  shift 2
+  for try in 1 2; do
+    rm -f "$WORK_DIR/api.json"
+    in_background "$WORK_DIR/api.code" "$WORK_DIR/api.err" \
+      curl -sS -X "$method" --connect-timeout 5 --max-time 30 -o "$WORK_DIR/api.json" \
+      -w '%{http_code}' -H @"$WORK_DIR/api-auth" "$@" "${COMPUTE_API%/}/projects/$PROJECT_ID/$path" || true
+    API_CODE=$(<"$WORK_DIR/api.code")
+    [[ $API_CODE =~ ^[0-9]{3}$ ]] || API_CODE=000
+    API_BODY=""
+    [[ -f $WORK_DIR/api.json ]] && API_BODY=$(tr '\n' ' ' <"$WORK_DIR/api.json")
+    [[ $API_CODE == 401 && $try == 1 ]] && api_token && continue
+    return 0
+  done
+}
+
+# The access token for the Compute API calls made with curl (the claim, the address, the guest
+# attributes), from gcloud once (a child we wait for, so a TERM reaches the trap at once).
+need_token() {
+  [[ -s $WORK_DIR/api-auth ]] || in_background /dev/null /dev/null api_token ||
+    die "$EX_CLOUD" "gcloud auth print-access-token failed: $(pin_error)"
+}
+
 # -- the agent -------------------------------------------------------------------------------
 
 # agent METHOD PATH MAX_TIME [CURL ARGS...]: a call that carries the token; with AGENT_TLS=1
@@ -306,16 +515,16 @@ is_transient_http() { [[ $HTTP_CODE == 000 || $HTTP_CODE == 429 || $HTTP_CODE ==
 
 # -- the steps -------------------------------------------------------------------------------
 
-# 2. The static address, attached to the VM's interface unless it already is.
+# 2. The VM claimed for this execution; then the static address, read after the claim (an
+# execution that held the VM until a moment ago may have detached it since), attached to the
+# VM's interface unless it already is.
 attach_static_ip() {
   local t0 users self_link deadline
   t0=$(now)
+  claim_vm
   deadline=$(($(date +%s) + API_TIMEOUT))
-  gcloud_call "$deadline" compute addresses describe "$STATIC_NAME" --region="$REGION" \
-    --format='value[separator=" "](address,users.list())' ||
-    die "$EX_CLOUD" "static address $STATIC_NAME in $REGION: $(last_error)"
-  read -r STATIC_IP users <<<"$GCLOUD_OUT"
-  [[ -n $STATIC_IP ]] || die "$EX_CLOUD" "static address $STATIC_NAME has no IP address"
+  read_address "$deadline"
+  users=$ADDRESS_USERS
   self_link="/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE"
   if [[ -n $users ]]; then
     [[ $users == *"$self_link" ]] ||
@@ -331,6 +540,30 @@ attach_static_ip() {
     replace_access_config "$deadline"
   fi
   log INFO "step 2/6: attached $STATIC_NAME ($STATIC_IP) to $INSTANCE/$NETWORK_INTERFACE ($(since "$t0")s)"
+}
+
+# read_address DEADLINE: STATIC_IP and ADDRESS_USERS (who uses it, "" when nobody) of the
+# static address, through the Compute API with curl (transient errors retried until DEADLINE).
+read_address() {
+  local deadline=$1 delay=1 rc
+  local ip_re='"address":[[:space:]]*"([0-9.]+)"' users_re='"users":[[:space:]]*\[([^]]*)\]'
+  while :; do
+    rc=0
+    compute_api GET "regions/$REGION/addresses/$STATIC_NAME"
+    api_outcome || rc=$?
+    ((rc == 0)) && break
+    ((rc == 3 && $(date +%s) + delay <= deadline)) ||
+      die "$EX_CLOUD" "static address $STATIC_NAME in $REGION: $API_ERROR"
+    log WARNING "step 2/6: reading static address $STATIC_NAME: transient error, retrying in ${delay}s: $API_ERROR"
+    nap "$delay"
+    delay=$((delay * 2 > 16 ? 16 : delay * 2))
+  done
+  STATIC_IP="" ADDRESS_USERS=""
+  [[ $API_BODY =~ $ip_re ]] && STATIC_IP=${BASH_REMATCH[1]}
+  [[ -n $STATIC_IP ]] || die "$EX_CLOUD" "static address $STATIC_NAME has no IP address"
+  if [[ $API_BODY =~ $users_re ]]; then
+    ADDRESS_USERS=${BASH_REMATCH[1]//[\" ]/}
+  fi
 }
 
 add_access_config() {
@@ -751,7 +984,8 @@ cancel_run() {
 
 # Runs once, on any exit. Asks the API to stop the VM first (a Cloud Run task has 10 s between
 # SIGTERM and SIGKILL), then cancels a run still going, waits for TERMINATED within
-# STOP_TIMEOUT, and detaches the address. A failing step does not stop the next one.
+# STOP_TIMEOUT, detaches the address, and last gives back the VM's claim. A failing step does not
+# stop the next one.
 cleanup() {
   local rc=$? t0 stop_pid stop_rc=0 deadline
   trap - EXIT
@@ -760,11 +994,12 @@ cleanup() {
   IN_CLEANUP=1
   [[ -n $CHILD_PID ]] && kill "$CHILD_PID" 2>/dev/null
   stop_watcher
-  if ((OWN_VM == 0 && OWN_IP == 0)); then
-    finish "$rc"
-  fi
-  if [[ $KEEP_VM == 1 ]]; then
+  if [[ ${KEEP_VM:-0} == 1 ]] && ((OWN_VM || OWN_IP)); then
     log WARNING "KEEP_VM=1: leaving $INSTANCE running with $STATIC_IP attached. It costs money until you run: gcloud compute instances stop $INSTANCE --zone=$ZONE && gcloud compute instances delete-access-config $INSTANCE --zone=$ZONE --access-config-name='$ACCESS_CONFIG_NAME'"
+    OWN_VM=0 OWN_IP=0
+  fi
+  if ((OWN_VM == 0 && OWN_IP == 0)); then
+    if ! release_claim && ((rc == 0)); then rc=$EX_CLEANUP; fi
     finish "$rc"
   fi
   t0=$(now)
@@ -800,6 +1035,7 @@ cleanup() {
       ((rc == 0)) && rc=$EX_CLEANUP
     fi
   fi
+  if ! release_claim && ((rc == 0)); then rc=$EX_CLEANUP; fi # last: the VM is free again
   finish "$rc"
 }
 
@@ -849,7 +1085,14 @@ status() {
     printf 'address   %s %s: not attached\n' "$STATIC_NAME" "$STATIC_IP"
   fi
   PIN_READ="" BOOT_READ=""
-  if api_token; then read_attributes || true; fi
+  if api_token; then
+    read_attributes || true
+    if read_labels; then
+      printf 'claim     %s\n' "${HOLDER:+held: $CLAIM_LABEL=$HOLDER$(claim_until "$HOLDER")}${HOLDER:-none: the VM is free for an execution}"
+    else
+      printf 'claim     could not read it: %s\n' "$API_ERROR"
+    fi
+  fi
   printf 'boot      %s\n' "${BOOT_READ:-(no state published)}"
   if [[ $VM_STATUS != RUNNING ]]; then
     printf 'agent     not running: the VM is %s\n' "$VM_STATUS"
@@ -948,7 +1191,7 @@ main() {
   fi
   check_config                      # 1. configuration, before any cloud call
   log INFO "step 1/6: $MODE on $INSTANCE in $ZONE (project $PROJECT_ID), address $STATIC_NAME, agent port $AGENT_PORT"
-  attach_static_ip                  # 2. static IP on the VM
+  attach_static_ip                  # 2. the VM claimed, the static IP on it
   start_vm                          # 3. VM started
   wait_for_agent                    # 4. agent answers
   start_run                         # 5. run started (or found again)

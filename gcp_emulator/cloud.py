@@ -349,6 +349,16 @@ class Cloud:
         else:
             raise ApiError(400, "invalid", f"status must be RUNNING or TERMINATED, not {status}")
 
+    def preempt(self, inst: Instance) -> None:
+        """Test hook: Compute Engine takes a RUNNING Spot VM back: an operation of type
+        compute.instances.preempted, then what a stop does (ACPI soft-off: SIGTERM to the
+        guest, SIGKILL after shutdown_grace; TERMINATED)."""
+        if inst.status != "RUNNING":
+            raise ApiError(400, "invalid", f"only a RUNNING VM is preempted, not {inst.status}")
+        self.done_operation(inst, "compute.instances.preempted")
+        self.record("event", event="preempted", instance=f"{inst.zone}/{inst.name}")
+        self._begin_stop(inst)
+
     async def close(self) -> None:
         """Stop every guest (the emulator is exiting)."""
         for inst in self.instances.values():
@@ -542,15 +552,15 @@ class Cloud:
         return self.done_operation(inst, "setMetadata")
 
     def set_labels(self, inst: Instance, body: dict[str, Any]) -> Operation:
+        """A stale labelFingerprint is refused as `label_conflict` says: a synchronous 412
+        `conditionNotMet` (the answer quoted in public bug reports), or an operation that ends
+        with that error (as the emulator answers setMetadata)."""
         if not same_fingerprint(body.get("labelFingerprint"), inst.label_fingerprint):
+            message = "Labels fingerprint either invalid or resource labels have changed"
+            if self.cfg.label_conflict == "http":
+                raise ApiError(412, "conditionNotMet", message)
             return self.done_operation(
-                inst,
-                "setLabels",
-                ApiError(
-                    412,
-                    "CONDITION_NOT_MET",
-                    "Labels fingerprint either invalid or resource labels have changed",
-                ),
+                inst, "setLabels", ApiError(412, "CONDITION_NOT_MET", message)
             )
         labels = body.get("labels") or {}
         if not isinstance(labels, dict):

@@ -26,6 +26,7 @@ INSTANCE_TIMINGS = {
 }
 STATUSES = ("TERMINATED", "RUNNING")
 RUNNERS = ("guest-agent", "legacy")  # gcp_emulator.guest: the script runner's serial format
+LABEL_CONFLICTS = ("http", "operation")  # how setLabels refuses a stale fingerprint
 COMMAND_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
@@ -71,6 +72,7 @@ class EmulatorConfig:
     region: str = "us-central1"
     zone: str = "us-central1-a"
     operation_wait_cap: float = 30.0
+    label_conflict: str = "http"  # a stale labelFingerprint: HTTP 412, or "operation" error
     instances: list[InstanceConfig] = field(default_factory=list)
     addresses: list[AddressConfig] = field(default_factory=list)
     secrets: list[SecretConfig] = field(default_factory=list)
@@ -193,6 +195,9 @@ def parse_config(data: dict[str, Any], base: Path) -> EmulatorConfig:
     cfg.operation_wait_cap = _take(t, "", "operation_wait_cap", float, cfg.operation_wait_cap)
     if cfg.operation_wait_cap <= 0:
         raise ConfigError("operation_wait_cap: must be > 0")
+    cfg.label_conflict = _take(t, "", "label_conflict", str, cfg.label_conflict)
+    if cfg.label_conflict not in LABEL_CONFLICTS:
+        raise ConfigError(f"label_conflict: must be one of {', '.join(LABEL_CONFLICTS)}")
 
     raw_defaults = dict(_take(t, "", "defaults", dict, {}))
     defaults = {
@@ -284,7 +289,14 @@ def dump_config(cfg: EmulatorConfig) -> str:
     """TOML that parse_config reads back as cfg (secrets must be UTF-8 text)."""
     lines = [
         f"{k} = {_toml_value(getattr(cfg, k))}"
-        for k in ("project", "project_number", "region", "zone", "operation_wait_cap")
+        for k in (
+            "project",
+            "project_number",
+            "region",
+            "zone",
+            "operation_wait_cap",
+            "label_conflict",
+        )
     ]
     for inst in cfg.instances:
         lines += ["", "[[instances]]"]

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gcp_emulator.cloud import ApiError, Cloud, Instance, Secret, now_rfc3339
+from gcp_emulator.cloud import ApiError, Cloud, Instance, Secret, fingerprint, now_rfc3339
 from gcp_emulator.crc32c import crc32c
 
 logger = logging.getLogger(__name__)
@@ -722,11 +722,16 @@ class EmulatorApp:
             inst.cfg.env.update({str(k): str(v) for k, v in body["env"].items()})
         if "metadata" in body:
             inst.metadata.update({str(k): str(v) for k, v in body["metadata"].items()})
+        if "labels" in body:
+            inst.labels = {str(k): str(v) for k, v in body["labels"].items()}
+            inst.label_fingerprint = fingerprint()
         if "access_configs" in body:
             for ac in list(inst.access_configs):
                 self.cloud.delete_access_config(inst, "nic0", ac["name"])
             for ac in body["access_configs"][:1]:
                 self.cloud.add_access_config(inst, "nic0", dict(ac))
+        if body.get("preempt"):
+            self.cloud.preempt(inst)
         if "status" in body:
             self.cloud.force_state(inst, str(body["status"]))
             deadline = time.monotonic() + 30

@@ -85,6 +85,7 @@ class Flow:
     guest_attributes: bool = True  # the VMs' metadata enables guest attributes
     guest_env: dict[str, str] = field(default_factory=dict)  # more for every guest
     pin: str = ""  # the agent's pin, once config() made its key
+    settings: str = ""  # more top-level emulator settings (TOML lines)
 
     def static_ip(self, i: int = 0) -> str:
         """The address of ip-i."""
@@ -102,7 +103,7 @@ class Flow:
         return f.read_text().splitlines() if f.exists() else []
 
     def config(self) -> str:
-        parts = [f'project = "{PROJECT}"\nregion = "{REGION}"\nzone = "{ZONE}"\n']
+        parts = [f'project = "{PROJECT}"\nregion = "{REGION}"\nzone = "{ZONE}"\n{self.settings}\n']
         for i in range(self.count):
             vm_dir = self.tmp / f"vm-{i}"
             vm_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +198,7 @@ address = "{self.static_ip(i)}"
         assert inst["access_configs"] == [], f"vm-{i} still has {inst['access_configs']}"
         assert self.emu.address(f"ip-{i}")["status"] == "RESERVED"
         assert inst["guest_pids"] == [], "guest processes outlived the stop"
+        assert "vm-job-owner" not in inst["labels"], f"vm-{i}'s claim was not given back"
 
 
 def toml_str(value: str) -> str:

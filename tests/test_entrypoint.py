@@ -7,6 +7,7 @@ import json
 import signal
 import time
 
+import httpx
 import pytest
 
 from tests.conftest import TOKEN, pid_alive, wait_until
@@ -142,7 +143,7 @@ def test_task_index_out_of_range_is_a_configuration_error(make_flow):
     assert "task index 1 is out of range" in r.stderr
 
 
-def test_permanent_api_error_fails_at_once_with_gclouds_message(make_flow):
+def test_permanent_api_error_fails_at_once_with_the_apis_message(make_flow):
     flow = make_flow()
     r = flow.entrypoint(STATIC_NAME="no-such-ip")
     assert r.returncode == 5, r.stderr
@@ -217,12 +218,10 @@ def test_second_execution_on_a_busy_vm_leaves_it_alone(make_flow):
         flow.emu.clear_journal()
         second = flow.entrypoint(CLOUD_RUN_EXECUTION="exec-b")
         assert second.returncode == 3, second.stderr
-        assert "another run is in progress on vm-0" in second.stderr
-        assert not [
-            c
-            for c in flow.emu.calls()
-            if c["api"] in ("compute.instances.stop", "compute.instances.deleteAccessConfig")
-        ], "the second execution must not stop the VM or detach its address"
+        assert "vm-0 is busy: another execution holds it" in second.stderr
+        assert not [c for c in flow.emu.calls() if c["api"] in MUTATING], (
+            "the second execution must not touch the VM or its address"
+        )
         out, err = first.communicate(timeout=120)
     finally:
         reap(first)
@@ -230,6 +229,30 @@ def test_second_execution_on_a_busy_vm_leaves_it_alone(make_flow):
     assert "first run complete" in out, "the running job was not cut off"
     assert len(flow.runs()) == 1
     flow.assert_cleaned_up()
+
+
+def test_a_run_started_outside_any_execution_is_left_alone_with_exit_3(make_flow):
+    """Someone started a run on the agent by hand (no claim on the VM): the execution finds the
+    agent busy (409), leaves the VM up and the address attached, and gives its claim back."""
+    flow = make_flow(job="sleep 6; echo 'by hand'")
+    kept = flow.entrypoint(KEEP_VM="1", MODE="test")  # the VM up, its address attached
+    assert kept.returncode == 0, kept.stderr
+    url = f"https://{flow.static_ip()}:{flow.port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=url, headers=auth, verify=False, timeout=10) as agent:  # noqa: S501
+        assert agent.post("/runs", json={"mode": "run"}).status_code == 202
+        flow.emu.clear_journal()
+        r = flow.entrypoint()
+        assert r.returncode == 3, r.stderr
+        assert "another run is in progress on vm-0" in r.stderr
+        assert "cleanup: released vm-0's claim" in r.stderr
+        assert not [
+            c
+            for c in flow.emu.calls()
+            if c["api"] in ("compute.instances.stop", "compute.instances.deleteAccessConfig")
+        ], "the run by hand was cut off"
+        assert agent.get("/runs?limit=1").json()["data"][0]["status"] == "running"
+    assert "vm-job-owner" not in flow.emu.instance("vm-0")["labels"]
 
 
 def test_three_tasks_drive_three_vms_in_parallel(make_flow):
@@ -438,6 +461,7 @@ def test_status_of_a_stopped_vm_and_of_a_missing_one(make_flow):
     st = flow.entrypoint(command=("status",))
     assert st.returncode == 0, st.stderr
     assert "vm-0 in asia-northeast3-c: TERMINATED" in st.stdout
+    assert "claim     none: the VM is free" in st.stdout
     assert (
         "not attached" in st.stdout and "agent     not running: the VM is TERMINATED" in st.stdout
     )
