@@ -270,11 +270,11 @@ claim_vm() {
     read_labels || rc=$?
     if ((rc == 0)); then
       if [[ -n $HOLDER && ${HOLDER#*-} != "${CLAIM#*-}" ]] && ! claim_lapsed "$HOLDER"; then
-        die "$EX_BUSY" "step 2/6: $INSTANCE is busy: another execution holds it (label $CLAIM_LABEL=$HOLDER$(claim_until "$HOLDER")); leaving the VM and its address alone. If none is running, remove the claim: gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
+        die "$EX_BUSY" "step 2/6: $INSTANCE is busy: another execution holds it (label $CLAIM_LABEL=$HOLDER, $(claim_lapse "$HOLDER")); leaving the VM and its address alone. If none is running, remove the claim: gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
       fi
       if [[ -n $HOLDER ]]; then
         if claim_lapsed "$HOLDER"; then
-          log WARNING "step 2/6: $INSTANCE's claim $HOLDER lapsed$(claim_until "$HOLDER") (its execution was killed?): taking it over"
+          log WARNING "step 2/6: $INSTANCE's claim $HOLDER lapsed (its execution was killed?): taking it over"
         else
           log WARNING "step 2/6: $INSTANCE's claim $HOLDER is this task's, from an earlier attempt: taking it back"
         fi
@@ -284,7 +284,7 @@ claim_vm() {
     case $rc in
       0)
         CLAIMED=1
-        log INFO "step 2/6: claimed $INSTANCE for this execution (label $CLAIM_LABEL=$CLAIM; it lapses$(claim_until "$CLAIM") if this execution is killed) ($(since "$t0")s)"
+        log INFO "step 2/6: claimed $INSTANCE for this execution (label $CLAIM_LABEL=$CLAIM; if this execution is killed, it $(claim_lapse "$CLAIM")) ($(since "$t0")s)"
         return
         ;;
       2) log INFO "step 2/6: $INSTANCE's labels changed while claiming it: reading them again" ;;
@@ -322,7 +322,7 @@ release_claim() {
     ((rc == 1)) && break
     ((rc == 3)) && nap "$try"
   done
-  log ERROR "cleanup: could not release $INSTANCE's claim ($CLAIM_LABEL=$CLAIM): $API_ERROR. Other executions exit 3 until it lapses$(claim_until "$CLAIM"), or remove it: gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
+  log ERROR "cleanup: could not release $INSTANCE's claim ($CLAIM_LABEL=$CLAIM): $API_ERROR. Other executions exit 3 until it lapses ($(claim_lapse "$CLAIM")), or remove it: gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
   return 1
 }
 
@@ -339,10 +339,14 @@ owner_id() {
 # claim_lapsed VALUE: true when VALUE is <until>-<owner> and <until> has passed.
 claim_lapsed() { [[ $1 =~ ^([0-9]+)- ]] && ((BASH_REMATCH[1] < $(date +%s))); }
 
-# claim_until VALUE: ", until <UTC time>" for a claim of the form <until>-<owner>.
-claim_until() {
-  [[ $1 =~ ^([0-9]+)- ]] || return 0
-  printf ', until %s' "$(date -u -d "@${BASH_REMATCH[1]}" +%Y-%m-%dT%H:%M:%SZ)"
+# claim_lapse VALUE: when a claim lapses: "lapses at <UTC time>", or "never lapses" for a value
+# not of the form <until>-<owner>.
+claim_lapse() {
+  if [[ $1 =~ ^([0-9]+)- ]]; then
+    printf 'lapses at %s' "$(date -u -d "@${BASH_REMATCH[1]}" +%Y-%m-%dT%H:%M:%SZ)"
+  else
+    printf 'never lapses'
+  fi
 }
 
 # read_labels: GET the instance; sets LABEL_FP, HOLDER (our label's value, "" if none) and
@@ -590,6 +594,7 @@ start_vm() {
   local t0 deadline
   t0=$(now)
   BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
+  console_offset
   start_watcher
   OWN_VM=1
   gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE" || {
@@ -635,8 +640,8 @@ agent_url_of() {
 # that is not a failure (an earlier boot's `failed:` is not this one's).
 start_watcher() {
   (
-    trap 'exit 1' TERM
-    local last=""
+    trap '[[ -n $CHILD_PID ]] && kill "$CHILD_PID" 2>/dev/null; exit 1' TERM
+    local last="" relay_at=0
     while :; do
       if { [[ -s $WORK_DIR/api-auth ]] || api_token; } && read_attributes; then
         if ((AGENT_TLS)) && [[ -n $PIN_READ && ! -s $WORK_DIR/pin ]]; then
@@ -651,11 +656,95 @@ start_watcher() {
           log INFO "[vm] boot: $BOOT_READ"
         fi
       fi
+      if (($(now) >= relay_at)) && [[ -s $WORK_DIR/api-auth ]]; then
+        relay_at=$(($(now) + 2000000))
+        if relay_console && [[ $(cat "$WORK_DIR/boot-state" 2>/dev/null) != failed:* ]]; then
+          printf 'failed: %s' "$(console_error)" >"$WORK_DIR/boot-state.tmp"
+          mv -f "$WORK_DIR/boot-state.tmp" "$WORK_DIR/boot-state"
+        fi
+      fi
       (($(date +%s) < BOOT_DEADLINE)) || exit 1
-      sleep 0.2
+      nap 0.2
     done
   ) &
   WATCHER_PID=$!
+}
+
+# The reason of a boot that the script runner says failed: startup.sh's last ERROR line, or
+# the runner's own ("the startup script failed with error: exit status N").
+console_error() { cat "$WORK_DIR/console-error" 2>/dev/null || printf 'the startup script failed'; }
+
+# relay_console: the VM's serial console from SERIAL_NEXT on, as `gcloud compute instances
+# get-serial-port-output --start=N` reads it (GET instances/NAME/serialPort?port=1&start=N,
+# with curl): each line the script runner marks as the startup script's (the newer runner's
+# `Metadata key("startup-script"), command("…"): <line>`, the legacy `startup-script: <line>`)
+# into our log, marked [vm]; a line cut at the end of the read waits for the rest. True when the
+# runner says the script failed (`Script "startup-script" failed with error: …`).
+relay_console() {
+  local code next line severity reason failed=1
+  in_background "$WORK_DIR/serial.code" /dev/null curl -sS --connect-timeout 5 --max-time 10 \
+    -o "$WORK_DIR/serial.json" -w '%{http_code}' -H @"$WORK_DIR/api-auth" \
+    "${COMPUTE_API%/}/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE/serialPort?port=1&start=$SERIAL_NEXT" ||
+    return 1
+  [[ $(<"$WORK_DIR/serial.code") == 200 ]] || return 1
+  next=$(tr -d '\n' <"$WORK_DIR/serial.json" | grep -oE '"next":[[:space:]]*"[0-9]+"' | tr -dc 0-9)
+  [[ -n $next ]] || return 1
+  { cat "$WORK_DIR/serial.partial" 2>/dev/null; console_text "$WORK_DIR/serial.json"; } >"$WORK_DIR/serial.txt"
+  code=$(tr -dc '\n' <"$WORK_DIR/serial.txt" | wc -c)
+  tail -n +"$((code + 1))" "$WORK_DIR/serial.txt" >"$WORK_DIR/serial.partial"
+  while IFS= read -r line; do
+    line=${line#[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9] } # startup.sh's time
+    severity=INFO
+    [[ $line =~ ^startup\.sh\ (WARNING|ERROR) ]] && severity=${BASH_REMATCH[1]}
+    if [[ $line == 'Script "startup-script" failed'* ]]; then
+      severity=ERROR failed=0
+      [[ -s $WORK_DIR/console-error ]] || printf 'the startup script %s' "${line#*\" }" >"$WORK_DIR/console-error"
+    elif [[ $severity == ERROR ]]; then
+      reason=${line#startup.sh ERROR}
+      printf '%s' "${reason#"${reason%%[! ]*}"}" >"$WORK_DIR/console-error"
+    fi
+    log "$severity" "[vm] $line"
+  done < <(head -n "$code" "$WORK_DIR/serial.txt" | startup_lines)
+  SERIAL_NEXT=$next
+  printf '%s' "$next" >"$WORK_DIR/serial-next"
+  return "$failed"
+}
+
+# console_text FILE: the `contents` of a serialPort answer, JSON-decoded.
+console_text() {
+  tr -d '\n' <"$1" | grep -oE '"contents":[[:space:]]*"([^"\\]|\\.)*"' | head -n 1 |
+    sed -E -e 's/^"contents":[[:space:]]*"//' -e 's/"$//' -e 's/\\\\/\x01/g' -e 's/\\n/\n/g' \
+      -e 's/\\"/"/g' -e 's/\\t/\t/g' -e 's/\\r//g' -e 's/\\\//\//g' \
+      -e 's/\\u003[cC]/</g' -e 's/\\u003[eE]/>/g' -e 's/\\u0026/\&/g' -e "s/\\\\u0027/'/g" \
+      -e 's/\\u003[dD]/=/g' -e 's/\\u00[01][0-9a-fA-F]//g' -e 's/\\u007[fF]//g' -e 's/\x01/\\/g' |
+    head -c -1 # grep's newline after the match
+}
+
+# startup_lines: of the console's lines, the startup script's, without the runner's prefix;
+# and the runner's line that says it failed.
+startup_lines() {
+  sed -n -E \
+    -e '/Script "startup-script" failed with error: /{s/.*(Script "startup-script" failed with error: )/\1/p;d;}' \
+    -e 's/Metadata key\("startup-script"\), command\("[^"]*"\): /\x02/' -e 't strip' \
+    -e 's/startup-script: /\x02/' -e 't strip' -e 'd' \
+    -e ':strip' -e 's/^[^\x02]*\x02//p'
+}
+
+# relay_rest: once the watcher is stopped, what the VM's console got since its last read.
+relay_rest() {
+  [[ -s $WORK_DIR/serial-next && -s $WORK_DIR/api-auth ]] || return 0
+  SERIAL_NEXT=$(<"$WORK_DIR/serial-next")
+  relay_console || true
+}
+
+# console_offset: where the serial console ends before this start (its earlier boots' lines are
+# not relayed); 0 if it cannot be read.
+console_offset() {
+  local next_re='"next":[[:space:]]*"([0-9]+)"'
+  SERIAL_NEXT=0
+  compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&fields=next"
+  [[ $API_CODE == 200 && $API_BODY =~ $next_re ]] && SERIAL_NEXT=${BASH_REMATCH[1]}
+  printf '%s' "$SERIAL_NEXT" >"$WORK_DIR/serial-next"
 }
 
 # api_token: an access token for the Compute API from gcloud (on Cloud Run, the job's service
@@ -680,8 +769,11 @@ read_attributes() {
   local boot_re='"key":[[:space:]]*"boot",[[:space:]]*"value":[[:space:]]*"(([^"\\]|\\.)*)"'
   PIN_READ="" BOOT_READ=""
   url="${COMPUTE_API%/}/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE/getGuestAttributes?queryPath=$GUEST_NAMESPACE/"
-  code=$(curl -sS --connect-timeout 5 --max-time 10 -o "$WORK_DIR/ga.json" -w '%{http_code}' \
-    -H @"$WORK_DIR/api-auth" "$url" 2>"$WORK_DIR/pin.err") || code=000
+  rm -f "$WORK_DIR/ga.json"
+  in_background "$WORK_DIR/ga.code" "$WORK_DIR/pin.err" curl -sS --connect-timeout 5 --max-time 10 \
+    -o "$WORK_DIR/ga.json" -w '%{http_code}' -H @"$WORK_DIR/api-auth" "$url" || true
+  code=$(<"$WORK_DIR/ga.code")
+  [[ $code =~ ^[0-9]{3}$ ]] || code=000
   body=""
   [[ -f $WORK_DIR/ga.json ]] && body=$(tr '\n' ' ' <"$WORK_DIR/ga.json")
   if [[ $code == 200 ]]; then
@@ -773,6 +865,7 @@ wait_for_agent() {
       log INFO "step 4/6: agent $(json_field version) answers on $AGENT_URL after $attempts tries ($(since "$t0")s; busy=$(busy_flag))"
       verify_agent_key
       stop_watcher
+      relay_rest
       return
     fi
     boot_failed
@@ -791,16 +884,8 @@ boot_failed() {
   state=$(<"$WORK_DIR/boot-state")
   [[ $state == failed:* ]] || return 0
   stop_watcher
-  console_tail
+  relay_rest
   die "$EX_TIMEOUT" "step 4/6: $INSTANCE's boot failed: ${state#failed: }. The serial console: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
-}
-
-# The last lines startup.sh wrote on the VM's serial console, each marked [vm], in our log.
-console_tail() {
-  gcloud_call $(($(date +%s) + 30)) compute instances get-serial-port-output "$INSTANCE" \
-    --zone="$ZONE" || return 0
-  sed -n 's/.*\(startup\.sh .*\)$/\1/p' <<<"$GCLOUD_OUT" | tail -n 12 |
-    while IFS= read -r line; do log INFO "[vm] $line"; done
 }
 
 busy_flag() { [[ $BODY == *'"busy":true'* ]] && printf true || printf false; }
@@ -1088,7 +1173,7 @@ status() {
   if api_token; then
     read_attributes || true
     if read_labels; then
-      printf 'claim     %s\n' "${HOLDER:+held: $CLAIM_LABEL=$HOLDER$(claim_until "$HOLDER")}${HOLDER:-none: the VM is free for an execution}"
+      printf 'claim     %s\n' "${HOLDER:+held: $CLAIM_LABEL=$HOLDER, $(claim_lapse "$HOLDER")}${HOLDER:-none: the VM is free for an execution}"
     else
       printf 'claim     could not read it: %s\n' "$API_ERROR"
     fi

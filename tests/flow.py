@@ -86,6 +86,7 @@ class Flow:
     guest_env: dict[str, str] = field(default_factory=dict)  # more for every guest
     pin: str = ""  # the agent's pin, once config() made its key
     settings: str = ""  # more top-level emulator settings (TOML lines)
+    runner: str = "guest-agent"  # the script runner's serial format, or "legacy"
 
     def static_ip(self, i: int = 0) -> str:
         """The address of ip-i."""
@@ -130,6 +131,7 @@ class Flow:
 name = "vm-{i}"
 network_ip = "{self.internal_ip(i)}"
 shutdown_grace = 5
+script_runner = "{self.runner}"
 env = {{ {env_toml} }}
 metadata = {{ {metadata_toml} }}
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import TOKEN, pid_alive, wait_until
-from tests.flow import ZONE, Flow
+from tests.flow import ZONE, Flow, agent_guest_script
 from tests.harness import needs_gcloud, reap
 
 pytestmark = [pytest.mark.e2e, needs_gcloud]
@@ -414,14 +414,20 @@ def test_what_the_job_prints_while_it_stops_is_on_stdout_after_sigterm(make_flow
     flow.assert_cleaned_up()
 
 
-def test_a_vm_stopped_under_a_running_job_is_noticed_and_reported_with_exit_8(make_flow):
+@pytest.mark.parametrize("how", ["stopped", "preempted"])
+def test_a_vm_that_goes_away_under_a_running_job_is_noticed_and_reported_with_exit_8(
+    make_flow, how
+):
     flow = make_flow(job="echo started; sleep 300")
     proc = flow.popen()
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "started\n"
         stopped = time.monotonic()
-        flow.emu.set_instance(ZONE, "vm-0", status="TERMINATED")  # as a preemption or a person
+        if how == "preempted":  # Compute Engine takes the Spot VM back
+            flow.emu.set_instance(ZONE, "vm-0", preempt=True)
+        else:  # a stop by hand
+            flow.emu.set_instance(ZONE, "vm-0", status="TERMINATED")
         _, err = proc.communicate(timeout=120)
         noticed = time.monotonic() - stopped
     finally:
@@ -431,6 +437,44 @@ def test_a_vm_stopped_under_a_running_job_is_noticed_and_reported_with_exit_8(ma
     assert "the VM went away during run" in err and "vm-0 is TERMINATED" in err
     assert "Spot VM is preempted this way" in err
     flow.assert_cleaned_up()
+
+
+@pytest.mark.parametrize("runner", ["guest-agent", "legacy"])
+def test_a_startup_script_that_fails_on_the_console_ends_the_wait_at_once(make_flow, runner):
+    """No boot state says so (the script died before it could publish one): the script
+    runner's failure line on the serial console ends the wait, with the script's lines."""
+    script = (
+        "#!/bin/bash\necho 'reading the settings'\necho 'no route to the repository' >&2\nexit 3\n"
+    )
+    flow = make_flow(script=script, runner=runner)
+    t0 = time.monotonic()
+    r = flow.entrypoint(BOOT_TIMEOUT="120")
+    took = time.monotonic() - t0
+    assert r.returncode == 4, r.stderr
+    assert took < 30, f"{took:.0f} s: the failure must end the wait, not BOOT_TIMEOUT"
+    assert "[vm] reading the settings" in r.stderr
+    assert "[vm] no route to the repository" in r.stderr
+    assert '[vm] Script "startup-script" failed with error: exit status 3' in r.stderr
+    assert "vm-0's boot failed: the startup script failed with error: exit status 3" in r.stderr
+    assert r.stderr.count("[vm] reading the settings") == 1, "each console line once"
+    flow.assert_cleaned_up()
+
+
+def test_an_earlier_boots_console_lines_are_not_relayed_again(make_flow):
+    script = agent_guest_script('echo "booting at $(date +%s%N)"')
+    flow = make_flow(script=script)
+    first = flow.entrypoint(CLOUD_RUN_EXECUTION="boot-1")
+    second = flow.entrypoint(CLOUD_RUN_EXECUTION="boot-2")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    for r in (first, second):
+        assert r.stderr.count("[vm] booting at ") == 1, r.stderr
+    booted = [
+        line.split("booting at ")[1]
+        for r in (first, second)
+        for line in r.stderr.splitlines()
+        if "booting at" in line
+    ]
+    assert booted[0] != booted[1], "the second execution relayed the first boot's line"
 
 
 # -- status and logs ------------------------------------------------------------------------------

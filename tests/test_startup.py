@@ -102,6 +102,10 @@ def test_demo_command_runs_the_whole_flow_locally():
     assert "demo job: hello from demo-vm, DRY_RUN=0, EXAMPLE=from-secret-manager" in r.stdout
     assert "demo job: done" in r.stdout
     assert "cleanup: demo-vm is TERMINATED" in r.stderr
+    # the VM's boot is in the job's log: startup.sh's lines from the serial console, each once
+    for step in ("step 1/6 settings:", "step 3/6 code:", "step 5/6 dependencies:"):
+        assert r.stderr.count(step) == 1, f"startup.sh's '{step}' line: {r.stderr}"
+    assert "[vm] startup.sh INFO" in r.stderr
 
 
 def test_boot_writes_a_private_env_and_the_job_sees_its_values(boot):
