@@ -22,10 +22,13 @@ REGION = "asia-northeast3"
 PROJECT = "flow-project"
 
 
-def agent_guest_script(extra: str = "") -> str:
+def agent_guest_script(extra: str = "", restart: bool = False) -> str:
     """A startup-script that boots the agent straight from this checkout. With TLS_KEY and
     TLS_CERT in its environment it publishes the key's pin as startup.sh does (the guest
-    attribute vm-job-agent/tls-pin) and serves HTTPS."""
+    attribute vm-job-agent/tls-pin) and serves HTTPS. With restart, the agent is started again
+    a second after it exits, as systemd's Restart= does."""
+    launch = "exec" if not restart else "while :; do"
+    again = "" if not restart else "  sleep 1\n        done"
     return textwrap.dedent(f"""\
         #!/bin/bash
         {extra}
@@ -38,9 +41,10 @@ def agent_guest_script(extra: str = "") -> str:
           tls=(--ssl-keyfile "$TLS_KEY" --ssl-certfile "$TLS_CERT")
         fi
         cd {shlex.quote(str(REPO))}
-        exec {shlex.quote(sys.executable)} -m uvicorn fastapi_app:app \\
+        {launch} {shlex.quote(sys.executable)} -m uvicorn fastapi_app:app \\
           --http agent.connections:GuardedH11Protocol --backlog 256 \\
           --host "$AGENT_HOST" --port "$AGENT_PORT" --timeout-graceful-shutdown 3 "${{tls[@]}}"
+        {again}
         """)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -475,6 +477,50 @@ def test_an_earlier_boots_console_lines_are_not_relayed_again(make_flow):
         if "booting at" in line
     ]
     assert booted[0] != booted[1], "the second execution relayed the first boot's line"
+
+
+def agent_pid(flow: Flow) -> int:
+    """The guest's uvicorn process (the agent)."""
+    for pid in flow.emu.instance("vm-0")["guest_pids"]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"uvicorn" in cmdline:
+            return pid
+    raise AssertionError("no agent process among the guest's")
+
+
+def test_an_agent_restarted_mid_run_loses_and_doubles_no_line(make_flow, tmp_path):
+    """The agent restarts (as systemd restarts it) while the job prints: the job ends with it
+    (interrupted), the orchestrator reconnects and goes on from its offset: its stdout is the
+    run's log on the VM, byte for byte."""
+    job = (
+        "trap 'echo \"stopped at $i\"; exit 143' TERM; "
+        'for i in $(seq 1 3000); do echo "line $i"; sleep 0.01; done'
+    )
+    flow = make_flow(job=job, script=agent_guest_script(restart=True))
+    proc = flow.popen()
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first == "line 1\n", first
+        time.sleep(1)
+        os.kill(agent_pid(flow), signal.SIGTERM)  # systemctl restart vm-job-agent
+        out, err = proc.communicate(timeout=120)
+    finally:
+        reap(proc)
+    out = first + out
+    assert proc.returncode == 1, err
+    assert "interrupted" in err
+    assert "retrying in" in err, "the orchestrator did not see the agent go away"
+    logs = list((tmp_path / "vm-0" / "state" / "logs").glob("*.log"))
+    assert len(logs) == 1
+    assert out == logs[0].read_text(), "stdout differs from the run's log on the VM"
+    lines = out.splitlines()
+    numbers = [int(line.split()[1]) for line in lines if line.startswith("line ")]
+    assert numbers == list(range(1, len(numbers) + 1)), "a line lost or doubled"
+    assert lines[-1].startswith("stopped at "), "the job's last words are there too"
 
 
 # -- status and logs ------------------------------------------------------------------------------
