@@ -48,6 +48,8 @@ WATCHER_PID=""    # the background reader of the VM's guest attributes (pin, boo
 IN_CLEANUP=0
 WORK_DIR=""
 CHILD_PID=""      # a long gcloud/curl in the background, killed by cleanup
+CRITICAL=0        # 1 while stdout and LOG_OFFSET are being brought in step: a signal waits
+DEFERRED=""       # the signal that came meanwhile ("CODE NAME")
 
 # -- logging ---------------------------------------------------------------------------------
 
@@ -1014,9 +1016,11 @@ fetch_log() {
   if [[ ${skipped:-0} != 0 ]]; then
     log WARNING "step 6/6: $skipped bytes of the job's output were no longer kept on the VM (LOG_MAX_BYTES)"
   fi
+  CRITICAL=1 # the offset, the pending bytes and stdout move together
   LOG_OFFSET=$next
   cat "$WORK_DIR/body" >>"$WORK_DIR/pending"
   emit_lines
+  critical_end
 }
 
 # Every complete line of $WORK_DIR/pending to stdout; the rest stays for the next chunk.
@@ -1122,6 +1126,26 @@ cleanup() {
   fi
   if ! release_claim && ((rc == 0)); then rc=$EX_CLEANUP; fi # last: the VM is free again
   finish "$rc"
+}
+
+# on_signal CODE NAME: SIGTERM or SIGINT: exit through the cleanup, at once, unless the log's
+# lines are being printed (then at the end of that, so no line is printed twice or lost).
+on_signal() {
+  if ((CRITICAL)); then
+    DEFERRED="$1 $2"
+    return
+  fi
+  log WARNING "$2 received: cleaning up"
+  exit "$1"
+}
+
+critical_end() {
+  local deferred=$DEFERRED
+  CRITICAL=0 DEFERRED=""
+  if [[ -n $deferred ]] && ((!IN_CLEANUP)); then
+    # shellcheck disable=SC2086 # "CODE NAME", split on purpose
+    on_signal $deferred
+  fi
 }
 
 finish() {
@@ -1267,8 +1291,8 @@ main() {
   esac
   START=$(now)
   trap cleanup EXIT
-  trap 'log WARNING "SIGTERM received: cleaning up"; exit 143' TERM
-  trap 'log WARNING "SIGINT received: cleaning up"; exit 130' INT
+  trap 'on_signal 143 SIGTERM' TERM
+  trap 'on_signal 130 SIGINT' INT
   if [[ ${1:-run} != run ]]; then # read-only: the cleanup finds nothing of ours to undo
     check_config
     if [[ $1 == status ]]; then status; else show_logs "${2:-}"; fi

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -136,6 +137,26 @@ def failed_boot(base: Path) -> float:
         emu.stop()
 
 
+def on_emulator(
+    flow: Flow,
+    measures: dict[str, Callable[[Flow], float]],
+    runs: int,
+    rows: dict[str, list[float]],
+) -> None:
+    """Each measure, runs times in turn, on one emulator serving flow's VM."""
+    flow.tmp.mkdir()
+    config = flow.tmp / "emulator.toml"
+    config.write_text(flow.config())
+    flow.emu = EmulatorProcess(config, flow.tmp / "emulator")
+    try:
+        for _ in range(runs):
+            for name, measure in measures.items():
+                rows[name].append(measure(flow))
+                flow.emu.wait_status("vm-0", "TERMINATED", timeout=60)
+    finally:
+        flow.emu.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per measure")
@@ -149,35 +170,19 @@ def main() -> None:
         "failed boot": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        flow = Flow(tmp_path / "flow", job='echo "tick $(date +%s.%N)"; sleep 300')
-        (tmp_path / "flow").mkdir()
-        (tmp_path / "emu.toml").write_text(flow.config())
-        flow.emu = EmulatorProcess(tmp_path / "emu.toml", tmp_path / "emu")
-        try:
-            for _ in range(args.runs):
-                rows["first-line lag"].append(first_line_lag(flow))
-                flow.emu.wait_status("vm-0", "TERMINATED", timeout=60)
-                rows["lost VM noticed"].append(lost_vm(flow))
-                flow.emu.wait_status("vm-0", "TERMINATED", timeout=60)
-                rows["preempted VM noticed"].append(lost_vm(flow, preempt=True))
-                flow.emu.wait_status("vm-0", "TERMINATED", timeout=60)
-                rows["busy VM exit 3"].append(busy_vm(flow))
-                flow.emu.wait_status("vm-0", "TERMINATED", timeout=60)
-        finally:
-            flow.emu.stop()
+        flow = Flow(Path(tmp) / "flow", job='echo "tick $(date +%s.%N)"; sleep 300')
+        measures = {
+            "first-line lag": first_line_lag,
+            "lost VM noticed": lost_vm,
+            "preempted VM noticed": lambda flow: lost_vm(flow, preempt=True),
+            "busy VM exit 3": busy_vm,
+        }
+        on_emulator(flow, measures, args.runs, rows)
         slow = Flow(
-            tmp_path / "slow",
+            Path(tmp) / "slow",
             script=agent_guest_script('echo "boot line at $(date +%s.%N)"; sleep 8'),
         )
-        (tmp_path / "slow").mkdir()
-        (tmp_path / "slow.toml").write_text(slow.config())
-        slow.emu = EmulatorProcess(tmp_path / "slow.toml", tmp_path / "slow-emu")
-        try:
-            for _ in range(args.runs):
-                rows["boot line lag"].append(boot_line_lag(slow))
-        finally:
-            slow.emu.stop()
+        on_emulator(slow, {"boot line lag": boot_line_lag}, args.runs, rows)
     for n in range(args.runs):
         base = Path(tempfile.mkdtemp(prefix="vm-job-bench-live-"))
         base.chmod(0o755)

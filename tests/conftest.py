@@ -200,3 +200,16 @@ def emulator(tmp_path: Path) -> Iterator[Callable[..., EmulatorProcess]]:
     yield start
     for emu in started:
         emu.stop()
+
+
+@pytest.fixture
+def make_flow(emulator, tmp_path):
+    """make(**Flow fields) -> a Flow (tests/flow.py) whose VMs the emulator serves."""
+    from tests.flow import Flow  # tests.flow imports this module
+
+    def make(**kwargs):
+        flow = Flow(tmp_path, **kwargs)
+        flow.emu = emulator(flow.config())
+        return flow
+
+    return make

@@ -20,6 +20,13 @@ from tests.harness import EmulatorProcess
 ZONE = "asia-northeast3-c"
 REGION = "asia-northeast3"
 PROJECT = "flow-project"
+# the Compute calls that change a VM or its address (the claim's setLabels aside)
+MUTATING = (
+    "compute.instances.start",
+    "compute.instances.stop",
+    "compute.instances.addAccessConfig",
+    "compute.instances.deleteAccessConfig",
+)
 
 
 def agent_guest_script(extra: str = "", restart: bool = False) -> str:

@@ -9,33 +9,17 @@ import time
 
 import pytest
 
-from tests.flow import ZONE, Flow
+from tests.flow import MUTATING, ZONE, Flow
 from tests.harness import needs_gcloud, reap
 
 pytestmark = [pytest.mark.e2e, needs_gcloud]
 
-MUTATING = (
-    "compute.instances.start",
-    "compute.instances.stop",
-    "compute.instances.addAccessConfig",
-    "compute.instances.deleteAccessConfig",
-)
 ONE_EXECUTION = [
     "compute.instances.addAccessConfig",
     "compute.instances.start",
     "compute.instances.stop",
     "compute.instances.deleteAccessConfig",
 ]
-
-
-@pytest.fixture
-def make_flow(emulator, tmp_path):
-    def make(**kwargs) -> Flow:
-        flow = Flow(tmp_path, **kwargs)
-        flow.emu = emulator(flow.config())
-        return flow
-
-    return make
 
 
 def mutations(flow: Flow) -> list[str]:
@@ -181,23 +165,15 @@ def test_a_vm_claimed_by_hand_with_gcloud_is_respected(make_flow):
     """An operator's own hold, set with the real gcloud (add-labels sends setLabels with the
     fingerprint), keeps scheduled executions off the VM until removed."""
     flow = make_flow()
-    env = flow.env()
-    gcloud = ["gcloud", "compute", "instances"]
-    where = ["vm-0", f"--zone={ZONE}", "--quiet"]
-    subprocess.run(
-        [*gcloud, "add-labels", *where, "--labels=vm-job-owner=maintenance"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+
+    def gcloud(*args: str) -> None:
+        argv = ["gcloud", "compute", "instances", *args, "vm-0", f"--zone={ZONE}", "--quiet"]
+        subprocess.run(argv, env=flow.env(), check=True, capture_output=True)
+
+    gcloud("add-labels", "--labels=vm-job-owner=maintenance")
     r = flow.entrypoint()
     assert r.returncode == 3, r.stderr
-    subprocess.run(
-        [*gcloud, "remove-labels", *where, "--labels=vm-job-owner"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    gcloud("remove-labels", "--labels=vm-job-owner")
     r = flow.entrypoint()
     assert r.returncode == 0, r.stderr
     flow.assert_cleaned_up()
