@@ -683,7 +683,7 @@ console_error() { cat "$WORK_DIR/console-error" 2>/dev/null || printf 'the start
 # into our log, marked [vm]; a line cut at the end of the read waits for the rest. True when the
 # runner says the script failed (`Script "startup-script" failed with error: …`).
 relay_console() {
-  local code next line severity reason failed=1
+  local n next line severity reason failed=1
   in_background "$WORK_DIR/serial.code" /dev/null curl -sS --connect-timeout 5 --max-time 10 \
     -o "$WORK_DIR/serial.json" -w '%{http_code}' -H @"$WORK_DIR/api-auth" \
     "${COMPUTE_API%/}/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE/serialPort?port=1&start=$SERIAL_NEXT" ||
@@ -692,8 +692,8 @@ relay_console() {
   next=$(tr -d '\n' <"$WORK_DIR/serial.json" | grep -oE '"next":[[:space:]]*"[0-9]+"' | tr -dc 0-9)
   [[ -n $next ]] || return 1
   { cat "$WORK_DIR/serial.partial" 2>/dev/null; console_text "$WORK_DIR/serial.json"; } >"$WORK_DIR/serial.txt"
-  code=$(tr -dc '\n' <"$WORK_DIR/serial.txt" | wc -c)
-  tail -n +"$((code + 1))" "$WORK_DIR/serial.txt" >"$WORK_DIR/serial.partial"
+  n=$(tr -dc '\n' <"$WORK_DIR/serial.txt" | wc -c) # complete lines; the rest waits
+  tail -n +"$((n + 1))" "$WORK_DIR/serial.txt" >"$WORK_DIR/serial.partial"
   while IFS= read -r line; do
     line=${line#[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9] } # startup.sh's time
     severity=INFO
@@ -706,7 +706,7 @@ relay_console() {
       printf '%s' "${reason#"${reason%%[! ]*}"}" >"$WORK_DIR/console-error"
     fi
     log "$severity" "[vm] $line"
-  done < <(head -n "$code" "$WORK_DIR/serial.txt" | startup_lines)
+  done < <(head -n "$n" "$WORK_DIR/serial.txt" | startup_lines)
   SERIAL_NEXT=$next
   printf '%s' "$next" >"$WORK_DIR/serial-next"
   return "$failed"

@@ -19,10 +19,9 @@ from fastapi.testclient import TestClient
 from agent.api import create_app
 from agent.settings import Settings
 from gcp_emulator.demo import free_port
-from tests.harness import EmulatorProcess, stop_group
+from tests.flow import Flow
+from tests.harness import REPO, TOKEN, EmulatorProcess, stop_group
 
-REPO = Path(__file__).resolve().parent.parent
-TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -205,9 +204,8 @@ def emulator(tmp_path: Path) -> Iterator[Callable[..., EmulatorProcess]]:
 @pytest.fixture
 def make_flow(emulator, tmp_path):
     """make(**Flow fields) -> a Flow (tests/flow.py) whose VMs the emulator serves."""
-    from tests.flow import Flow  # tests.flow imports this module
 
-    def make(**kwargs):
+    def make(**kwargs) -> Flow:
         flow = Flow(tmp_path, **kwargs)
         flow.emu = emulator(flow.config())
         return flow

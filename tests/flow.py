@@ -14,8 +14,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import REPO, TOKEN, free_port
-from tests.harness import EmulatorProcess
+from gcp_emulator.demo import free_port
+from tests.harness import REPO, TOKEN, EmulatorProcess
 
 ZONE = "asia-northeast3-c"
 REGION = "asia-northeast3"

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-0123456789abcdef"  # the agents' token in every test
 GCLOUD = shutil.which("gcloud")
 needs_gcloud = pytest.mark.skipif(
     GCLOUD is None,
