@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import sqlite3
 import stat
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -154,16 +156,17 @@ def test_a_failed_fetch_keeps_the_code_and_still_boots(boot, vm_base):
 
 def test_a_failed_boot_is_reported_at_once_with_startup_shs_reason_and_cleaned_up(boot):
     vm = boot(metadata={"env-secret": "no-such-secret"})
-    started = time.monotonic()
     r = vm.entrypoint(BOOT_TIMEOUT="120")
-    took = time.monotonic() - started
+    ended = time.time()
     assert r.returncode == 4, r.stderr
     assert "demo-vm's boot failed: step 4/6 .env: cannot read secret no-such-secret" in r.stderr
     assert "[vm] boot: failed: step 4/6" in r.stderr, "the boot's state is in the job's log"
     assert "[vm] startup.sh ERROR" in r.stderr, "with the serial console's last lines"
-    assert took < 30, f"{took:.0f} s to report a boot that failed in its first seconds"
     serial = vm.serial()
-    assert "cannot read secret no-such-secret" in serial
+    failed = re.search(r"(\d{4}-\d\d-\d\dT[\d:.]+)Z \[ERROR\]: .*cannot read secret", serial)
+    assert failed is not None, serial
+    took = ended - datetime.fromisoformat(failed[1] + "+00:00").timestamp()
+    assert took < 15, f"{took:.1f} s from startup.sh's failure line to the exit (goal 15 s)"
     assert "the agent is not started" in serial
     assert not (vm.app / ".env").exists()
     assert not list(vm.app.glob(".env.*"))
