@@ -291,7 +291,10 @@ claim_vm() {
         ;;
       2) log INFO "step 2/6: $INSTANCE's labels changed while claiming it: reading them again" ;;
       3) ;;
-      *) die "$EX_CLOUD" "step 2/6: claiming $INSTANCE (label $CLAIM_LABEL): $API_ERROR. The job's service account needs compute.instances.get and compute.instances.setLabels" ;;
+      *)
+        [[ $API_CODE != 403 ]] || API_ERROR+=". The job's service account needs compute.instances.get and compute.instances.setLabels"
+        die "$EX_CLOUD" "step 2/6: claiming $INSTANCE (label $CLAIM_LABEL): $API_ERROR"
+        ;;
     esac
     (($(date +%s) + delay <= deadline)) ||
       die "$EX_CLOUD" "step 2/6: claiming $INSTANCE: still failing at API_TIMEOUT=${API_TIMEOUT}s: $API_ERROR"

@@ -69,11 +69,12 @@ def test_an_execution_racing_the_first_ones_cleanup_runs_whole_or_exits_3_untouc
 
 @pytest.mark.parametrize("conflict", ["http", "operation"])
 def test_of_two_executions_claiming_at_once_one_runs_and_the_other_exits_3(make_flow, conflict):
-    """The first's setLabels is held 5 s on its way (its fingerprint goes stale meanwhile):
+    """The first's setLabels is held 8 s on its way (its fingerprint goes stale meanwhile):
     the second claims the VM and runs; the first, refused (a 412, or an operation that ends
     with it, as the emulator's label_conflict says), reads the claim and exits 3."""
-    flow = make_flow(job="echo 'job ran'", settings=f'label_conflict = "{conflict}"')
-    flow.emu.fault("compute.instances.setLabels", delay=5, count=1)
+    # the job outlasts the first's re-read of the labels (about 8 s in), so the claim is held
+    flow = make_flow(job="sleep 12; echo 'job ran'", settings=f'label_conflict = "{conflict}"')
+    flow.emu.fault("compute.instances.setLabels", delay=8, count=1)
     first = flow.popen(CLOUD_RUN_EXECUTION="exec-a")
     try:
         deadline = time.monotonic() + 30
@@ -141,6 +142,15 @@ def test_without_set_labels_permission_it_exits_5_and_names_it(make_flow):
     assert r.returncode == 5, r.stderr
     assert "compute.instances.setLabels" in r.stderr
     assert mutations(flow) == []
+
+
+def test_a_missing_instance_is_exit_5_with_the_apis_message(make_flow):
+    flow = make_flow()
+    r = flow.entrypoint(INSTANCE="no-such-vm")
+    assert r.returncode == 5, r.stderr
+    assert "no-such-vm' was not found" in r.stderr
+    assert "needs compute.instances" not in r.stderr, "a 404 is not a permission problem"
+    assert mutations(flow) == [] and flow.emu.calls("compute.instances.setLabels") == []
 
 
 def test_sigterm_before_the_vm_is_up_still_gives_the_claim_back(make_flow):
