@@ -1164,8 +1164,9 @@ usage() {
 usage: entrypoint.sh [run | status | logs [RUN_ID] | --help]
   run      (the default, as Cloud Run and Cloud Scheduler call it) attach the static IP, start
            the VM, run the job through its agent, always stop the VM and detach the IP
-  status   the VM's status, the address and where it is attached, the boot's state, and, when
-           the agent answers, its health and its last runs
+  status   the VM's status, the address and where it is attached, which execution holds the
+           VM (its claim), the boot's state, and, when the agent answers, its health and its
+           last runs
   logs     a run's output (the latest run's without RUN_ID); the VM must be running
 status and logs only read: they never start, stop, attach or detach anything. The settings are
 the same as a run's (README.md, "The orchestrator").
