@@ -411,7 +411,7 @@ set_labels() {
 api_outcome() {
   [[ $API_CODE == 200 ]] && return 0
   if [[ $API_CODE == 000 ]]; then
-    API_ERROR="no answer from the Compute API: $(tr '\n' ' ' <"$WORK_DIR/api.err" | cut -c1-300)"
+    API_ERROR="no answer from the Compute API: ${API_CURL_ERROR:0:300}"
     return 3
   fi
   API_ERROR="HTTP $API_CODE: $(api_message)"
@@ -430,20 +430,22 @@ api_message() {
 
 # compute_api METHOD PATH [CURL ARGS...]: one Compute API call (PATH is under
 # projects/PROJECT_ID/) with curl and the access token, as gcloud would make it: a few ms, where
-# a gcloud call costs half a second of start-up. Sets API_CODE and API_BODY (on one line). An
-# expired token (401) is renewed once.
+# a gcloud call costs half a second of start-up. Sets API_CODE, API_BODY (on one line) and
+# API_CURL_ERROR. An expired token (401) is renewed once. Its files are this process's own: the
+# guest-attribute watcher calls it too.
 compute_api() {
-  local method=$1 path=$2 try
+  local method=$1 path=$2 try f=$WORK_DIR/api.$BASHPID
   shift 2
   for try in 1 2; do
-    rm -f "$WORK_DIR/api.json"
-    in_background "$WORK_DIR/api.code" "$WORK_DIR/api.err" \
-      curl -sS -X "$method" --connect-timeout 5 --max-time 30 -o "$WORK_DIR/api.json" \
+    rm -f "$f.json"
+    in_background "$f.code" "$f.err" \
+      curl -sS -X "$method" --connect-timeout 5 --max-time 30 -o "$f.json" \
       -w '%{http_code}' -H @"$WORK_DIR/api-auth" "$@" "${COMPUTE_API%/}/projects/$PROJECT_ID/$path" || true
-    API_CODE=$(<"$WORK_DIR/api.code")
+    API_CODE=$(<"$f.code")
     [[ $API_CODE =~ ^[0-9]{3}$ ]] || API_CODE=000
     API_BODY=""
-    [[ -f $WORK_DIR/api.json ]] && API_BODY=$(tr '\n' ' ' <"$WORK_DIR/api.json")
+    [[ -f $f.json ]] && API_BODY=$(tr '\n' ' ' <"$f.json")
+    API_CURL_ERROR=$(tr '\n' ' ' <"$f.err")
     [[ $API_CODE == 401 && $try == 1 ]] && api_token && continue
     return 0
   done
@@ -563,7 +565,7 @@ read_address() {
     ((rc == 0)) && break
     ((rc == 3 && $(date +%s) + delay <= deadline)) ||
       die "$EX_CLOUD" "static address $STATIC_NAME in $REGION: $API_ERROR"
-    log WARNING "step 2/6: reading static address $STATIC_NAME: transient error, retrying in ${delay}s: $API_ERROR"
+    log WARNING "reading static address $STATIC_NAME: transient error, retrying in ${delay}s: $API_ERROR"
     nap "$delay"
     delay=$((delay * 2 > 16 ? 16 : delay * 2))
   done
@@ -648,7 +650,7 @@ start_watcher() {
     trap '[[ -n $CHILD_PID ]] && kill "$CHILD_PID" 2>/dev/null; exit 1' TERM
     local last="" relay_at=0
     while :; do
-      if { [[ -s $WORK_DIR/api-auth ]] || api_token; } && read_attributes; then
+      if read_attributes; then
         if ((AGENT_TLS)) && [[ -n $PIN_READ && ! -s $WORK_DIR/pin ]]; then
           printf '%s' "$PIN_READ" >"$WORK_DIR/pin.tmp"
           mv -f "$WORK_DIR/pin.tmp" "$WORK_DIR/pin"
@@ -661,7 +663,7 @@ start_watcher() {
           log INFO "[vm] boot: $BOOT_READ"
         fi
       fi
-      if (($(now) >= relay_at)) && [[ -s $WORK_DIR/api-auth ]]; then
+      if (($(now) >= relay_at)); then
         relay_at=$(($(now) + 2000000))
         if relay_console && [[ $(cat "$WORK_DIR/boot-state" 2>/dev/null) != failed:* ]]; then
           printf 'failed: %s' "$(console_error)" >"$WORK_DIR/boot-state.tmp"
@@ -686,15 +688,11 @@ console_error() { cat "$WORK_DIR/console-error" 2>/dev/null || printf 'the start
 # into our log, marked [vm]; a line cut at the end of the read waits for the rest. True when the
 # runner says the script failed (`Script "startup-script" failed with error: …`).
 relay_console() {
-  local n next line severity reason failed=1
-  in_background "$WORK_DIR/serial.code" /dev/null curl -sS --connect-timeout 5 --max-time 10 \
-    -o "$WORK_DIR/serial.json" -w '%{http_code}' -H @"$WORK_DIR/api-auth" \
-    "${COMPUTE_API%/}/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE/serialPort?port=1&start=$SERIAL_NEXT" ||
-    return 1
-  [[ $(<"$WORK_DIR/serial.code") == 200 ]] || return 1
-  next=$(tr -d '\n' <"$WORK_DIR/serial.json" | grep -oE '"next":[[:space:]]*"[0-9]+"' | tr -dc 0-9)
-  [[ -n $next ]] || return 1
-  { cat "$WORK_DIR/serial.partial" 2>/dev/null; console_text "$WORK_DIR/serial.json"; } >"$WORK_DIR/serial.txt"
+  local n next line severity reason failed=1 next_re='"next":[[:space:]]*"([0-9]+)"'
+  compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&start=$SERIAL_NEXT"
+  [[ $API_CODE == 200 && $API_BODY =~ $next_re ]] || return 1
+  next=${BASH_REMATCH[1]}
+  { cat "$WORK_DIR/serial.partial" 2>/dev/null; console_text <<<"$API_BODY"; } >"$WORK_DIR/serial.txt"
   n=$(tr -dc '\n' <"$WORK_DIR/serial.txt" | wc -c) # complete lines; the rest waits
   tail -n +"$((n + 1))" "$WORK_DIR/serial.txt" >"$WORK_DIR/serial.partial"
   while IFS= read -r line; do
@@ -715,9 +713,9 @@ relay_console() {
   return "$failed"
 }
 
-# console_text FILE: the `contents` of a serialPort answer, JSON-decoded.
+# console_text: the `contents` of the serialPort answer on stdin (on one line), JSON-decoded.
 console_text() {
-  tr -d '\n' <"$1" | grep -oE '"contents":[[:space:]]*"([^"\\]|\\.)*"' | head -n 1 |
+  grep -oE '"contents":[[:space:]]*"([^"\\]|\\.)*"' | head -n 1 |
     sed -E -e 's/^"contents":[[:space:]]*"//' -e 's/"$//' -e 's/\\\\/\x01/g' -e 's/\\n/\n/g' \
       -e 's/\\"/"/g' -e 's/\\t/\t/g' -e 's/\\r//g' -e 's/\\\//\//g' \
       -e 's/\\u003[cC]/</g' -e 's/\\u003[eE]/>/g' -e 's/\\u0026/\&/g' -e "s/\\\\u0027/'/g" \
@@ -737,7 +735,7 @@ startup_lines() {
 
 # relay_rest: once the watcher is stopped, what the VM's console got since its last read.
 relay_rest() {
-  [[ -s $WORK_DIR/serial-next && -s $WORK_DIR/api-auth ]] || return 0
+  [[ -s $WORK_DIR/serial-next ]] || return 0
   SERIAL_NEXT=$(<"$WORK_DIR/serial-next")
   relay_console || true
 }
@@ -769,27 +767,18 @@ api_token() {
 # instances/NAME/getGuestAttributes?queryPath=vm-job-agent/, at the endpoint gcloud uses); true
 # when there are any, with the pin in PIN_READ and the boot's state in BOOT_READ ("" if absent).
 read_attributes() {
-  local code body url
   local pin_re='"key":[[:space:]]*"tls-pin",[[:space:]]*"value":[[:space:]]*"(sha256//[A-Za-z0-9+/]{43}=)"'
   local boot_re='"key":[[:space:]]*"boot",[[:space:]]*"value":[[:space:]]*"(([^"\\]|\\.)*)"'
   PIN_READ="" BOOT_READ=""
-  url="${COMPUTE_API%/}/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE/getGuestAttributes?queryPath=$GUEST_NAMESPACE/"
-  rm -f "$WORK_DIR/ga.json"
-  in_background "$WORK_DIR/ga.code" "$WORK_DIR/pin.err" curl -sS --connect-timeout 5 --max-time 10 \
-    -o "$WORK_DIR/ga.json" -w '%{http_code}' -H @"$WORK_DIR/api-auth" "$url" || true
-  code=$(<"$WORK_DIR/ga.code")
-  [[ $code =~ ^[0-9]{3}$ ]] || code=000
-  body=""
-  [[ -f $WORK_DIR/ga.json ]] && body=$(tr '\n' ' ' <"$WORK_DIR/ga.json")
-  if [[ $code == 200 ]]; then
-    [[ $body =~ $pin_re ]] && PIN_READ=${BASH_REMATCH[1]}
-    [[ $body =~ $boot_re ]] && BOOT_READ=${BASH_REMATCH[1]//\\\"/\"}
-    [[ -n $PIN_READ ]] || printf 'no %s among the guest attributes\n' "$PIN_ATTRIBUTE" >>"$WORK_DIR/pin.err"
-    return 0
+  compute_api GET "zones/$ZONE/instances/$INSTANCE/getGuestAttributes?queryPath=$GUEST_NAMESPACE/"
+  if ! api_outcome; then
+    printf '%s\n' "$API_ERROR" >"$WORK_DIR/pin.err"
+    return 1
   fi
-  [[ $code != 401 ]] || rm -f "$WORK_DIR/api-auth" # expired: the next try gets a new token
-  printf 'HTTP %s %s\n' "$code" "${body:0:300}" >>"$WORK_DIR/pin.err"
-  return 1
+  [[ $API_BODY =~ $pin_re ]] && PIN_READ=${BASH_REMATCH[1]}
+  [[ $API_BODY =~ $boot_re ]] && BOOT_READ=${BASH_REMATCH[1]//\\\"/\"}
+  [[ -n $PIN_READ ]] || printf 'no %s among the guest attributes\n' "$PIN_ATTRIBUTE" >"$WORK_DIR/pin.err"
+  return 0
 }
 
 stop_watcher() {
@@ -1184,28 +1173,22 @@ describe_vm() {
 
 # status: what the VM, its address, its boot and its agent are doing now; changes nothing.
 status() {
-  local users
   describe_vm
   printf 'instance  %s in %s: %s (internal address %s, external %s)\n' "$INSTANCE" "$ZONE" \
     "$VM_STATUS" "${VM_INTERNAL:-none}" "${VM_NAT:-none}"
-  gcloud_call $(($(date +%s) + API_TIMEOUT)) compute addresses describe "$STATIC_NAME" \
-    --region="$REGION" --format='value[separator=" "](address,users.list())' ||
-    die "$EX_CLOUD" "static address $STATIC_NAME in $REGION: $(last_error)"
-  read -r STATIC_IP users <<<"$GCLOUD_OUT"
-  if [[ -n $users ]]; then
-    printf 'address   %s %s: attached to %s\n' "$STATIC_NAME" "$STATIC_IP" "${users##*/}"
+  need_token
+  read_address $(($(date +%s) + API_TIMEOUT))
+  if [[ -n $ADDRESS_USERS ]]; then
+    printf 'address   %s %s: attached to %s\n' "$STATIC_NAME" "$STATIC_IP" "${ADDRESS_USERS##*/}"
   else
     printf 'address   %s %s: not attached\n' "$STATIC_NAME" "$STATIC_IP"
   fi
-  PIN_READ="" BOOT_READ=""
-  if api_token; then
-    read_attributes || true
-    if read_labels; then
-      printf 'claim     %s\n' "${HOLDER:+held: $CLAIM_LABEL=$HOLDER, $(claim_lapse "$HOLDER")}${HOLDER:-none: the VM is free for an execution}"
-    else
-      printf 'claim     could not read it: %s\n' "$API_ERROR"
-    fi
+  if read_labels; then
+    printf 'claim     %s\n' "${HOLDER:+held: $CLAIM_LABEL=$HOLDER, $(claim_lapse "$HOLDER")}${HOLDER:-none: the VM is free for an execution}"
+  else
+    printf 'claim     could not read it: %s\n' "$API_ERROR"
   fi
+  read_attributes || true
   printf 'boot      %s\n' "${BOOT_READ:-(no state published)}"
   if [[ $VM_STATUS != RUNNING ]]; then
     printf 'agent     not running: the VM is %s\n' "$VM_STATUS"
@@ -1251,15 +1234,15 @@ show_logs() {
   describe_vm
   [[ $VM_STATUS == RUNNING ]] ||
     die "$EX_AGENT" "$INSTANCE is $VM_STATUS: the runs' logs are on its disk, reachable while it runs (./entrypoint.sh with KEEP_VM=1, then logs)"
+  need_token
   if [[ $AGENT_ADDRESS == internal ]]; then
     agent_url_of "$VM_INTERNAL"
   else
-    gcloud_call $(($(date +%s) + API_TIMEOUT)) compute addresses describe "$STATIC_NAME" \
-      --region="$REGION" --format='value(address)' || die "$EX_CLOUD" "static address: $(last_error)"
-    agent_url_of "$GCLOUD_OUT"
+    read_address $(($(date +%s) + API_TIMEOUT))
+    agent_url_of "$STATIC_IP"
   fi
   if ((AGENT_TLS)); then
-    api_token && read_attributes || true
+    read_attributes || true
     [[ -n $PIN_READ ]] || die "$EX_AGENT" "$INSTANCE published no TLS key pin: is enable-guest-attributes=TRUE set?"
     use_pin "$PIN_READ"
   fi
