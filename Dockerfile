@@ -6,8 +6,10 @@ ENV CLOUDSDK_CORE_DISABLE_PROMPTS=1 \
     CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK=1 \
     CLOUDSDK_CONFIG=/tmp/gcloud
 
-# entrypoint.sh is committed executable; COPY keeps the mode.
+# entrypoint.sh is committed executable; COPY keeps the mode. It sources its modules from the
+# orchestrator/ folder beside it.
 COPY entrypoint.sh /app/entrypoint.sh
+COPY orchestrator/ /app/orchestrator/
 
 USER 1000:1000
 WORKDIR /tmp

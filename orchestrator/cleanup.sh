@@ -1,0 +1,73 @@
+# shellcheck shell=bash
+# orchestrator/cleanup.sh: the end of every execution: the cleanup (trap on EXIT) that undoes
+# what this execution took on, once, and the signals (TERM, INT) that lead to it.
+#
+# Private: IN_CLEANUP (1 once the cleanup has begun), CRITICAL and DEFERRED (a signal that came
+#   while the log's lines were printed, taken when they are).
+# Reads: the settings, START (logging.sh), STATIC_IP (address.sh). Needs: every module whose
+#   steps it runs: children.sh, watcher.sh, vm.sh, run.sh, job_log.sh, address.sh, claim.sh.
+
+IN_CLEANUP=0
+CRITICAL=0
+DEFERRED=""
+
+# Runs once, on any exit. Asks the API to stop the VM first (a Cloud Run task has 10 s between
+# SIGTERM and SIGKILL), then cancels a run still going, waits for TERMINATED within
+# STOP_TIMEOUT, detaches the address, and last gives back the VM's claim. A failing step does not
+# stop the next one.
+cleanup() {
+  local rc=$? t0
+  trap - EXIT
+  trap '' INT TERM
+  set +e
+  IN_CLEANUP=1
+  kill_child
+  stop_watcher
+  if [[ ${KEEP_VM:-0} == 1 ]] && { vm_owned || address_owned; }; then
+    log WARNING "KEEP_VM=1: leaving $INSTANCE running with $STATIC_IP attached. It costs money until you run: gcloud compute instances stop $INSTANCE --zone=$ZONE && gcloud compute instances delete-access-config $INSTANCE --zone=$ZONE --access-config-name='$ACCESS_CONFIG_NAME'"
+    vm_disown
+    address_disown
+  fi
+  t0=$(now)
+  if vm_owned || address_owned; then
+    stop_vm_begin $(($(date +%s) + STOP_TIMEOUT)) # asked first, followed in the background
+    cancel_run_if_active
+    log_catch_up                                   # what the job printed since the last fetch
+    stop_vm_wait "$t0" || { ((rc == 0)) && rc=$EX_CLEANUP; }
+    detach_static_ip || { ((rc == 0)) && rc=$EX_CLEANUP; }
+  fi
+  release_claim || { ((rc == 0)) && rc=$EX_CLEANUP; } # last: the VM is free again
+  finish "$rc"
+}
+
+# in_cleanup: true once the cleanup has begun.
+in_cleanup() { ((IN_CLEANUP)); }
+
+# on_signal CODE NAME: SIGTERM or SIGINT: exit through the cleanup, at once, unless the log's
+# lines are being printed (then at the end of that, so no line is printed twice or lost).
+on_signal() {
+  if ((CRITICAL)); then
+    DEFERRED="$1 $2"
+    return
+  fi
+  log WARNING "$2 received: cleaning up"
+  exit "$1"
+}
+
+# critical_begin: stdout and the log's offset are being brought in step: a signal waits.
+critical_begin() { CRITICAL=1; }
+
+critical_end() {
+  local deferred=$DEFERRED
+  CRITICAL=0 DEFERRED=""
+  if [[ -n $deferred ]] && ((!IN_CLEANUP)); then
+    # shellcheck disable=SC2086 # "CODE NAME", split on purpose
+    on_signal $deferred
+  fi
+}
+
+finish() {
+  [[ -n $WORK_DIR ]] && rm -rf "$WORK_DIR"
+  log INFO "exit $1 after $(since "$START")s"
+  exit "$1"
+}

@@ -1,0 +1,119 @@
+# shellcheck shell=bash
+# orchestrator/compute.sh: the calls to Google Cloud: gcloud (bounded by a deadline, transient
+# errors retried with backoff) and the Compute REST API with curl and one access token (a few ms
+# a call, where a gcloud start-up costs half a second), with their errors in words.
+#
+# Sets (results of the last call): GCLOUD_OUT (gcloud's stdout; its stderr: last_error,
+#   gcloud_said); API_CODE, API_BODY, API_CURL_ERROR (compute_api), API_ERROR (api_outcome).
+# Reads: the settings (PROJECT_ID, COMPUTE_API, WORK_DIR).
+# Needs: logging.sh, children.sh, json.sh.
+
+# gcloud exits 1 for every error; these are the ones worth another try (HTTP 429 and 5xx,
+# connection trouble, a VM still on its way to TERMINATED).
+readonly TRANSIENT_RE='HTTPError (429|5[0-9][0-9])|[Rr]ate [Ll]imit|[Qq]uota exceeded|[Ii]nternal error|[Bb]ackend ?[Ee]rror|[Uu]navailable|[Tt]ry again|[Cc]onnection (refused|reset|aborted)|ConnectionError|[Tt]imed? ?out|[Tt]emporary failure|is not ready|resourceNotReady'
+
+# gcloud_call DEADLINE_EPOCH ARGS...: run gcloud, bounded by the deadline, retrying transient
+# failures with backoff until then. Its stdout is left in GCLOUD_OUT, its stderr in
+# $WORK_DIR/gcloud.err (no command substitution: a TERM reaches the trap at once).
+gcloud_call() {
+  local deadline=$1 delay=1 rc budget
+  shift
+  GCLOUD_OUT=""
+  while :; do
+    rc=0
+    budget=$((deadline - $(date +%s)))
+    ((budget > 0)) || budget=1
+    in_background "$WORK_DIR/gcloud.out" "$WORK_DIR/gcloud.err" \
+      timeout -k 5 "$budget" gcloud "$@" --project="$PROJECT_ID" --quiet || rc=$?
+    GCLOUD_OUT=$(<"$WORK_DIR/gcloud.out")
+    ((rc == 0)) && return 0
+    if ((rc == 124 || rc == 137)); then
+      printf 'gcloud timed out after %ss\n' "$budget" >>"$WORK_DIR/gcloud.err"
+      return "$rc"
+    fi
+    gcloud_said "$TRANSIENT_RE" || return "$rc"
+    if (($(date +%s) + delay > deadline)); then
+      log ERROR "gcloud $1 $2: still failing at the deadline: $(last_error)"
+      return "$rc"
+    fi
+    log WARNING "gcloud $1 $2 $3: transient error, retrying in ${delay}s: $(last_error)"
+    nap "$delay"
+    delay=$((delay * 2 > 16 ? 16 : delay * 2))
+  done
+}
+
+# last_error: the last gcloud call's stderr, on one line.
+last_error() { grep -v '^[[:space:]]*$' "$WORK_DIR/gcloud.err" | tr '\n' ' ' | cut -c1-400; }
+
+# gcloud_said REGEX: true when the last gcloud call's stderr matches REGEX (grep -E).
+gcloud_said() { grep -Eq -- "$1" "$WORK_DIR/gcloud.err"; }
+
+# gcloud_stderr: the last gcloud call's stderr as it wrote it (start_vm reads the internal IP
+# that `gcloud compute instances start` names there).
+gcloud_stderr() { cat "$WORK_DIR/gcloud.err"; }
+
+# compute_api METHOD PATH [CURL ARGS...]: one Compute API call (PATH is under
+# projects/PROJECT_ID/) with curl and the access token, as gcloud would make it: a few ms, where
+# a gcloud call costs half a second of start-up. Sets API_CODE, API_BODY (on one line) and
+# API_CURL_ERROR. An expired token (401) is renewed once. Its files are this process's own: the
+# guest-attribute watcher calls it too.
+compute_api() {
+  local method=$1 path=$2 try f=$WORK_DIR/api.$BASHPID
+  shift 2
+  for try in 1 2; do
+    rm -f "$f.json"
+    in_background "$f.code" "$f.err" \
+      curl -sS -X "$method" --connect-timeout 5 --max-time 30 -o "$f.json" \
+      -w '%{http_code}' -H @"$WORK_DIR/api-auth" "$@" "${COMPUTE_API%/}/projects/$PROJECT_ID/$path" || true
+    API_CODE=$(<"$f.code")
+    [[ $API_CODE =~ ^[0-9]{3}$ ]] || API_CODE=000
+    API_BODY=""
+    [[ -f $f.json ]] && API_BODY=$(tr '\n' ' ' <"$f.json")
+    API_CURL_ERROR=$(tr '\n' ' ' <"$f.err")
+    [[ $API_CODE == 401 && $try == 1 ]] && api_token && continue
+    return 0
+  done
+}
+
+# api_outcome: 0 for HTTP 200; else API_ERROR says what, and 2 for a stale fingerprint (412),
+# 3 for what is worth another try (no answer, 429, 5xx), 1 for the rest.
+api_outcome() {
+  [[ $API_CODE == 200 ]] && return 0
+  if [[ $API_CODE == 000 ]]; then
+    API_ERROR="no answer from the Compute API: ${API_CURL_ERROR:0:300}"
+    return 3
+  fi
+  API_ERROR="HTTP $API_CODE: $(api_message)"
+  case $API_CODE in
+    412) return 2 ;;
+    429 | 5??) return 3 ;;
+    *) return 1 ;;
+  esac
+}
+
+# api_message: the error message of the last Compute API answer (or the answer itself).
+api_message() {
+  local msg
+  msg=$(json_field message "$API_BODY")
+  printf '%s' "${msg:-${API_BODY:0:300}}"
+}
+
+# The access token for the Compute API calls made with curl (the claim, the address, the guest
+# attributes), from gcloud once (a child we wait for, so a TERM reaches the trap at once).
+need_token() {
+  [[ -s $WORK_DIR/api-auth ]] || in_background /dev/null /dev/null api_token ||
+    die "$EX_CLOUD" "gcloud auth print-access-token failed: $(grep -v '^[[:space:]]*$' "$WORK_DIR/token.err" | tr '\n' ' ' | cut -c1-300)"
+}
+
+# api_token: an access token for the Compute API from gcloud (on Cloud Run, the job's service
+# account), written to a private header file; it is never printed.
+api_token() {
+  local tmp=$WORK_DIR/api-auth.tmp
+  if (umask 077 && { printf 'Authorization: Bearer ' && timeout -k 2 30 gcloud auth \
+    print-access-token --quiet; } >"$tmp" 2>"$WORK_DIR/token.err"); then
+    mv -f "$tmp" "$WORK_DIR/api-auth"
+    return 0
+  fi
+  rm -f "$tmp"
+  return 1
+}

@@ -1,0 +1,41 @@
+# shellcheck shell=bash
+# orchestrator/logging.sh: how the orchestrator speaks: its exit codes, its log lines (stderr;
+# one-line JSON for Cloud Logging on Cloud Run), and its clock.
+#
+# Sets (read by all): EX_* (the exit codes, docs/orchestrator.md's table), START (when this process began,
+#   in microseconds).
+# Reads: CLOUD_RUN_JOB (JSON lines when set), INSTANCE (named in every JSON line).
+# Needs: json.sh (json_escape).
+
+readonly EX_FAILED=1 EX_CONFIG=2 EX_BUSY=3 EX_TIMEOUT=4 EX_CLOUD=5 EX_AGENT=6 EX_CLEANUP=7
+readonly EX_VM_GONE=8
+
+# log SEVERITY MESSAGE...: one line on stderr; one-line JSON for Cloud Logging on Cloud Run.
+log() {
+  local severity=$1
+  shift
+  if [[ -n ${CLOUD_RUN_JOB:-} ]]; then
+    printf '{"severity":"%s","message":"%s","instance":"%s"}\n' \
+      "$severity" "$(json_escape "$*")" "$(json_escape "${INSTANCE:-}")" >&2
+  else
+    printf '%(%Y-%m-%dT%H:%M:%S)T %-7s %s\n' -1 "$severity" "$*" >&2
+  fi
+}
+
+die() {
+  local code=$1
+  shift
+  log ERROR "$*"
+  exit "$code"
+}
+
+now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }            # microseconds since the epoch
+
+# since T0: seconds since T0 (from now), with two decimals.
+since() {
+  local d
+  d=$(($(now) - $1))
+  printf '%d.%02d' $((d / 1000000)) $((d / 10000 % 100))
+}
+
+START=$(now)

@@ -1,0 +1,103 @@
+# shellcheck shell=bash
+# orchestrator/vm.sh: the VM itself: start it (gcloud returns once it is RUNNING), read its
+# status, and stop it in the cleanup (bounded by STOP_TIMEOUT).
+#
+# Sets (results): BOOT_DEADLINE (start_vm: when the boot must be done, BOOT_TIMEOUT from the
+#   start), AGENT_IP (vm_agent_address), VM_STATUS (read_vm_status, describe_vm), VM_INTERNAL
+#   and VM_NAT (describe_vm; VM_INTERNAL also from the start, for nic0).
+# Private: OWN_VM (1 once this execution asked the VM to start), STOP_PID (the cleanup's stop).
+# Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, watcher.sh
+#   (console_offset, start_watcher: the boot is watched from before the start), agent.sh
+#   (agent_url_of).
+
+OWN_VM=0
+STOP_PID=""
+VM_INTERNAL=""
+
+# 3. Start the VM (a running one is fine); gcloud returns once it is RUNNING. The watcher of
+# its boot starts first, so that nothing of the boot is missed.
+start_vm() {
+  local t0
+  t0=$(now)
+  BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
+  console_offset
+  start_watcher "$BOOT_DEADLINE"
+  OWN_VM=1
+  gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE" || {
+    gcloud_said "$TRANSIENT_RE" &&
+      die "$EX_TIMEOUT" "starting $INSTANCE: not started within BOOT_TIMEOUT=${BOOT_TIMEOUT}s: $(last_error)"
+    die "$EX_CLOUD" "starting $INSTANCE: $(last_error)"
+  }
+  VM_INTERNAL=$(gcloud_stderr | sed -n 's/^Instance internal IP is \([0-9.]*\)$/\1/p')
+  log INFO "step 3/6: $INSTANCE is RUNNING ($(since "$t0")s)"
+  vm_agent_address
+  agent_url_of "$AGENT_IP"
+}
+
+# vm_agent_address: AGENT_IP, where the agent is reached: the static IP, or the VM's internal
+# address (AGENT_ADDRESS=internal, for a job with Direct VPC egress). gcloud's start names nic0's
+# internal IP; another NIC is asked.
+vm_agent_address() {
+  if [[ $AGENT_ADDRESS == static ]]; then
+    AGENT_IP=$STATIC_IP
+    return
+  fi
+  AGENT_IP=$VM_INTERNAL
+  if [[ $NETWORK_INTERFACE != nic0 || -z $AGENT_IP ]]; then
+    gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+      --zone="$ZONE" --format="value(networkInterfaces[${NETWORK_INTERFACE#nic}].networkIP)" ||
+      die "$EX_CLOUD" "reading $INSTANCE's internal address: $(last_error)"
+    AGENT_IP=$GCLOUD_OUT
+  fi
+  [[ -n $AGENT_IP ]] || die "$EX_CLOUD" "$INSTANCE has no internal address on $NETWORK_INTERFACE"
+}
+
+# read_vm_status: VM_STATUS now, or "gone (deleted)" when the instance is not found; false when
+# it cannot be told (the error: last_error).
+read_vm_status() {
+  if gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+    --zone="$ZONE" --format='value(status)'; then
+    VM_STATUS=$GCLOUD_OUT
+    return 0
+  fi
+  [[ $(last_error) == *"was not found"* ]] || return 1
+  VM_STATUS="gone (deleted)"
+}
+
+# describe_vm: VM_STATUS, VM_INTERNAL and VM_NAT of the instance's interface.
+describe_vm() {
+  local n=${NETWORK_INTERFACE#nic}
+  gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+    --zone="$ZONE" --format="value[separator=' '](status,networkInterfaces[$n].networkIP,networkInterfaces[$n].accessConfigs[0].natIP)" ||
+    die "$EX_CLOUD" "describing $INSTANCE: $(last_error)"
+  read -r VM_STATUS VM_INTERNAL VM_NAT <<<"$GCLOUD_OUT"
+}
+
+# vm_owned: true while the cleanup has the VM to stop.
+vm_owned() { ((OWN_VM)); }
+
+# vm_disown: leave the VM as it is (KEEP_VM=1, or the VM is another run's).
+vm_disown() { OWN_VM=0; }
+
+# stop_vm_begin DEADLINE: the cleanup's stop, asked at once and followed in the background (the
+# cleanup cancels the run meanwhile: a Cloud Run task has 10 s between SIGTERM and SIGKILL);
+# stop_vm_wait T0 then says how it ended (false: maybe still running).
+stop_vm_begin() {
+  ((OWN_VM)) || return 0
+  log INFO "cleanup: stopping $INSTANCE"
+  gcloud_call "$1" compute instances stop "$INSTANCE" --zone="$ZONE" &
+  STOP_PID=$!
+}
+
+stop_vm_wait() {
+  local rc=0
+  [[ -n $STOP_PID ]] || return 0
+  wait "$STOP_PID" || rc=$?
+  STOP_PID=""
+  if ((rc == 0)); then
+    log INFO "cleanup: $INSTANCE is TERMINATED ($(since "$1")s)"
+    return 0
+  fi
+  log ERROR "cleanup: $INSTANCE may still be running (not TERMINATED within STOP_TIMEOUT=${STOP_TIMEOUT}s): check it with gcloud compute instances describe $INSTANCE --zone=$ZONE"
+  return 1
+}

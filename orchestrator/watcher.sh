@@ -1,0 +1,183 @@
+# shellcheck shell=bash
+# orchestrator/watcher.sh: the VM's boot, watched in the background from just before the start
+# until the agent answers: the guest attributes startup.sh writes at every boot (the agent's key
+# pin vm-job-agent/tls-pin; the boot's state vm-job-agent/boot: the step, `ready`, or
+# `failed: <reason>`), read through the Compute API so that IAM decides who may
+# (compute.instances.getGuestAttributes), and the serial console's startup-script lines relayed
+# into our log as [vm] lines.
+#
+# Every 0.2 s, with curl and the one access token (a gcloud start-up per read would cost 0.5 s of
+# CPU each, and lag): on no critical path. A pin from an earlier boot is the same key unless the
+# VM made a new one (agent.sh's reread_pin); a boot state counts once this boot has written one
+# that is not a failure (an earlier boot's `failed:` is not this one's).
+#
+# The watcher is a subshell: what it learns reaches the orchestrator through files in WORK_DIR
+# (pin, boot-state, serial-next), read by the functions below.
+# Sets (results): PIN_READ, BOOT_READ (read_attributes), PUBLISHED_PIN (published_pin);
+#   PIN_ATTRIBUTE (constant).
+# Private: WATCHER_PID, SERIAL_NEXT (where this boot's console output begins).
+# Reads: the settings. Needs: logging.sh, children.sh, compute.sh.
+
+readonly GUEST_NAMESPACE=vm-job-agent
+readonly PIN_ATTRIBUTE=$GUEST_NAMESPACE/tls-pin
+WATCHER_PID=""
+SERIAL_NEXT=0
+
+# start_watcher DEADLINE: the watcher, until DEADLINE (epoch seconds) at the latest.
+start_watcher() {
+  (
+    trap 'kill_child; exit 1' TERM
+    local deadline=$1 last="" relay_at=0
+    while :; do
+      if read_attributes; then
+        if ((AGENT_TLS)) && [[ -n $PIN_READ && ! -s $WORK_DIR/pin ]]; then
+          printf '%s' "$PIN_READ" >"$WORK_DIR/pin.tmp"
+          mv -f "$WORK_DIR/pin.tmp" "$WORK_DIR/pin"
+        fi
+        [[ -z $BOOT_READ || $BOOT_READ == failed:* ]] || : >"$WORK_DIR/boot-progress"
+        if [[ -n $BOOT_READ && -f $WORK_DIR/boot-progress && $BOOT_READ != "$last" ]]; then
+          last=$BOOT_READ
+          printf '%s' "$BOOT_READ" >"$WORK_DIR/boot-state.tmp"
+          mv -f "$WORK_DIR/boot-state.tmp" "$WORK_DIR/boot-state"
+          log INFO "[vm] boot: $BOOT_READ"
+        fi
+      fi
+      if (($(now) >= relay_at)); then
+        relay_at=$(($(now) + 2000000))
+        if relay_console && [[ $(cat "$WORK_DIR/boot-state" 2>/dev/null) != failed:* ]]; then
+          printf 'failed: %s' "$(console_error)" >"$WORK_DIR/boot-state.tmp"
+          mv -f "$WORK_DIR/boot-state.tmp" "$WORK_DIR/boot-state"
+        fi
+      fi
+      (($(date +%s) < deadline)) || exit 1
+      nap 0.2
+    done
+  ) &
+  WATCHER_PID=$!
+}
+
+# watcher_alive: true while the watcher runs.
+watcher_alive() { [[ -n $WATCHER_PID ]] && kill -0 "$WATCHER_PID" 2>/dev/null; }
+
+# published_pin: true once the watcher has read the VM's pin, then in PUBLISHED_PIN.
+published_pin() {
+  PUBLISHED_PIN=""
+  [[ -s $WORK_DIR/pin ]] || return 1
+  PUBLISHED_PIN=$(<"$WORK_DIR/pin")
+}
+
+stop_watcher() {
+  [[ -n $WATCHER_PID ]] || return 0
+  kill "$WATCHER_PID" 2>/dev/null || true
+  wait "$WATCHER_PID" 2>/dev/null || true
+  WATCHER_PID=""
+}
+
+# A boot that startup.sh reported failed (vm-job-agent/boot is `failed: <reason>`) ends the
+# wait at once, with the reason and the last lines of the VM's serial console.
+boot_failed() {
+  local state
+  [[ -s $WORK_DIR/boot-state ]] || return 0
+  state=$(<"$WORK_DIR/boot-state")
+  [[ $state == failed:* ]] || return 0
+  stop_watcher
+  relay_rest
+  die "$EX_TIMEOUT" "step 4/6: $INSTANCE's boot failed: ${state#failed: }. The serial console: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
+}
+
+# The reason of a boot that the script runner says failed: startup.sh's last ERROR line, or
+# the runner's own ("the startup script failed with error: exit status N").
+console_error() { cat "$WORK_DIR/console-error" 2>/dev/null || printf 'the startup script failed'; }
+
+# relay_console: the VM's serial console from SERIAL_NEXT on, as `gcloud compute instances
+# get-serial-port-output --start=N` reads it (GET instances/NAME/serialPort?port=1&start=N,
+# with curl): each line the script runner marks as the startup script's (the newer runner's
+# `Metadata key("startup-script"), command("…"): <line>`, the legacy `startup-script: <line>`)
+# into our log, marked [vm]; a line cut at the end of the read waits for the rest. True when the
+# runner says the script failed (`Script "startup-script" failed with error: …`).
+relay_console() {
+  local n next line severity reason failed=1 next_re='"next":[[:space:]]*"([0-9]+)"'
+  compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&start=$SERIAL_NEXT"
+  [[ $API_CODE == 200 && $API_BODY =~ $next_re ]] || return 1
+  next=${BASH_REMATCH[1]}
+  { cat "$WORK_DIR/serial.partial" 2>/dev/null; console_text <<<"$API_BODY"; } >"$WORK_DIR/serial.txt"
+  n=$(tr -dc '\n' <"$WORK_DIR/serial.txt" | wc -c) # complete lines; the rest waits
+  tail -n +"$((n + 1))" "$WORK_DIR/serial.txt" >"$WORK_DIR/serial.partial"
+  while IFS= read -r line; do
+    line=${line#[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9] } # startup.sh's time
+    severity=INFO
+    [[ $line =~ ^startup\.sh\ (WARNING|ERROR) ]] && severity=${BASH_REMATCH[1]}
+    if [[ $line == 'Script "startup-script" failed'* ]]; then
+      severity=ERROR failed=0
+      [[ -s $WORK_DIR/console-error ]] || printf 'the startup script %s' "${line#*\" }" >"$WORK_DIR/console-error"
+    elif [[ $severity == ERROR ]]; then
+      reason=${line#startup.sh ERROR}
+      printf '%s' "${reason#"${reason%%[! ]*}"}" >"$WORK_DIR/console-error"
+    fi
+    log "$severity" "[vm] $line"
+  done < <(head -n "$n" "$WORK_DIR/serial.txt" | startup_lines)
+  SERIAL_NEXT=$next
+  printf '%s' "$next" >"$WORK_DIR/serial-next"
+  return "$failed"
+}
+
+# console_text: the `contents` of the serialPort answer on stdin (on one line), JSON-decoded.
+console_text() {
+  grep -oE '"contents":[[:space:]]*"([^"\\]|\\.)*"' | head -n 1 |
+    sed -E -e 's/^"contents":[[:space:]]*"//' -e 's/"$//' -e 's/\\\\/\x01/g' -e 's/\\n/\n/g' \
+      -e 's/\\"/"/g' -e 's/\\t/\t/g' -e 's/\\r//g' -e 's/\\\//\//g' \
+      -e 's/\\u003[cC]/</g' -e 's/\\u003[eE]/>/g' -e 's/\\u0026/\&/g' -e "s/\\\\u0027/'/g" \
+      -e 's/\\u003[dD]/=/g' -e 's/\\u00[01][0-9a-fA-F]//g' -e 's/\\u007[fF]//g' -e 's/\x01/\\/g' |
+    head -c -1 # grep's newline after the match
+}
+
+# startup_lines: of the console's lines, the startup script's, without the runner's prefix;
+# and the runner's line that says it failed.
+startup_lines() {
+  sed -n -E \
+    -e '/Script "startup-script" failed with error: /{s/.*(Script "startup-script" failed with error: )/\1/p;d;}' \
+    -e 's/Metadata key\("startup-script"\), command\("[^"]*"\): /\x02/' -e 't strip' \
+    -e 's/startup-script: /\x02/' -e 't strip' -e 'd' \
+    -e ':strip' -e 's/^[^\x02]*\x02//p'
+}
+
+# relay_rest: once the watcher is stopped, what the VM's console got since its last read.
+relay_rest() {
+  [[ -s $WORK_DIR/serial-next ]] || return 0
+  SERIAL_NEXT=$(<"$WORK_DIR/serial-next")
+  relay_console || true
+}
+
+# console_offset: where the serial console ends before this start (its earlier boots' lines are
+# not relayed); 0 if it cannot be read.
+console_offset() {
+  local next_re='"next":[[:space:]]*"([0-9]+)"'
+  SERIAL_NEXT=0
+  compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&fields=next"
+  [[ $API_CODE == 200 && $API_BODY =~ $next_re ]] && SERIAL_NEXT=${BASH_REMATCH[1]}
+  printf '%s' "$SERIAL_NEXT" >"$WORK_DIR/serial-next"
+}
+
+# read_attributes: one read of the VM's vm-job-agent/ guest attributes (GET
+# instances/NAME/getGuestAttributes?queryPath=vm-job-agent/, at the endpoint gcloud uses); true
+# when there are any, with the pin in PIN_READ and the boot's state in BOOT_READ ("" if absent).
+read_attributes() {
+  local pin_re='"key":[[:space:]]*"tls-pin",[[:space:]]*"value":[[:space:]]*"(sha256//[A-Za-z0-9+/]{43}=)"'
+  local boot_re='"key":[[:space:]]*"boot",[[:space:]]*"value":[[:space:]]*"(([^"\\]|\\.)*)"'
+  PIN_READ="" BOOT_READ=""
+  compute_api GET "zones/$ZONE/instances/$INSTANCE/getGuestAttributes?queryPath=$GUEST_NAMESPACE/"
+  if ! api_outcome; then
+    printf '%s\n' "$API_ERROR" >"$WORK_DIR/pin.err"
+    return 1
+  fi
+  [[ $API_BODY =~ $pin_re ]] && PIN_READ=${BASH_REMATCH[1]}
+  [[ $API_BODY =~ $boot_re ]] && BOOT_READ=${BASH_REMATCH[1]//\\\"/\"}
+  [[ -n $PIN_READ ]] || printf 'no %s among the guest attributes\n' "$PIN_ATTRIBUTE" >"$WORK_DIR/pin.err"
+  return 0
+}
+
+pin_error() {
+  local err=""
+  [[ -f $WORK_DIR/pin.err ]] && err=$(grep -v '^[[:space:]]*$' "$WORK_DIR/pin.err" | tr '\n' ' ' | cut -c1-300)
+  printf '%s' "${err:-none}"
+}
