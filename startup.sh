@@ -65,7 +65,7 @@ metadata_attr() {
 }
 
 # guest_attribute KEY VALUE: publish VALUE as the guest attribute vm-job-agent/KEY, which
-# callers with compute.instances.getGuestAttributes read (GCP_REFERENCE.md section 5). Never
+# callers with compute.instances.getGuestAttributes read (docs/google-cloud.md, "Guest attributes"). Never
 # fatal: a VM without guest attributes still boots, and the log says what to set.
 guest_attribute() {
   local host=${GCE_METADATA_HOST:-metadata.google.internal} code

@@ -1,4 +1,4 @@
-"""The agent's HTTP API (see DESIGN.md, "The agent's HTTP API", and README.md).
+"""The agent's HTTP API (docs/agent.md, "The API").
 
 `GET /` is open and says nothing secret; every other route needs `Authorization: Bearer
 $AGENT_TOKEN`, compared in constant time. `create_app(settings)` builds the app, so tests can
@@ -430,7 +430,7 @@ def create_app(
             store.close()
             os.close(lock)
 
-    # No /docs, /redoc or /openapi.json: every route but health needs the token (README).
+    # No /docs, /redoc or /openapi.json: every route but health needs the token (docs/agent.md).
     app = FastAPI(
         title="VM job agent",
         version=project_version(),

@@ -1,6 +1,6 @@
 """The agent's settings: environment first, then `.env` in the working directory, then defaults.
 
-Every setting is documented in README.md ("Agent settings"). A missing or short `AGENT_TOKEN`
+Every setting is documented in docs/agent.md ("Agent settings"). A missing or short `AGENT_TOKEN`
 stops the agent at start-up with one line on stderr and exit code 2, never at the first request.
 """
 

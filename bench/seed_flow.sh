@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench/seed_flow.sh: the seed's flow (../shared/seed/cloud-run-vm-job-flow.ko.md), transcribed
-# literally for bench/flow.py to compare against. NOT for use: it has every flaw DESIGN.md lists
-# (no trap, no deadline on the TERMINATED loop, errors exit 0, /run cut off at 30 s).
+# bench/seed_flow.sh: the flow of the user's original description (the seed this project grew
+# from), transcribed literally for bench/flow.py to compare against. NOT for use: it has every flaw
+# the project fixes (no trap, no deadline on the TERMINATED loop, errors exit 0, an open /run,
+# /run cut off at 30 s).
 # Changes from the seed, so it can run at all: the bearer token header (the agent requires it),
 # the port from AGENT_PORT, $VM read as $INSTANCE (the seed uses both names for one VM), and a
 # health loop with `sleep 5` (the seed shows one curl; its text says it waits until ready).

@@ -1,4 +1,4 @@
-"""The emulated cloud's state and the instance lifecycle (GCP_REFERENCE.md section 2).
+"""The emulated cloud's state and the instance lifecycle (docs/google-cloud.md, "Instances").
 
 start: TERMINATED -> PROVISIONING -> STAGING -> RUNNING (the operation is DONE here), then
 after `boot_delay` the guest's startup script starts. stop: -> STOPPING, the guest gets SIGTERM
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig
-from gcp_emulator.guest import Guest, SerialPort
+from gcp_emulator.process_guest import ProcessGuest
+from gcp_emulator.serial_port import SerialPort
 
 logger = logging.getLogger(__name__)
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's default
@@ -103,7 +104,7 @@ class Instance:
     # what the guest published this boot: {"namespace/key": value}; cleared at every start
     guest_attributes: dict[str, str] = field(default_factory=dict)
     nic_fingerprint: str = field(default_factory=fingerprint)
-    guest: Guest | None = None
+    guest: ProcessGuest | None = None
     task: asyncio.Task[None] | None = None
     waiting: dict[str, list[Operation]] = field(default_factory=dict)
     created: str = field(default_factory=now_rfc3339)
@@ -284,7 +285,7 @@ class Cloud:
             await asyncio.sleep(inst.cfg.staging_delay)
         self.set_status(inst, "RUNNING")
         await asyncio.sleep(inst.cfg.boot_delay)
-        inst.guest = Guest(
+        inst.guest = ProcessGuest(
             f"{inst.zone}/{inst.name}",
             inst.serial,
             inst.workdir,

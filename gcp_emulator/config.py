@@ -1,4 +1,4 @@
-"""The emulator's configuration: a TOML file (README.md, "The emulator") or the defaults.
+"""The emulator's configuration: a TOML file (docs/emulator.md, "Configuration") or the defaults.
 
 Every key is checked: an unknown key, a wrong type or a bad value is a ConfigError whose
 message names the key, and the CLI prints it as one line and exits 2.
@@ -25,7 +25,7 @@ INSTANCE_TIMINGS = {
     "shutdown_grace": 5.0,  # SIGTERM to the guest -> SIGKILL (a real VM allows 90 s)
 }
 STATUSES = ("TERMINATED", "RUNNING")
-RUNNERS = ("guest-agent", "legacy")  # gcp_emulator.guest: the script runner's serial format
+RUNNERS = ("guest-agent", "legacy")  # gcp_emulator.process_guest: the runner's serial format
 LABEL_CONFLICTS = ("http", "operation")  # how setLabels refuses a stale fingerprint
 COMMAND_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 

@@ -250,7 +250,7 @@ def guest_attribute_not_found(path: str) -> ApiError:
 )
 async def get_guest_attributes(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     """`queryPath` ("", "NS/" or "NS/KEY") answers queryValue.items; `variableKey` ("NS/KEY")
-    answers variableValue (GCP_REFERENCE.md section 5)."""
+    answers variableValue (docs/google-cloud.md, "Guest attributes and the metadata server")."""
     inst = _inst(cloud, m)
     body: dict[str, Any] = {
         "kind": "compute#guestAttributes",

@@ -1,5 +1,6 @@
 """The channel between the orchestrator and the agent: the token goes only over TLS, only to the
-key whose pin the VM published as a guest attribute (README.md, "How the trust works")."""
+key whose pin the VM published as a guest attribute (docs/orchestrator.md, "How the trust
+works")."""
 
 from __future__ import annotations
 

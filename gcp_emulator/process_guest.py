@@ -1,11 +1,12 @@
-"""The guest: what runs "inside" an emulated VM while it is RUNNING.
+"""The process guest: what runs "inside" an emulated VM while it is RUNNING, as a process group
+on this host (the emulator's default guest kind, fast enough for every test).
 
-Like google-startup-scripts.service and its script runner (GCP_REFERENCE.md section 3;
-guest-agent's gce_metadata_script_runner), a boot writes the `startup-script` metadata value
-(leading whitespace trimmed) to a file with mode 0755 in a fresh temp directory and runs
-`/bin/bash -c FILE` as a new process group, in `/`, with umask 0022 and the environment a
-system unit gets (no HOME, systemd's default PATH; cloud.guest_env). Its output goes to the
-serial port in the runner's format (`runner`):
+Like google-startup-scripts.service and its script runner (docs/google-cloud.md, "The startup
+script and its runner"; guest-agent's gce_metadata_script_runner), a boot writes the
+`startup-script` metadata value (leading whitespace trimmed) to a file with mode 0755 in a fresh
+temp directory and runs `/bin/bash -c FILE` as a new process group, in `/`, with umask 0022 and
+the environment a system unit gets (no HOME, systemd's default PATH; cloud.guest_env). Its
+output goes to the serial port in the runner's format (`runner`):
 - "guest-agent" (the newer runner, the default): stdout and stderr apart, each line as
   `google_metadata_script_runner: <time> [INFO]: Metadata key("startup-script"),
   command("/bin/bash"): <line>`, [ERROR] for stderr (galog's serial format);
@@ -29,29 +30,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gcp_emulator.serial_port import SerialPort
+
 logger = logging.getLogger(__name__)
 MARKER = "GCP_EMULATOR_GUEST"
 RUNNERS = ("guest-agent", "legacy")
 RUNNER = "google_metadata_script_runner"
-
-
-class SerialPort:
-    """The instance's serial console: an append-only file read by byte offset."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.touch()
-
-    def write(self, line: str) -> None:
-        stamp = time.strftime("%b %d %H:%M:%S")
-        with self.path.open("a", encoding="utf-8", errors="replace") as f:
-            f.write(f"{stamp} {line}\n")
-
-    def read(self, start: int) -> tuple[str, int, int]:
-        """(contents, start, next) as getSerialPortOutput answers them."""
-        data = self.path.read_bytes()
-        start = max(0, min(start, len(data)))
-        return data[start:].decode("utf-8", "replace"), start, len(data)
 
 
 def processes_with_marker(token: str) -> list[int]:
@@ -72,7 +56,7 @@ def processes_with_marker(token: str) -> list[int]:
     return found
 
 
-class Guest:
+class ProcessGuest:
     """One boot of one instance."""
 
     def __init__(
