@@ -49,14 +49,19 @@ def fingerprint() -> str:
     return base64.b64encode(os.urandom(8)).decode()
 
 
+def decode_bytes(value: str) -> bytes:
+    """A bytes field as protobuf's JSON mapping reads it: standard or URL-safe base64, padded or
+    not (gcloud sends the URL-safe alphabet). ValueError when it is neither."""
+    text = value.strip().replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
 def same_fingerprint(given: object, current: str) -> bool:
     """Fingerprints are bytes: gcloud may send back the URL-safe base64 of what it read."""
     if not isinstance(given, str):
         return False
     try:
-        return base64.urlsafe_b64decode(given.replace("+", "-").replace("/", "_")) == (
-            base64.b64decode(current)
-        )
+        return decode_bytes(given) == base64.b64decode(current)
     except ValueError:
         return False
 

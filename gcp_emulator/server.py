@@ -25,7 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gcp_emulator.cloud import ApiError, Cloud, Instance, Secret, fingerprint, now_rfc3339
+from gcp_emulator.cloud import (
+    ApiError,
+    Cloud,
+    Instance,
+    Secret,
+    decode_bytes,
+    fingerprint,
+    now_rfc3339,
+)
 from gcp_emulator.crc32c import crc32c
 
 logger = logging.getLogger(__name__)
@@ -403,8 +411,8 @@ async def add_version(cloud: Cloud, request: Request, m: dict[str, str]) -> Resp
     secret = _secret(cloud, m)
     payload = (await json_body(request)).get("payload") or {}
     try:
-        data = base64.b64decode(payload.get("data", ""), validate=True)
-    except (ValueError, TypeError):
+        data = decode_bytes(payload.get("data", ""))
+    except (ValueError, TypeError, AttributeError):
         raise ApiError(400, "invalid", "Invalid value at 'payload.data' (TYPE_BYTES).") from None
     claimed = payload.get("dataCrc32c")
     if claimed is not None and int(claimed) != crc32c(data):

@@ -284,6 +284,44 @@ def test_secrets_create_and_versions_add_make_new_latest_versions(emu, tmp_path)
     assert "already exists" in again.stderr
 
 
+def test_any_payload_is_stored_and_read_back_byte_for_byte(emu, tmp_path):
+    """gcloud sends the payload in the URL-safe base64 alphabet: `???` is `Pz8_`, and a realistic
+    .env has `+` and `/` in its standard base64 too."""
+    payloads = {
+        "probe-secret": b"???",
+        "env-secret": b"AGENT_TOKEN=k9+/x~~~\nJOB_COMMAND=python -m job --size=>>1\n\xff\xfe",
+    }
+    for name, data in payloads.items():
+        (tmp_path / name).write_bytes(data)
+        created = emu.gcloud("secrets", "create", name, f"--data-file={tmp_path / name}")
+        assert created.returncode == 0, created.stderr
+        body = emu.http.get(
+            f"/v1/projects/test-project/secrets/{name}/versions/latest:access",
+            headers={"Authorization": "Bearer x"},
+        ).json()
+        assert base64.b64decode(body["payload"]["data"]) == data, name
+    (tmp_path / "v2").write_bytes(b"???>")
+    added = emu.gcloud(
+        "secrets", "versions", "add", "probe-secret", f"--data-file={tmp_path / 'v2'}"
+    )
+    assert added.returncode == 0, added.stderr
+    latest = emu.gcloud("secrets", "versions", "access", "latest", "--secret=probe-secret")
+    assert latest.stdout == "???>"
+
+
+def test_a_payload_that_is_not_base64_is_refused_as_the_api_refuses_it(emu):
+    r = emu.http.post(
+        "/v1/projects/test-project/secrets/app-env:addVersion",
+        headers={"Authorization": "Bearer x"},
+        json={"payload": {"data": "not base64!"}},
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "Invalid value at 'payload.data' (TYPE_BYTES)."
+    assert emu.gcloud("secrets", "versions", "access", "latest", "--secret=app-env").stdout == (
+        "EXCHANGE_KEY=abc\nMODE=paper\n"
+    ), "the refused payload left the secret as it was"
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 
