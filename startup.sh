@@ -33,6 +33,7 @@ readonly SUDOERS_FILE=/etc/sudoers.d/$SERVICE
 readonly GUEST_NAMESPACE=vm-job-agent # guest attributes: vm-job-agent/tls-pin
 GA_WARNED=0 BOOT_STATE_OFF=0
 readonly NOFILE=65536                 # the agent's open files: far above its MAX_CONNECTIONS
+readonly IDLE_SHUTDOWN_ON_VM=900       # the agent's idle shutdown here, unless .env sets its own
 # bounded connections (agent/connections.py): accepted at most 256 at a time, so a burst can
 # not outrun the cap to the open-file limit; and a short graceful stop
 readonly -a UVICORN_ARGS=(--http agent.connections:GuardedH11Protocol --backlog 256
@@ -408,7 +409,9 @@ start_agent() {
   fi
   log INFO "step 6/6 agent: starting in the foreground as $APP_USER on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT (no systemd)"
   cd "$APP_DIR"
-  local -a exec_agent=(env STATE_DIR="$STATE_DIR" "$APP_DIR/.venv/bin/uvicorn" fastapi_app:app
+  local idle
+  idle=$(idle_shutdown_env)
+  local -a exec_agent=(env STATE_DIR="$STATE_DIR" ${idle:+"$idle"} "$APP_DIR/.venv/bin/uvicorn" fastapi_app:app
     "${UVICORN_ARGS[@]}" --host "$AGENT_HOST" --port "$AGENT_PORT" "${TLS_ARGS[@]}")
   # open files far above MAX_CONNECTIONS, as the unit's LimitNOFILE (as far as we may)
   ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
@@ -416,6 +419,13 @@ start_agent() {
     exec runuser -u "$APP_USER" -- env HOME="$APP_HOME" "${exec_agent[@]}"
   fi
   exec "${exec_agent[@]}"
+}
+
+# idle_shutdown_env: IDLE_SHUTDOWN=900 for the agent (off by default elsewhere: the safety net is
+# the VM's), unless .env sets IDLE_SHUTDOWN itself, which the agent then reads there.
+idle_shutdown_env() {
+  grep -Eq '^[[:space:]]*(export[[:space:]]+)?IDLE_SHUTDOWN=' "$APP_DIR/.env" 2>/dev/null ||
+    printf 'IDLE_SHUTDOWN=%s' "$IDLE_SHUTDOWN_ON_VM"
 }
 
 start_service() {
@@ -457,7 +467,7 @@ Wants=network-online.target
 Type=simple
 User=$APP_USER
 WorkingDirectory=$APP_DIR
-Environment=STATE_DIR=$STATE_DIR
+Environment=STATE_DIR=$STATE_DIR $(idle_shutdown_env)
 Environment="SHUTDOWN_COMMAND=sudo -n /usr/sbin/poweroff"
 ExecStart=$APP_DIR/.venv/bin/uvicorn fastapi_app:app ${UVICORN_ARGS[*]} --host $AGENT_HOST --port $AGENT_PORT${TLS_ARGS[*]:+ ${TLS_ARGS[*]}}
 LimitNOFILE=$NOFILE

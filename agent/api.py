@@ -420,7 +420,10 @@ def create_app(
             "agent %s ready: state in %s, idle shutdown %s",
             app.state.version,
             settings.state_dir.resolve(),
-            f"after {settings.idle_shutdown:g} s" if settings.idle_shutdown else "off",
+            f"after {settings.idle_shutdown:g} s idle (IDLE_SHUTDOWN), then"
+            f" {settings.shutdown_command!r}"
+            if settings.idle_shutdown
+            else "off (IDLE_SHUTDOWN unset or 0; on a VM, startup.sh turns it on)",
         )
         try:
             yield

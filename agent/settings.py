@@ -1,5 +1,8 @@
 """The agent's settings: environment first, then `.env` in the working directory, then defaults.
 
+`.env` is read as written: a value is taken literally, and a `${VAR}` in it is left for the job's
+shell to expand when the job runs (so `JOB_COMMAND=echo ${DRY_RUN:-0}` sees test mode's DRY_RUN=1).
+
 Every setting is documented in docs/agent.md ("Agent settings"). A missing or short `AGENT_TOKEN`
 stops the agent at start-up with one line on stderr and exit code 2, never at the first request.
 """
@@ -15,7 +18,12 @@ from typing import Annotated
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 # The checkout: fastapi_app.py, main.py and pyproject.toml, one level above this package.
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -44,12 +52,30 @@ class Settings(BaseSettings):
     job_command: str | None = None
     job_timeout: Annotated[float, Field(gt=0)] = 3600.0
     state_dir: Path = Path("state")
-    idle_shutdown: Annotated[float, Field(ge=0)] = 900.0
+    # off unless set: the safety net belongs to the VM, where startup.sh turns it on (a laptop
+    # running the agent must not power itself off after 15 idle minutes)
+    idle_shutdown: Annotated[float, Field(ge=0)] = 0.0
     shutdown_command: str = "poweroff"
     kill_grace: Annotated[float, Field(gt=0)] = 5.0
     log_max_bytes: Annotated[int, Field(ge=64 * 1024)] = 10 * 1024 * 1024
     keep_runs: Annotated[int, Field(ge=1)] = 500
     keep_days: Annotated[float, Field(gt=0)] = 90.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment, then `.env` as written (pydantic-settings would expand `${VAR}`)."""
+        env_file = getattr(dotenv_settings, "env_file", None)  # `_env_file=None` turns it off
+        values = env_file_values(Path(env_file)) if isinstance(env_file, str | Path) else {}
+        fields = {name.upper(): name for name in settings_cls.model_fields}
+        literal = {fields[k.upper()]: v for k, v in values.items() if k.upper() in fields}
+        return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=literal)
 
     @field_validator("agent_token")
     @classmethod
@@ -77,11 +103,16 @@ def describe_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def job_environment(env_file: Path = ENV_FILE) -> dict[str, str]:
-    """Variables from `.env` that the job should see too (the environment still wins)."""
+def env_file_values(env_file: Path = ENV_FILE) -> dict[str, str]:
+    """`.env` as written: each value literally, no `${VAR}` expanded (the job's shell does that)."""
     if not env_file.is_file():
         return {}
-    return {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    return {k: v for k, v in dotenv_values(env_file, interpolate=False).items() if v is not None}
+
+
+def job_environment(env_file: Path = ENV_FILE) -> dict[str, str]:
+    """Variables from `.env` that the job should see too (the environment still wins)."""
+    return env_file_values(env_file)
 
 
 def load_settings_or_exit() -> Settings:

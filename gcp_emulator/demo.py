@@ -206,6 +206,7 @@ def demo_config(
     boot_delay: float = 1.0,
     missing_commands: list[str] | None = None,
     script_runner: str = "guest-agent",
+    idle_shutdown: str | None = "600",
 ) -> Demo:
     """One VM booting startup.sh over disk, one static address, the app-env secret. Its
     addresses are 127.NET.77.7 (static) and 127.NET.100.2 (internal) for a NET of its own, so
@@ -238,9 +239,8 @@ def demo_config(
     )
     cfg.addresses.append(AddressConfig(name="demo-ip", region=cfg.region, address=address))
     if secret is None:
-        secret = (
-            f"AGENT_TOKEN={token}\nJOB_COMMAND={job}\nEXAMPLE=from-secret-manager\n"
-            "IDLE_SHUTDOWN=600\n"
+        secret = f"AGENT_TOKEN={token}\nJOB_COMMAND={job}\nEXAMPLE=from-secret-manager\n" + (
+            f"IDLE_SHUTDOWN={idle_shutdown}\n" if idle_shutdown is not None else ""
         )
     cfg.secrets.append(SecretConfig(name="app-env", versions=[secret.encode()]))
     return Demo(cfg, token, port, disk)

@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import AUTH, REPO, TOKEN, finished, pid_alive, wait_until
+from tests.conftest import AUTH, REPO, TOKEN, finished, free_port, pid_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +95,43 @@ def test_stopping_the_agent_ends_the_job_and_records_the_interruption(live_agent
         assert not pid_alive(int(pidfile.read_text())), "the job outlived the agent's stop"
         live.start()
         assert http.get(f"/runs/{run_id}", headers=AUTH).json()["status"] == "interrupted"
+
+
+def quick_start(page: str) -> str:
+    """The first bash block under docs' "start it locally" heading, as a user would paste it."""
+    text = (REPO / page).read_text()
+    return text.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_quick_start_pasted_whole_into_a_shell_works_every_time():
+    block = quick_start("docs/agent.md")
+    assert quick_start("docs/ko/agent.md").splitlines()[0] == block.splitlines()[0]
+    assert "\nPORT=8000\n" in block, "the test moves the block to a free port"
+    env = {k: v for k, v in os.environ.items() if k not in ("AGENT_TOKEN", "STATE_DIR")}
+    env.pop("IDLE_SHUTDOWN", None)
+    ids = []
+    for _ in range(2):  # a second paste must start a new run, not get the first one back
+        port = free_port()
+        r = subprocess.run(
+            ["bash", "-c", block.replace("\nPORT=8000\n", f"\nPORT={port}\n")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        out = r.stdout
+        assert r.returncode == 0, r.stderr
+        health, test, record, *log_and_list = out.splitlines()
+        assert health.startswith('{"status":"ok"'), out
+        assert test.startswith('{"status":"ok"') and '"mode":"test"' in test, out
+        assert '"status":"succeeded"' in record and '"mode":"run"' in record, out
+        assert "trading (dry run: 0)\ndone\n" in out, "the run's log"
+        assert log_and_list[-1].startswith('{"data":[{"id"'), out
+        assert "idle shutdown off" in r.stderr, "the agent says its idle shutdown is off"
+        assert "Traceback" not in r.stderr, r.stderr
+        ids.append(record.split('"id":"', 1)[1][:32])
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)  # the agent was stopped
+    assert len(set(ids)) == 2, f"the second paste got the first run back: {ids}"

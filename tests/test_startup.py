@@ -124,6 +124,24 @@ def test_boot_writes_a_private_env_and_the_job_sees_its_values(boot):
     vm.assert_cleaned_up()
 
 
+def test_test_mode_reaches_a_job_whose_command_reads_dry_run(boot):
+    """The demo's JOB_COMMAND says `DRY_RUN=${DRY_RUN:-0}` in .env: the job's shell expands it
+    when the job runs, so a job told it is in test mode sees DRY_RUN=1."""
+    vm = boot()
+    r = vm.entrypoint(MODE="test")
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "demo job: hello from demo-vm, DRY_RUN=1," in r.stdout, r.stdout
+    assert "mode=test" in r.stderr
+
+
+@pytest.mark.parametrize(("in_dotenv", "expected"), [(None, "900"), ("600", "600")])
+def test_the_vms_agent_has_an_idle_shutdown_unless_dotenv_sets_its_own(boot, in_dotenv, expected):
+    vm = boot(idle_shutdown=in_dotenv)
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert f"idle shutdown after {expected} s idle (IDLE_SHUTDOWN)" in vm.serial(), vm.serial()
+
+
 def test_the_agent_does_not_run_as_root(boot):
     vm = boot(job='echo "job uid=$(id -u)"')
     r = vm.entrypoint()
@@ -232,6 +250,7 @@ def test_the_systemd_unit_is_valid(tmp_path):
         env={**os.environ, "GCE_METADATA_HOST": "127.0.0.1:9"},
     ).stdout
     assert "Restart=on-failure" in unit and "User=jobrunner" in unit
+    assert "IDLE_SHUTDOWN=900" in unit, "the VM's safety net is on in its unit"
     assert "--reload" not in unit
     unit_file = tmp_path / "vm-job-agent.service"
     unit_file.write_text(unit)
