@@ -95,6 +95,13 @@ release_claim() {
   return 1
 }
 
+# claim_keep: the claim stays on the VM when this execution ends (KEEP_VM=1: the VM is being
+# debugged): other executions exit 3 until it lapses or someone removes it.
+claim_keep() { CLAIMED=0; }
+
+# claim_description: this execution's claim, and when it lapses.
+claim_description() { printf 'label %s=%s, %s' "$CLAIM_LABEL" "$CLAIM" "$(claim_lapse "$CLAIM")"; }
+
 # owner_id: who claims: a hash of the Cloud Run task (its retries are the same owner), or a
 # random one by hand.
 owner_id() {

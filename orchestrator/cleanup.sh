@@ -24,9 +24,10 @@ cleanup() {
   kill_child
   stop_watcher
   if [[ ${KEEP_VM:-0} == 1 ]] && { vm_owned || address_owned; }; then
-    log WARNING "KEEP_VM=1: leaving $INSTANCE running with $STATIC_IP attached. It costs money until you run: gcloud compute instances stop $INSTANCE --zone=$ZONE && gcloud compute instances delete-access-config $INSTANCE --zone=$ZONE --access-config-name='$ACCESS_CONFIG_NAME'"
+    log WARNING "KEEP_VM=1: leaving $INSTANCE running with $STATIC_IP attached, and keeping its claim ($(claim_description)), so no other execution stops it or detaches the address under you. It costs money until you run: gcloud compute instances stop $INSTANCE --zone=$ZONE && gcloud compute instances delete-access-config $INSTANCE --zone=$ZONE --access-config-name='$ACCESS_CONFIG_NAME' && gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
     vm_disown
     address_disown
+    claim_keep
   fi
   t0=$(now)
   if vm_owned || address_owned; then

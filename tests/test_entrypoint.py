@@ -223,6 +223,7 @@ def test_a_run_started_outside_any_execution_is_left_alone_with_exit_3(make_flow
     flow = make_flow(job="sleep 6; echo 'by hand'")
     kept = flow.entrypoint(KEEP_VM="1", MODE="test")  # the VM up, its address attached
     assert kept.returncode == 0, kept.stderr
+    flow.emu.set_instance(ZONE, "vm-0", labels={})  # the operator gives the kept VM's claim back
     url = f"https://{flow.static_ip()}:{flow.port}"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=url, headers=auth, verify=False, timeout=10) as agent:  # noqa: S501
@@ -293,13 +294,27 @@ def test_run_timeout_cancels_the_run_and_stops_the_vm(make_flow):
     flow.assert_cleaned_up()
 
 
-def test_keep_vm_leaves_the_vm_up_and_says_so(make_flow):
+def test_keep_vm_leaves_the_vm_up_under_its_claim_and_says_how_to_end_it(make_flow):
+    """A kept VM is being debugged: no scheduled execution may stop it or detach its address
+    until the operator gives it back (or the claim lapses)."""
     flow = make_flow()
     r = flow.entrypoint(KEEP_VM="1")
     assert r.returncode == 0, r.stderr
     assert "KEEP_VM=1: leaving vm-0 running" in r.stderr
+    assert "keeping its claim (label vm-job-owner=" in r.stderr and "lapses at" in r.stderr
     assert "gcloud compute instances stop vm-0" in r.stderr, "it says how to stop it"
-    assert flow.emu.instance("vm-0")["status"] == "RUNNING"
+    assert "gcloud compute instances remove-labels vm-0" in r.stderr, "and how to release it"
+    assert "released vm-0's claim" not in r.stderr
+    inst = flow.emu.instance("vm-0")
+    assert inst["status"] == "RUNNING" and inst["access_configs"], inst
+    assert inst["labels"]["vm-job-owner"].split("-", 1)[0].isdigit(), inst["labels"]
+    scheduled = flow.entrypoint()
+    assert scheduled.returncode == 3, scheduled.stderr
+    assert flow.emu.instance("vm-0")["status"] == "RUNNING", "the kept VM was stopped"
+    flow.emu.set_instance(ZONE, "vm-0", labels={})  # the operator is done: remove-labels
+    after = flow.entrypoint()
+    assert after.returncode == 0, after.stderr
+    flow.assert_cleaned_up()
 
 
 # -- what the operator sees ------------------------------------------------------------------
