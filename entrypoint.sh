@@ -20,6 +20,7 @@
 #   6 the agent refused or answered nonsense, or its TLS key is not the one the VM published
 #   (or the VM published none); 7 cleanup failed (the VM may still be up, or its claim was
 #   not given back); 8 the VM went away during the run (stopped, preempted, deleted);
+#   11 status or logs found nothing there (the VM is not running, or has no such run);
 #   130/143 interrupted by SIGINT/SIGTERM.
 # Only the job's log goes to stdout; everything else is a log line on stderr.
 set -Eeuo pipefail
@@ -62,15 +63,23 @@ usage: entrypoint.sh [run | status | logs [RUN_ID] | --help]
   status   the VM's status, the address and where it is attached, which execution holds the
            VM (its claim), the boot's state, and, when the agent answers, its health and its
            last runs
-  logs     a run's output (the latest run's without RUN_ID); the VM must be running
+  logs     a run's output (the latest run's without RUN_ID); the VM must be running (exit 11
+           when it is not, or has no such run)
 status and logs only read: they never start, stop, attach or detach anything. The settings are
-the same as a run's (docs/orchestrator.md).
+the same as a run's (docs/orchestrator.md); status needs no AGENT_TOKEN (without it, it lists
+no runs).
 USAGE
 }
 
 main() {
   case ${1:-run} in
-    run | status | logs) ;;
+    run) ;;
+    status) (($# == 1)) || die "$EX_CONFIG" "status takes no arguments (got: ${*:2})" ;;
+    logs)
+      (($# <= 2)) || die "$EX_CONFIG" "logs takes one run id at most (got: ${*:2})"
+      [[ -z ${2:-} || $2 =~ ^[0-9a-f]{32}$ ]] ||
+        die "$EX_CONFIG" "a run id is 32 hex characters (as status lists them), not '$2'"
+      ;;
     -h | --help | help)
       usage
       exit 0
@@ -84,7 +93,7 @@ main() {
   trap 'on_signal 143 SIGTERM' TERM
   trap 'on_signal 130 SIGINT' INT
   if [[ ${1:-run} != run ]]; then # read-only: the cleanup finds nothing of ours to undo
-    check_config
+    check_config "$1"
     if [[ $1 == status ]]; then status; else show_logs "${2:-}"; fi
     exit 0
   fi

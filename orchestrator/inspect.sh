@@ -44,6 +44,10 @@ status_agent() {
   fi
   printf 'agent     %s: %s, version %s, busy=%s\n' "$AGENT_URL" "$(json_field status)" \
     "$(json_field version)" "$(busy_flag)"
+  if ! have_token; then
+    printf 'runs      not asked: AGENT_TOKEN is not set\n'
+    return 0
+  fi
   if ((AGENT_TLS)); then
     if [[ -z $PIN_READ ]]; then
       printf 'runs      not asked: the VM published no TLS key pin, so the token goes nowhere\n'
@@ -65,12 +69,13 @@ status_agent() {
   done < <(printf '%s\n' "${BODY//\},\{/$'}\n{'}" | grep '"id":')
 }
 
-# logs [RUN_ID]: a run's output, from the agent on the running VM; changes nothing.
+# logs [RUN_ID]: a run's output, from the agent on the running VM; changes nothing. RUN_ID was
+# checked by main, before any cloud call.
 show_logs() {
-  local run_id=${1:-}
+  local run_id=${1:-} status
   describe_vm
   [[ $VM_STATUS == RUNNING ]] ||
-    die "$EX_AGENT" "$INSTANCE is $VM_STATUS: the runs' logs are on its disk, reachable while it runs (./entrypoint.sh with KEEP_VM=1, then logs)"
+    die "$EX_NOTHING_THERE" "$INSTANCE is $VM_STATUS: the runs' logs are on its disk, readable while it runs (./entrypoint.sh with KEEP_VM=1, then logs)"
   need_token
   if [[ $AGENT_ADDRESS == internal ]]; then
     agent_url_of "$VM_INTERNAL"
@@ -87,10 +92,14 @@ show_logs() {
     agent GET "/runs?limit=1" 10
     [[ $HTTP_CODE == 200 ]] || die "$EX_AGENT" "listing runs: $(last_agent_error)"
     run_id=$(json_field id)
-    [[ -n $run_id ]] || die "$EX_AGENT" "$INSTANCE has no runs yet"
+    [[ -n $run_id ]] || die "$EX_NOTHING_THERE" "$INSTANCE has no runs yet"
   fi
-  [[ $run_id =~ ^[0-9a-f]{32}$ ]] || die "$EX_CONFIG" "a run id is 32 hex characters, not '$run_id'"
-  log INFO "the output of run $run_id follows on stdout"
+  agent GET "/runs/$run_id" 10
+  [[ $HTTP_CODE != 404 ]] ||
+    die "$EX_NOTHING_THERE" "$INSTANCE has no run $run_id (./entrypoint.sh status lists its last runs)"
+  [[ $HTTP_CODE == 200 ]] || die "$EX_AGENT" "reading run $run_id: $(last_agent_error)"
+  status=$(json_field status)
+  log INFO "the output of run $run_id ($status, exit code $(json_field exit_code)) follows on stdout"
   log_follow "$run_id"
   while :; do
     fetch_log 0 30

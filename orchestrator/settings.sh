@@ -14,12 +14,14 @@ WORK_DIR=""
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
+# check_config [COMMAND]: every setting checked and defaulted; `status` needs no AGENT_TOKEN (it
+# then lists no runs), `run` and `logs` do.
 check_config() {
-  local name missing=()
+  local name command=${1:-run} missing=()
   for name in PROJECT_ID REGION ZONE STATIC_NAME; do
     [[ -n ${!name:-} ]] || missing+=("$name")
   done
-  [[ -v AGENT_TOKEN ]] || missing+=(AGENT_TOKEN)
+  [[ -v AGENT_TOKEN || $command == status ]] || missing+=(AGENT_TOKEN)
   if [[ -z ${INSTANCE:-} && -z ${INSTANCES:-} ]]; then
     missing+=("INSTANCE (or INSTANCES)")
   fi
@@ -62,9 +64,13 @@ check_config() {
   for name in REGION ZONE; do
     [[ ${!name} =~ $NAME_RE ]] || die "$EX_CONFIG" "configuration: $name '${!name}' is not a valid name"
   done
-  check_token
+  WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/entrypoint.XXXXXX")
+  [[ ! -v AGENT_TOKEN ]] || check_token
   pick_instance
 }
+
+# have_token: true when this execution holds the agent's token (always, but for `status`).
+have_token() { [[ -s $WORK_DIR/auth ]]; }
 
 # The token is checked and written to a private header file with tracing off, then removed
 # from the environment: it never reaches a log, a trace, or a child process.
@@ -78,7 +84,6 @@ check_token() {
   elif [[ $AGENT_TOKEN =~ [[:space:][:cntrl:]] ]]; then
     problem="AGENT_TOKEN must not contain spaces or control characters"
   else
-    WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/entrypoint.XXXXXX")
     (umask 077 && printf 'Authorization: Bearer %s\n' "$AGENT_TOKEN" >"$WORK_DIR/auth")
   fi
   unset AGENT_TOKEN

@@ -561,10 +561,42 @@ def test_status_of_a_stopped_vm_and_of_a_missing_one(make_flow):
         "not attached" in st.stdout and "agent     not running: the VM is TERMINATED" in st.stdout
     )
     logs = flow.entrypoint(command=("logs",))
-    assert logs.returncode == 6 and "vm-0 is TERMINATED" in logs.stderr
+    assert logs.returncode == 11 and "vm-0 is TERMINATED" in logs.stderr, logs.stderr
     missing = flow.entrypoint(command=("status",), INSTANCE="no-such-vm")
     assert missing.returncode == 5 and "no-such-vm' was not found" in missing.stderr
     assert not [c for c in flow.emu.calls() if c["api"] in MUTATING], "status and logs only read"
+
+
+def test_logs_of_a_bad_or_unknown_run_id_say_so_and_exit_2_or_11(make_flow):
+    flow = make_flow(job="echo 'kept job'")
+    bad = flow.entrypoint(command=("logs", "nope"))
+    assert bad.returncode == 2, bad.stderr
+    assert "a run id is 32 hex characters (as status lists them), not 'nope'" in bad.stderr
+    assert flow.emu.calls() == [], "an argument is checked before any cloud call"
+    extra = flow.entrypoint(command=("status", "vm-0"))
+    assert extra.returncode == 2 and "status takes no arguments" in extra.stderr
+    kept = flow.entrypoint(KEEP_VM="1")
+    assert kept.returncode == 0, kept.stderr
+    unknown = flow.entrypoint(command=("logs", "0" * 32))
+    assert unknown.returncode == 11, unknown.stderr
+    assert f"vm-0 has no run {'0' * 32} (./entrypoint.sh status lists" in unknown.stderr
+    assert "follows" not in unknown.stderr and unknown.stdout == ""
+    latest = flow.entrypoint(command=("logs",))
+    assert latest.returncode == 0 and latest.stdout == "kept job\n", latest.stderr
+    assert "(succeeded, exit code 0) follows on stdout" in latest.stderr
+
+
+def test_status_needs_no_token_and_then_lists_no_runs(make_flow):
+    flow = make_flow()
+    kept = flow.entrypoint(KEEP_VM="1")
+    assert kept.returncode == 0, kept.stderr
+    st = flow.entrypoint(command=("status",), AGENT_TOKEN=None)
+    assert st.returncode == 0, st.stderr
+    assert "vm-0 in asia-northeast3-c: RUNNING" in st.stdout
+    assert "agent     https://" in st.stdout and ": ok, version" in st.stdout, st.stdout
+    assert "runs      not asked: AGENT_TOKEN is not set" in st.stdout
+    run = flow.entrypoint(AGENT_TOKEN=None)
+    assert run.returncode == 2 and "AGENT_TOKEN" in run.stderr, "a run still needs it"
 
 
 def test_help_lists_run_status_and_logs(make_flow):
