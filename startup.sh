@@ -130,7 +130,7 @@ read_settings() {
   else
     setting TLS_DIR tls-dir "$(home_of "$(id -un)")/.local/state/$SERVICE/tls"
   fi
-  log INFO "step 1/6 settings: ${SOURCES[*]}"
+  log INFO "boot 1/6 settings: ${SOURCES[*]}"
   [[ $AGENT_TLS == 0 || $AGENT_TLS == 1 ]] || die "AGENT_TLS must be 0 or 1, not '$AGENT_TLS'"
   [[ $BOOT_WATCHDOG =~ ^[0-9]+$ ]] || die "BOOT_WATCHDOG must be seconds (0: off), not '$BOOT_WATCHDOG'"
   { [[ $AGENT_PORT =~ ^[0-9]+$ ]] && ((AGENT_PORT >= 1 && AGENT_PORT <= 65535)); } ||
@@ -142,14 +142,14 @@ read_settings() {
   else
     APP_USER=$(id -un)
     APP_HOME=$(home_of "$APP_USER")
-    log INFO "step 1/6 not root (as on a laptop under the emulator): everything runs as $APP_USER"
+    log INFO "boot 1/6 not root (as on a laptop under the emulator): everything runs as $APP_USER"
   fi
 }
 
 ensure_user() {
   if ! id -u "$APP_USER" >/dev/null 2>&1; then
     useradd --system --create-home --home-dir "/home/$APP_USER" --shell /usr/sbin/nologin "$APP_USER"
-    log INFO "step 1/6 created the system user $APP_USER"
+    log INFO "boot 1/6 created the system user $APP_USER"
   fi
   APP_HOME=$(home_of "$APP_USER")
 }
@@ -183,10 +183,10 @@ need_command() {
 # script, as the agent must.
 arm_watchdog() {
   if ((BOOT_WATCHDOG == 0)); then
-    log WARNING "step 1/6 boot watchdog off (BOOT_WATCHDOG=0): a failed boot leaves the VM running"
+    log WARNING "boot 1/6 boot watchdog off (BOOT_WATCHDOG=0): a failed boot leaves the VM running"
     return
   fi
-  log INFO "step 1/6 boot watchdog: the VM powers itself off at $(date -d "+$BOOT_WATCHDOG seconds" +%H:%M:%S) (in ${BOOT_WATCHDOG}s) unless the agent answers by then"
+  log INFO "boot 1/6 boot watchdog: the VM powers itself off at $(date -d "+$BOOT_WATCHDOG seconds" +%H:%M:%S) (in ${BOOT_WATCHDOG}s) unless the agent answers by then"
   watchdog </dev/null &
 }
 
@@ -225,11 +225,11 @@ as_app() {
 ensure_tls_key() {
   local t0 how=""
   t0=$(now)
-  boot_state "step 2/6 tls"
+  boot_state "boot 2/6 tls"
   TLS_KEY=$TLS_DIR/agent-key.pem
   TLS_CERT=$TLS_DIR/agent-cert.pem
   if ((AGENT_TLS == 0)); then
-    log WARNING "step 2/6 tls: AGENT_TLS=0: the agent serves plain HTTP, and the orchestrator's token crosses the network in the clear"
+    log WARNING "boot 2/6 tls: AGENT_TLS=0: the agent serves plain HTTP, and the orchestrator's token crosses the network in the clear"
     return
   fi
   need_command openssl openssl
@@ -259,7 +259,7 @@ ensure_tls_key() {
   if guest_attribute tls-pin "$TLS_PIN"; then
     how+="; published its pin as the guest attribute $GUEST_NAMESPACE/tls-pin"
   fi
-  log INFO "step 2/6 tls: $how: $TLS_PIN ($(since "$t0")s)"
+  log INFO "boot 2/6 tls: $how: $TLS_PIN ($(since "$t0")s)"
 }
 
 # new_tls_file PATH MODE CMD...: CMD writes PEM on stdout; it lands in PATH (via a temp file in
@@ -270,7 +270,7 @@ new_tls_file() {
   tmp=$(mktemp "$path.XXXXXX")
   if ! err=$("$@" 2>&1 >"$tmp"); then
     rm -f "$tmp"
-    die "step 2/6 tls: $1 failed: ${err//$'\n'/ }"
+    die "boot 2/6 tls: $1 failed: ${err//$'\n'/ }"
   fi
   chmod "$mode" "$tmp"
   ((EUID == 0)) && chown "$APP_USER:" "$tmp"
@@ -283,7 +283,7 @@ new_tls_file() {
 update_code() {
   local t0 old new err
   t0=$(now)
-  boot_state "step 3/6 code"
+  boot_state "boot 3/6 code"
   need_command git git
   GIT_ENV=(GIT_TERMINAL_PROMPT=0)
   [[ -z $REPO_KEY_SECRET ]] || deploy_key
@@ -296,9 +296,9 @@ update_code() {
     "+refs/heads/$GIT_REF:refs/remotes/origin/$GIT_REF" 2>&1); then
     as_app git -C "$APP_DIR" reset --quiet --hard "origin/$GIT_REF"
     new=$(as_app git -C "$APP_DIR" rev-parse --short HEAD)
-    log INFO "step 3/6 code: $old -> $new (origin/$GIT_REF) ($(since "$t0")s)"
+    log INFO "boot 3/6 code: $old -> $new (origin/$GIT_REF) ($(since "$t0")s)"
   else
-    log WARNING "step 3/6 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)"
+    log WARNING "boot 3/6 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)"
   fi
 }
 
@@ -313,29 +313,29 @@ deploy_key() {
   chmod 700 "$TLS_DIR"
   ((EUID == 0)) && chown "$APP_USER:" "$TLS_DIR"
   key=$TLS_DIR/deploy-key
-  fetch_secret "$REPO_KEY_SECRET" "$key" "step 3/6 code: deploy key"
+  fetch_secret "$REPO_KEY_SECRET" "$key" "boot 3/6 code: deploy key"
   [[ $(tail -c1 "$SECRET_TMP") == "" ]] || printf '\n' >>"$SECRET_TMP" # ssh wants a last newline
   mv -f "$SECRET_TMP" "$key"
   GIT_ENV+=("GIT_SSH_COMMAND=ssh -i $key -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new")
-  log INFO "step 3/6 code: deploy key from secret $REPO_KEY_SECRET in $key (mode 0600) ($(since "$t0")s)"
+  log INFO "boot 3/6 code: deploy key from secret $REPO_KEY_SECRET in $key (mode 0600) ($(since "$t0")s)"
 }
 
 first_clone() {
   local t0 err
   t0=$(now)
   [[ -n $REPO_URL ]] ||
-    die "step 3/6 no checkout at APP_DIR=$APP_DIR and no repo-url: set the metadata attribute repo-url (gcloud compute instances add-metadata INSTANCE --metadata=repo-url=https://github.com/YOU/vm-job-runner.git), or clone it there once (git clone URL $APP_DIR), or set app-dir"
+    die "boot 3/6 no checkout at APP_DIR=$APP_DIR and no repo-url: set the metadata attribute repo-url (gcloud compute instances add-metadata INSTANCE --metadata=repo-url=https://github.com/YOU/vm-job-runner.git), or clone it there once (git clone URL $APP_DIR), or set app-dir"
   if [[ -e $APP_DIR ]] && [[ -n $(ls -A "$APP_DIR") ]]; then
-    die "step 3/6 APP_DIR=$APP_DIR is not empty and not a checkout: move it away, or set app-dir"
+    die "boot 3/6 APP_DIR=$APP_DIR is not empty and not a checkout: move it away, or set app-dir"
   fi
   mkdir -p "$APP_DIR"
   ((EUID == 0)) && chown "$APP_USER:" "$APP_DIR"
   if ! err=$(as_app env "${GIT_ENV[@]}" timeout 300 git clone --quiet --branch "$GIT_REF" \
     "$REPO_URL" "$APP_DIR" 2>&1); then
     rm -rf "${APP_DIR:?}/.git"
-    die "step 3/6 cloning $REPO_URL ($GIT_REF) into $APP_DIR failed: ${err//$'\n'/ }"
+    die "boot 3/6 cloning $REPO_URL ($GIT_REF) into $APP_DIR failed: ${err//$'\n'/ }"
   fi
-  log INFO "step 3/6 code: first boot: cloned $REPO_URL ($GIT_REF) into $APP_DIR ($(since "$t0")s)"
+  log INFO "boot 3/6 code: first boot: cloned $REPO_URL ($GIT_REF) into $APP_DIR ($(since "$t0")s)"
 }
 
 # fetch_secret SECRET DEST WHAT [MORE]: the secret's latest version into a temp file beside DEST
@@ -358,24 +358,24 @@ fetch_secret() {
 write_env() {
   local t0
   t0=$(now)
-  boot_state "step 4/6 .env"
-  fetch_secret "$ENV_SECRET" "$APP_DIR/.env" "step 4/6 .env" "; the agent is not started"
+  boot_state "boot 4/6 .env"
+  fetch_secret "$ENV_SECRET" "$APP_DIR/.env" "boot 4/6 .env" "; the agent is not started"
   if ! grep -q '^AGENT_TOKEN=' "$SECRET_TMP"; then
     rm -f "$SECRET_TMP"
-    die "step 4/6 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started"
+    die "boot 4/6 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started"
   fi
   mv -f "$SECRET_TMP" "$APP_DIR/.env"
-  log INFO "step 4/6 .env: written from secret $ENV_SECRET ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
+  log INFO "boot 4/6 .env: written from secret $ENV_SECRET ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
 }
 
 # 5. Dependencies: uv sync from the committed lock (uv installed from PyPI first if missing).
 sync_deps() {
   local t0
   t0=$(now)
-  boot_state "step 5/6 dependencies"
+  boot_state "boot 5/6 dependencies"
   ensure_uv
   as_app "$UV_BIN" sync --frozen --no-dev --quiet --directory "$APP_DIR"
-  log INFO "step 5/6 dependencies: uv sync --frozen ($(since "$t0")s)"
+  log INFO "boot 5/6 dependencies: uv sync --frozen ($(since "$t0")s)"
 }
 
 ensure_uv() {
@@ -383,14 +383,14 @@ ensure_uv() {
   if [[ -n $UV_BIN ]] && as_app "$UV_BIN" --version >/dev/null 2>&1; then
     return
   fi
-  log INFO "step 5/6 uv is missing (or not usable by $APP_USER): installing it from PyPI with pip"
+  log INFO "boot 5/6 uv is missing (or not usable by $APP_USER): installing it from PyPI with pip"
   if ! python3 -m pip --version >/dev/null 2>&1; then
     need_command pip3 python3-pip
   fi
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --root-user-action=ignore uv
   hash -r
   UV_BIN=$(command -v uv || true)
-  [[ -n $UV_BIN ]] || die "step 5/6 uv was installed but is not on PATH ($PATH)"
+  [[ -n $UV_BIN ]] || die "boot 5/6 uv was installed but is not on PATH ($PATH)"
 }
 
 # 6. The agent: a systemd service where systemd runs (written each boot, so a changed setting
@@ -398,7 +398,7 @@ ensure_uv() {
 agent_scheme() { if ((AGENT_TLS)); then printf https; else printf http; fi; }
 
 start_agent() {
-  boot_state "step 6/6 agent"
+  boot_state "boot 6/6 agent"
   TLS_ARGS=()
   ((AGENT_TLS)) && TLS_ARGS=(--ssl-keyfile "$TLS_KEY" --ssl-certfile "$TLS_CERT")
   mkdir -p "$STATE_DIR"
@@ -407,7 +407,7 @@ start_agent() {
     start_service
     return
   fi
-  log INFO "step 6/6 agent: starting in the foreground as $APP_USER on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT (no systemd)"
+  log INFO "boot 6/6 agent: starting in the foreground as $APP_USER on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT (no systemd)"
   cd "$APP_DIR"
   local idle
   idle=$(idle_shutdown_env)
@@ -438,7 +438,7 @@ start_service() {
     chmod 440 "$SUDOERS_FILE.tmp"
     mv -f "$SUDOERS_FILE.tmp" "$SUDOERS_FILE"
   else
-    log WARNING "step 6/6 no sudo: the agent's idle shutdown cannot power the VM off"
+    log WARNING "boot 6/6 no sudo: the agent's idle shutdown cannot power the VM off"
   fi
   systemctl daemon-reload
   systemctl restart "$SERVICE"
@@ -447,11 +447,11 @@ start_service() {
   until curl -sf --max-time 1 "${pinned[@]}" "$(agent_scheme)://127.0.0.1:$AGENT_PORT/" >/dev/null; do
     tries=$((tries + 1))
     if ((tries > 150)); then
-      die "step 6/6 agent: $SERVICE did not answer on port $AGENT_PORT within 30 s: journalctl -u $SERVICE"
+      die "boot 6/6 agent: $SERVICE did not answer on port $AGENT_PORT within 30 s: journalctl -u $SERVICE"
     fi
     sleep 0.2
   done
-  log INFO "step 6/6 agent: $SERVICE answers on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT as $APP_USER ($(since "$t0")s)"
+  log INFO "boot 6/6 agent: $SERVICE answers on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT as $APP_USER ($(since "$t0")s)"
   boot_state ready
 }
 
@@ -484,7 +484,7 @@ main() {
   local t0
   t0=$(now)
   log INFO "starting (pid $$, user $(id -un))"
-  boot_state "step 1/6 settings"
+  boot_state "boot 1/6 settings"
   read_settings   # 1. settings: environment, metadata, defaults
   arm_watchdog    #    and the boot watchdog, first
   ensure_tls_key  # 2. the agent's TLS key, its pin published as a guest attribute

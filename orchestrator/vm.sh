@@ -20,6 +20,7 @@ start_vm() {
   local t0
   t0=$(now)
   BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
+  log INFO "step 3/6: starting $INSTANCE (its boot follows as [vm] lines)"
   console_offset
   start_watcher "$BOOT_DEADLINE"
   OWN_VM=1

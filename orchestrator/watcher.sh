@@ -39,7 +39,10 @@ start_watcher() {
           last=$BOOT_READ
           printf '%s' "$BOOT_READ" >"$WORK_DIR/boot-state.tmp"
           mv -f "$WORK_DIR/boot-state.tmp" "$WORK_DIR/boot-state"
-          log INFO "[vm] boot: $BOOT_READ"
+          case $BOOT_READ in
+            boot\ *) log INFO "[vm] $BOOT_READ" ;; # startup.sh's steps: boot 1/6 … boot 6/6
+            *) log INFO "[vm] boot $BOOT_READ" ;;   # boot ready, boot failed: <reason>
+          esac
         fi
       fi
       if (($(now) >= relay_at)); then
@@ -96,7 +99,8 @@ console_error() { cat "$WORK_DIR/console-error" 2>/dev/null || printf 'the start
 # into our log, marked [vm]; a line cut at the end of the read waits for the rest. True when the
 # runner says the script failed (`Script "startup-script" failed with error: …`).
 relay_console() {
-  local n next line severity reason failed=1 next_re='"next":[[:space:]]*"([0-9]+)"'
+  local n next line severity reason stamp failed=1 next_re='"next":[[:space:]]*"([0-9]+)"'
+  local stamp_re='^[0-9]{4}-[0-9]{2}-[0-9]{2}T([0-9]{2}:[0-9]{2}:[0-9]{2}) (.*)$'
   compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&start=$SERIAL_NEXT"
   [[ $API_CODE == 200 && $API_BODY =~ $next_re ]] || return 1
   next=${BASH_REMATCH[1]}
@@ -104,7 +108,10 @@ relay_console() {
   n=$(tr -dc '\n' <"$WORK_DIR/serial.txt" | wc -c) # complete lines; the rest waits
   tail -n +"$((n + 1))" "$WORK_DIR/serial.txt" >"$WORK_DIR/serial.partial"
   while IFS= read -r line; do
-    line=${line#[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9] } # startup.sh's time
+    stamp="" # startup.sh's own time on the VM, kept: the relay lags by up to 2 s
+    if [[ $line =~ $stamp_re ]]; then
+      stamp=" ${BASH_REMATCH[1]}" line=${BASH_REMATCH[2]}
+    fi
     severity=INFO
     [[ $line =~ ^startup\.sh\ (WARNING|ERROR) ]] && severity=${BASH_REMATCH[1]}
     if [[ $line == 'Script "startup-script" failed'* ]]; then
@@ -114,7 +121,7 @@ relay_console() {
       reason=${line#startup.sh ERROR}
       printf '%s' "${reason#"${reason%%[! ]*}"}" >"$WORK_DIR/console-error"
     fi
-    log "$severity" "[vm] $line"
+    log "$severity" "[vm$stamp] $line"
   done < <(head -n "$n" "$WORK_DIR/serial.txt" | startup_lines)
   SERIAL_NEXT=$next
   printf '%s' "$next" >"$WORK_DIR/serial-next"
