@@ -1,10 +1,13 @@
-"""`python -m gcp_emulator serve|run|demo`: the emulator's commands, and `Emulator`, the emulator
-in this process's event loop.
+"""A local stand-in for the Google Cloud APIs this project uses, for the real gcloud.
 
 serve [--config F] [--port P]      print the `export` lines a shell needs, serve until Ctrl-C
 run [--config F] [--port P] -- CMD start it, run CMD with that environment, stop every guest
                                    and the emulator, exit with CMD's status
-demo [--mode test] [--keep]        the whole flow on this machine (its VM from gcp_emulator/demo.py)
+demo [--mode test] [--keep]        the whole flow on this machine: a VM booted with startup.sh,
+     [--keep-running]              entrypoint.sh run against it (--keep-running: leave the VM up
+                                   for ./entrypoint.sh status and logs until Ctrl-C)
+
+docs/emulator.md has the configuration, what it answers and what it assumes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -21,7 +25,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 
 import uvicorn
@@ -107,6 +111,8 @@ class Emulator:
             sock.bind((self.host, self.port))
         except OSError as exc:
             sock.close()
+            if self._own_state:  # nothing was started: leave no empty temp dir behind
+                shutil.rmtree(self.state_dir, ignore_errors=True)
             raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         self.port = sock.getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
@@ -186,15 +192,26 @@ async def serve(emu: Emulator) -> int:
     return 0
 
 
-async def run(emu: Emulator, command: list[str], extra_env: dict[str, str] | None = None) -> int:
+Linger = Callable[[dict[str, str], asyncio.Event], Awaitable[None]]
+
+
+async def run(
+    emu: Emulator,
+    command: list[str],
+    extra_env: dict[str, str] | None = None,
+    linger: Linger | None = None,
+) -> int:
     """Start the emulator, run command with its environment (plus extra_env), stop it all.
 
     SIGINT and SIGTERM are ours from the first line: one that arrives before the command has
     started is passed on as soon as it has (or the command is not started at all), so a Ctrl-C
-    at any moment stops the command and every guest."""
+    at any moment stops the command and every guest. With linger, a command that succeeded is
+    followed by linger(its environment, an event set by the next SIGINT or SIGTERM) before the
+    emulator stops."""
     loop = asyncio.get_running_loop()
     child: asyncio.subprocess.Process | None = None
     received: list[int] = []
+    interrupted = asyncio.Event()
 
     def send(sig: int) -> None:
         if child is not None:
@@ -203,6 +220,7 @@ async def run(emu: Emulator, command: list[str], extra_env: dict[str, str] | Non
 
     def forward(sig: int) -> None:
         received.append(sig)
+        interrupted.set()
         send(sig)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -226,6 +244,8 @@ async def run(emu: Emulator, command: list[str], extra_env: dict[str, str] | Non
             for sig in list(received):  # arrived while the command was being started
                 send(sig)
             rc = await child.wait()
+            if rc == 0 and linger is not None and not received:
+                await linger({k: v for k, v in env.items() if os.environ.get(k) != v}, interrupted)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -234,7 +254,25 @@ async def run(emu: Emulator, command: list[str], extra_env: dict[str, str] | Non
     return rc
 
 
-async def run_demo(mode: str, keep: bool) -> int:
+async def leave_running(base: Path, env: dict[str, str], stop: asyncio.Event) -> None:
+    """demo --keep-running: the VM stays up for `status` and `logs`; its environment (the token
+    too) goes to a file only its owner can read, never to the terminal."""
+    env_file = base / "env.sh"
+    with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.writelines(f"export {key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
+    print(
+        f"demo: demo-vm stays up, with its address and its claim. In another shell:\n"
+        f"  source {env_file}   # the emulator's endpoints, the demo's settings and token\n"
+        f"  ./entrypoint.sh status\n"
+        f"  ./entrypoint.sh logs\n"
+        f"demo: Ctrl-C here stops the VM and the emulator",
+        file=sys.stderr,
+        flush=True,
+    )
+    await stop.wait()
+
+
+async def run_demo(mode: str, keep: bool, keep_running: bool = False) -> int:
     """The one-command local flow; the exit status is entrypoint.sh's."""
     base = Path(tempfile.mkdtemp(prefix="vm-job-demo-"))
     if os.geteuid() == 0:  # the agent's user reaches the disk and the guest's poweroff
@@ -251,7 +289,13 @@ async def run_demo(mode: str, keep: bool) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return await run(emu, ["bash", str(REPO / "entrypoint.sh")], demo.entrypoint_env(MODE=mode))
+        extra = {"KEEP_VM": "1"} if keep_running else {}
+        return await run(
+            emu,
+            ["bash", str(REPO / "entrypoint.sh")],
+            demo.entrypoint_env(MODE=mode, **extra),
+            linger=functools.partial(leave_running, base) if keep_running else None,
+        )
     finally:
         if keep:
             print(
@@ -273,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="the whole flow here: emulator, startup.sh, entrypoint.sh")
     demo.add_argument("--mode", choices=("run", "test"), default="run")
     demo.add_argument("--keep", action="store_true", help="keep the VM's disk and serial log")
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the VM up after the run, for ./entrypoint.sh status and logs, until Ctrl-C",
+    )
     demo.add_argument("-v", "--verbose", action="store_true", help="log lifecycle events")
     for name in ("serve", "run"):
         p = sub.add_parser(name)
@@ -295,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "demo":
-            return asyncio.run(run_demo(args.mode, args.keep))
+            return asyncio.run(run_demo(args.mode, args.keep, args.keep_running))
         emu = Emulator(
             load_config(args.config), port=args.port, host=args.host, state_dir=args.state_dir
         )

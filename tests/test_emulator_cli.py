@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,30 @@ def test_state_hook_reports_instances_addresses_and_secrets(tmp_path):
     assert [i["name"] for i in state["instances"]] == ["vm-1"]
     assert state["addresses"][0]["address"] == "127.0.0.2"
     assert os.path.isabs(state["instances"][0]["workdir"])
+
+
+def test_a_serve_that_cannot_listen_leaves_no_temp_dir_behind(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "TMPDIR": str(tmp_path)}
+        r = subprocess.run(
+            [sys.executable, "-m", "gcp_emulator", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    assert r.returncode == 2, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert list(tmp_path.glob("gcp-emulator-*")) == [], "an empty temp dir was left behind"
+
+
+def test_help_speaks_to_a_user_not_of_the_code():
+    r = emulator_cli("--help")
+    assert r.returncode == 0
+    assert "event loop" not in r.stdout, r.stdout
+    assert "--keep-running" in r.stdout and "docs/emulator.md" in r.stdout

@@ -6,6 +6,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -423,3 +424,47 @@ def test_a_private_repository_is_cloned_with_the_deploy_key_from_secret_manager(
     assert key.read_text() == DEPLOY_KEY
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert not key.is_relative_to(disk.app), "the key stays out of the checkout"
+
+
+def test_demo_keep_running_leaves_a_vm_for_status_and_logs_until_ctrl_c(vm_base, tmp_path):
+    env = {**os.environ, "TMPDIR": str(vm_base.parent)}  # the demo's disk, reachable as root
+    env.pop("AGENT_TOKEN", None)
+    err = tmp_path / "demo.err"
+    with err.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gcp_emulator", "demo", "--keep-running"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "Ctrl-C here stops" in err.read_text(), 240, "the demo to stay up")
+        text = err.read_text()
+        env_file = Path(re.search(r"source (\S+/env\.sh)", text).group(1))
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600, "it holds the token"
+        token = re.search(r"AGENT_TOKEN=(\S+)", env_file.read_text()).group(1)
+        assert token not in text, "the token was printed"
+        shell = f"source {env_file} && cd {REPO} && ./entrypoint.sh status && ./entrypoint.sh logs"
+        r = subprocess.run(
+            ["bash", "-c", shell],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "instance  demo-vm in asia-northeast3-c: RUNNING" in r.stdout, r.stdout
+        assert "claim     held: vm-job-owner=" in r.stdout, "the kept VM is claimed"
+        assert "  succeeded   exit 0" in r.stdout
+        assert "demo job: done" in r.stdout, "logs prints the demo job's output"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0, err.read_text()
+        assert not env_file.exists(), "the demo's files are gone after Ctrl-C"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
