@@ -10,9 +10,8 @@
 # Sets (results of the last call): HTTP_CODE (000: no answer), BODY, CURL_ERROR, CURL_RC;
 #   AGENT_URL (agent_url_of).
 # Private: PIN (the key the VM published), PINNED (curl's arguments that hold a call to it).
-# Reads: the settings, BOOT_DEADLINE (vm.sh), RAW_BODY (given by a caller: keep the answer in
-#   $WORK_DIR/body only). Needs: logging.sh, json.sh, children.sh, watcher.sh, cleanup.sh
-#   (in_cleanup).
+# Reads: the settings, BOOT_DEADLINE (vm.sh). Needs: logging.sh, json.sh, children.sh,
+#   watcher.sh, cleanup.sh (in_cleanup).
 
 AGENT_URL=""
 PIN=""
@@ -23,26 +22,33 @@ agent_url_of() {
   if ((AGENT_TLS)); then AGENT_URL="https://$1:$AGENT_PORT"; else AGENT_URL="http://$1:$AGENT_PORT"; fi
 }
 
-# agent METHOD PATH MAX_TIME [CURL ARGS...]: a call that carries the token; with AGENT_TLS=1
-# only over TLS to the pinned key (curl checks the pin before it sends a byte of the request).
-# Sets HTTP_CODE, BODY, CURL_ERROR as call_agent does. Another key at the address ends the
-# execution (exit 6), except during cleanup, which goes on.
+# agent [--raw] METHOD PATH MAX_TIME [CURL ARGS...]: a call that carries the token; with
+# AGENT_TLS=1 only over TLS to the pinned key (curl checks the pin before it sends a byte of the
+# request). Sets HTTP_CODE, BODY, CURL_ERROR as call_agent does. Another key at the address ends
+# the execution (exit 6), except during cleanup, which goes on.
 agent() {
+  local raw=()
+  [[ $1 != --raw ]] || { raw=(--raw) && shift; }
   local method=$1 path=$2 max_time=$3
   shift 3
   if ((AGENT_TLS)) && [[ -z $PIN ]]; then
     HTTP_CODE=000 BODY="" CURL_ERROR="the agent's key is not verified yet: nothing sent" CURL_RC=1
     return
   fi
-  call_agent "$method" "$path" "$max_time" -H @"$WORK_DIR/auth" "${PINNED[@]}" "$@"
+  call_agent "${raw[@]}" "$method" "$path" "$max_time" -H @"$WORK_DIR/auth" "${PINNED[@]}" "$@"
   if ((CURL_RC == 90)) && ! in_cleanup; then
     impostor
   fi
 }
 
-# call_agent METHOD PATH MAX_TIME [CURL ARGS...]: sets HTTP_CODE and BODY; HTTP_CODE 000 when
-# the agent could not be reached, with curl's reason in CURL_ERROR and its exit code in CURL_RC.
+# call_agent [--raw] METHOD PATH MAX_TIME [CURL ARGS...]: sets HTTP_CODE and BODY; HTTP_CODE 000
+# when the agent could not be reached, with curl's reason in CURL_ERROR and its exit code in
+# CURL_RC. --raw: a 200's body stays in its file only (answer_bytes), as a log chunk must. (An
+# option, not a variable set for the call: a signal's cleanup runs inside the interrupted call,
+# where such a variable would still hold for the cleanup's own calls.)
 call_agent() {
+  local raw_body=0
+  [[ $1 != --raw ]] || { raw_body=1 && shift; }
   local method=$1 path=$2 max_time=$3
   shift 3
   HTTP_CODE=000
@@ -56,7 +62,7 @@ call_agent() {
   HTTP_CODE=$(<"$WORK_DIR/code")
   [[ $HTTP_CODE =~ ^[0-9]{3}$ ]] || HTTP_CODE=000
   [[ -f $WORK_DIR/body ]] || : >"$WORK_DIR/body"
-  if [[ -z ${RAW_BODY:-} || $HTTP_CODE != 200 ]]; then # a log chunk stays in the file only
+  if ((raw_body == 0)) || [[ $HTTP_CODE != 200 ]]; then
     BODY=$(<"$WORK_DIR/body")
   fi
   CURL_ERROR=$(tr '\n' ' ' <"$WORK_DIR/curl.err")
@@ -72,7 +78,7 @@ health() {
   fi
 }
 
-# answer_bytes: the last answer's body as it came (with RAW_BODY=1, the only copy of it).
+# answer_bytes: the last answer's body as it came (after --raw, the only copy of it).
 answer_bytes() { cat "$WORK_DIR/body"; }
 
 is_transient_http() { [[ $HTTP_CODE == 000 || $HTTP_CODE == 429 || $HTTP_CODE == 5?? ]]; }
@@ -91,7 +97,7 @@ wait_for_agent() {
     attempts=$((attempts + 1))
     health
     if [[ $HTTP_CODE == 200 ]]; then
-      log INFO "step 4/6: agent $(json_field version) answers on $AGENT_URL after $attempts tries ($(since "$t0")s; busy=$(busy_flag))"
+      log INFO "step 4/6: agent $(json_field version) answers on $AGENT_URL after $attempts $(plural "$attempts" try tries) ($(since "$t0")s; busy=$(busy_flag))"
       verify_agent_key
       stop_watcher
       relay_rest
@@ -99,7 +105,7 @@ wait_for_agent() {
     fi
     boot_failed
     if (($(date +%s) >= BOOT_DEADLINE)); then
-      die "$EX_TIMEOUT" "step 4/6: the agent on $AGENT_URL/ did not answer within BOOT_TIMEOUT=${BOOT_TIMEOUT}s ($attempts tries, every ${HEALTH_INTERVAL}s); last error: $(last_agent_error). The VM's serial console tells why: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
+      die "$EX_TIMEOUT" "step 4/6: the agent on $AGENT_URL/ did not answer within BOOT_TIMEOUT=${BOOT_TIMEOUT}s ($attempts $(plural "$attempts" try tries), every ${HEALTH_INTERVAL}s); last error: $(last_agent_error). The VM's serial console tells why: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
     fi
     nap "$HEALTH_INTERVAL"
   done

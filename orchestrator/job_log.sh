@@ -30,7 +30,7 @@ log_follow() {
 fetch_log() {
   local wait=$1 max_time=${2:-$(($1 + 15))} next skipped
   LOG_GOT=0
-  RAW_BODY=1 agent GET "/runs/$LOG_RUN/log?offset=$LOG_OFFSET&wait=$wait" "$max_time" \
+  agent --raw GET "/runs/$LOG_RUN/log?offset=$LOG_OFFSET&wait=$wait" "$max_time" \
     -D "$WORK_DIR/headers"
   [[ $HTTP_CODE == 200 ]] || return 0
   next=$(header x-next-offset)

@@ -38,4 +38,7 @@ since() {
   printf '%d.%02d' $((d / 1000000)) $((d / 10000 % 100))
 }
 
+# plural N ONE MANY: the word for N of them ("1 try", "2 tries").
+plural() { if (($1 == 1)); then printf '%s' "$2"; else printf '%s' "$3"; fi; }
+
 START=$(now)

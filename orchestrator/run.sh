@@ -52,7 +52,7 @@ start_run() {
 # 6. Follow the run: its log onto stdout as it arrives (job_log.sh), until the run ends or
 # RUN_TIMEOUT. Its record then decides the exit code.
 wait_for_run() {
-  local t0 deadline remaining wait status code delay=1
+  local t0 deadline remaining wait status code error delay=1
   t0=$(now)
   deadline=$(($(date +%s) + RUN_TIMEOUT))
   log INFO "step 6/6: following run $RUN_ID; the job's output follows on stdout, line by line"
@@ -87,8 +87,9 @@ wait_for_run() {
   fi
   # A run that ended badly as its VM went down (a stop, a preemption) is the VM's story: exit 8.
   check_vm_still_there "run $RUN_ID ended $status (exit code $(json_field exit_code))"
-  code=$(json_field exit_code)
-  die "$EX_FAILED" "step 6/6: run $RUN_ID $status (exit code ${code:-none}): $(json_field error)"
+  code=$(json_field exit_code) error=$(json_field error)
+  # the agent's error names the exit code already ("job failed (exit code 3): <last line>")
+  die "$EX_FAILED" "step 6/6: run $RUN_ID $status: ${error:-exit code ${code:-none}}"
 }
 
 # The agent does not answer during the run: is the VM still RUNNING? If not (a Spot VM
@@ -123,7 +124,7 @@ cancel_run() {
   agent POST "/runs/$RUN_ID/cancel" 8
   if [[ $HTTP_CODE == 200 ]]; then
     RUN_ACTIVE=0
-    log WARNING "run $RUN_ID cancelled ($(json_field status))"
+    log WARNING "run $RUN_ID cancelled (its record says $(json_field status))"
   else
     log ERROR "could not cancel run $RUN_ID: $(last_agent_error)"
   fi

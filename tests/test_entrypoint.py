@@ -46,7 +46,8 @@ def test_failing_job_exits_1_with_its_error_and_still_cleans_up(make_flow):
     flow = make_flow(job="echo 'exchange said: insufficient funds' >&2; exit 3")
     r = flow.entrypoint()
     assert r.returncode == 1, r.stderr
-    assert "failed (exit code 3)" in r.stderr
+    assert "failed: job failed (exit code 3): exchange said: insufficient funds" in r.stderr
+    assert r.stderr.count("exit code 3") == 1, "the exit code is said once"
     assert "insufficient funds" in r.stderr
     assert "insufficient funds" in r.stdout, "the log is printed on failure too"
     assert len(flow.runs()) == 1
@@ -280,7 +281,8 @@ def test_sigterm_during_the_run_cancels_the_job_and_stops_the_vm(make_flow, tmp_
     stop = flow.emu.calls("compute.instances.stop")
     assert stop, "the VM was not stopped"
     assert stop[0]["time"] - sent < 10, "the stop must be asked for within Cloud Run's 10 s"
-    assert "cancelled" in err
+    # the signal lands in the log's long poll: the cleanup's own calls still read their answers
+    assert "cancelled (its record says cancelled)" in err, err
     assert not pid_alive(job_pid), "the job outlived the cancel"
     flow.assert_cleaned_up()
 

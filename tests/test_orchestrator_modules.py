@@ -21,7 +21,7 @@ STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
 # NAME= or NAME+= where a shell assignment can stand (not $NAME=, --flag=NAME=, a=NAME=...).
 ASSIGNMENT = re.compile(r"(?:^|[\s;&|({])([A-Z][A-Z0-9_]*)\+?=")
 # Assignments in front of a command are its parameters, not the module's state.
-COMMAND_PREFIX = {"IFS", "RAW_BODY"}
+COMMAND_PREFIX = {"IFS"}
 
 
 def sourced() -> list[str]:
