@@ -27,6 +27,7 @@ from gcp_emulator.serial_port import SerialPort
 logger = logging.getLogger(__name__)
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's default
 ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes any token)
+OPERATION_SECONDS = 0.05  # how long a quick operation (setLabels) stays RUNNING
 _ids = itertools.count(1000000000000000001)
 
 
@@ -565,7 +566,7 @@ class Cloud:
             message = "Labels fingerprint either invalid or resource labels have changed"
             if self.cfg.label_conflict == "http":
                 raise ApiError(412, "conditionNotMet", message)
-            return self.done_operation(
+            return self.finishing_operation(
                 inst, "setLabels", ApiError(412, "CONDITION_NOT_MET", message)
             )
         labels = body.get("labels") or {}
@@ -573,7 +574,16 @@ class Cloud:
             raise ApiError(400, "invalid", "Invalid value for field 'labels'.")
         inst.labels = {str(k): str(v) for k, v in labels.items()}
         inst.label_fingerprint = fingerprint()
-        return self.done_operation(inst, "setLabels")
+        return self.finishing_operation(inst, "setLabels")
+
+    def finishing_operation(
+        self, inst: Instance, op_type: str, error: ApiError | None = None
+    ) -> Operation:
+        """An operation answered RUNNING and DONE a moment later, as Compute answers setLabels
+        (the change itself is made at once; callers follow the operation to DONE)."""
+        op = self.new_operation(inst, op_type)
+        asyncio.get_running_loop().call_later(OPERATION_SECONDS, op.finish, error)
+        return op
 
     # -- rendering -------------------------------------------------------------------------
 

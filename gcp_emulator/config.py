@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+PERMISSION_RE = re.compile(r"[a-z]+\.[a-zA-Z]+\.[a-zA-Z]+")
 SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 INSTANCE_TIMINGS = {
     # seconds; what a real VM spends in each step, shortened
@@ -73,6 +74,8 @@ class EmulatorConfig:
     zone: str = "us-central1-a"
     operation_wait_cap: float = 30.0
     label_conflict: str = "http"  # a stale labelFingerprint: HTTP 412, or "operation" error
+    # the caller's Compute permissions (IAM enforced), or None: any token may do anything
+    permissions: frozenset[str] | None = None
     instances: list[InstanceConfig] = field(default_factory=list)
     addresses: list[AddressConfig] = field(default_factory=list)
     secrets: list[SecretConfig] = field(default_factory=list)
@@ -198,6 +201,14 @@ def parse_config(data: dict[str, Any], base: Path) -> EmulatorConfig:
     cfg.label_conflict = _take(t, "", "label_conflict", str, cfg.label_conflict)
     if cfg.label_conflict not in LABEL_CONFLICTS:
         raise ConfigError(f"label_conflict: must be one of {', '.join(LABEL_CONFLICTS)}")
+    permissions = _take(t, "", "permissions", list, None)
+    if permissions is not None:
+        for p in permissions:
+            if not isinstance(p, str) or not PERMISSION_RE.fullmatch(p):
+                raise ConfigError(
+                    f"permissions: {p!r} is not a permission like compute.instances.get"
+                )
+        cfg.permissions = frozenset(permissions)
 
     raw_defaults = dict(_take(t, "", "defaults", dict, {}))
     defaults = {
@@ -298,6 +309,8 @@ def dump_config(cfg: EmulatorConfig) -> str:
             "label_conflict",
         )
     ]
+    if cfg.permissions is not None:
+        lines.append(f"permissions = {json.dumps(sorted(cfg.permissions))}")
     for inst in cfg.instances:
         lines += ["", "[[instances]]"]
         lines += [

@@ -22,9 +22,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from gcp_emulator import iam
 from gcp_emulator.cloud import (
     ApiError,
     Cloud,
@@ -592,6 +593,21 @@ async def guest_poweroff(cloud: Cloud, request: Request, m: dict[str, str]) -> R
 # -- test hooks ------------------------------------------------------------------------------
 
 
+class LengthRequired(Exception):
+    """A POST without Content-Length: Google's front end refuses it over HTTP/1.1."""
+
+
+# Google's front end answers a POST without Content-Length (HTTP/1.1) with HTTP 411 and an HTML
+# page of its own, not the API's JSON error (docs/google-cloud.md, "gcloud and the Compute API").
+LENGTH_REQUIRED_PAGE = (
+    "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n"
+    "  <title>Error 411 (Length Required)!!1</title>\n"
+    "  <p><b>411.</b> <ins>That\u2019s an error.</ins>\n"
+    "  <p>POST requests require a <code>Content-length</code> header.  "
+    "<ins>That\u2019s all we know.</ins>\n"
+)
+
+
 class EmulatorApp:
     """The ASGI app: routing, auth, journal and fault injection around the handlers."""
 
@@ -625,6 +641,8 @@ class EmulatorApp:
         api = found[0].api if found else "unknown"
         try:
             response = await self._answer(request, found)
+        except LengthRequired:
+            response = HTMLResponse(LENGTH_REQUIRED_PAGE, status_code=411)
         except ApiError as err:
             response = error_response(api, err)
         except Exception:
@@ -650,15 +668,20 @@ class EmulatorApp:
             )
         rdef, params = found
         family = api_family(rdef.api)
-        if family in ("compute", "secretmanager") and not request.headers.get(
-            "authorization", ""
-        ).startswith("Bearer "):
-            raise ApiError(
-                401,
-                "required",
-                "Request is missing required authentication "
-                "credential. Expected OAuth 2 access token.",
-            )
+        if family in ("compute", "secretmanager"):
+            if request.method == "POST" and not (
+                "content-length" in request.headers or "transfer-encoding" in request.headers
+            ):
+                raise LengthRequired()
+            if not request.headers.get("authorization", "").startswith("Bearer "):
+                raise ApiError(
+                    401,
+                    "required",
+                    "Request is missing required authentication "
+                    "credential. Expected OAuth 2 access token.",
+                )
+        if family == "compute":
+            iam.check(rdef.api, request.url.path, self.cloud.cfg.permissions)
         fault = self.faults.get(rdef.api)
         if fault is not None and fault.count != 0:
             if fault.count > 0:

@@ -60,6 +60,9 @@ gcloud_stderr() { cat "$WORK_DIR/gcloud.err"; }
 compute_api() {
   local method=$1 path=$2 try f=$WORK_DIR/api.$BASHPID
   shift 2
+  # A POST with no body still says so: Google's front end answers 411 to one without
+  # Content-Length (curl sends none when it is given no data).
+  [[ $method != POST || " $* " == *" --data "* ]] || set -- -H 'Content-Length: 0' "$@"
   for try in 1 2; do
     rm -f "$f.json"
     in_background "$f.code" "$f.err" \

@@ -101,7 +101,9 @@ console_error() { cat "$WORK_DIR/console-error" 2>/dev/null || printf 'the start
 relay_console() {
   local n next line severity reason stamp failed=1 next_re='"next":[[:space:]]*"([0-9]+)"'
   local stamp_re='^[0-9]{4}-[0-9]{2}-[0-9]{2}T([0-9]{2}:[0-9]{2}:[0-9]{2}) (.*)$'
+  [[ ! -e $WORK_DIR/console-refused ]] || return 1
   compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&start=$SERIAL_NEXT"
+  console_refused && return 1
   [[ $API_CODE == 200 && $API_BODY =~ $next_re ]] || return 1
   next=${BASH_REMATCH[1]}
   { cat "$WORK_DIR/serial.partial" 2>/dev/null; console_text <<<"$API_BODY"; } >"$WORK_DIR/serial.txt"
@@ -161,8 +163,19 @@ console_offset() {
   local next_re='"next":[[:space:]]*"([0-9]+)"'
   SERIAL_NEXT=0
   compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&fields=next"
+  console_refused && return 0
   [[ $API_CODE == 200 && $API_BODY =~ $next_re ]] && SERIAL_NEXT=${BASH_REMATCH[1]}
   printf '%s' "$SERIAL_NEXT" >"$WORK_DIR/serial-next"
+}
+
+# console_refused: true when the last console read was refused (HTTP 403): the boot's lines
+# cannot be in this log, so say so once, loudly, and read the console no more.
+console_refused() {
+  [[ $API_CODE == 403 ]] || return 1
+  if [[ ! -e $WORK_DIR/console-refused ]]; then
+    : >"$WORK_DIR/console-refused"
+    log WARNING "the VM's boot will not be in this log: reading $INSTANCE's serial console was refused ($(api_message)). Grant the job's service account compute.instances.getSerialPortOutput (docs/deploy.md, step 4)"
+  fi
 }
 
 # read_attributes: one read of the VM's vm-job-agent/ guest attributes (GET

@@ -187,6 +187,8 @@ def test_serve_prints_exports_and_stops_on_sigterm(tmp_path):
         ("[[instances]]\nname = 'vm'\n[[instances]]\nname = 'vm'", "'vm' appears twice"),
         ("[[secrets]]\nname = 's'", "give exactly one of value or file"),
         ("project = ", "not valid TOML"),
+        ("permissions = ['start the VM']", "'start the VM' is not a permission like"),
+        ("permissions = 'compute.instances.get'", "permissions: expected list"),
     ],
 )
 def test_bad_configuration_is_one_clear_line_and_exit_2(tmp_path, toml, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 
 import pytest
 
@@ -320,6 +321,31 @@ def test_a_payload_that_is_not_base64_is_refused_as_the_api_refuses_it(emu):
     assert emu.gcloud("secrets", "versions", "access", "latest", "--secret=app-env").stdout == (
         "EXCHANGE_KEY=abc\nMODE=paper\n"
     ), "the refused payload left the secret as it was"
+
+
+# -- Google's front end and IAM --------------------------------------------------------------
+
+
+def test_a_post_without_content_length_is_refused_with_411_as_googles_front_end_does(emu):
+    host, port = emu.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest(
+            "POST", f"/compute/v1/projects/test-project/zones/{ZONE}/instances/vm-a/start"
+        )
+        conn.putheader("Authorization", "Bearer x")
+        conn.endheaders()  # no body, no Content-Length: what curl -X POST sends
+        answer = conn.getresponse()
+        page = answer.read().decode()
+    finally:
+        conn.close()
+    assert answer.status == 411
+    assert answer.getheader("content-type", "").startswith("text/html")
+    assert "POST requests require a <code>Content-length</code> header." in page
+    assert emu.instance("vm-a")["status"] == "TERMINATED", "the refused call did nothing"
+    # gcloud sends Content-Length: 0 on its bodiless POSTs, so it is unaffected
+    r = emu.gcloud("compute", "instances", "start", "vm-a", Z)
+    assert r.returncode == 0, r.stderr
 
 
 # -- faults ----------------------------------------------------------------------------------
