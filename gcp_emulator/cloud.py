@@ -344,8 +344,13 @@ class Cloud:
             self._begin_stop(inst)
 
     def force_state(self, inst: Instance, status: str) -> None:
-        """Test hook: put a VM straight into RUNNING (guest booted at once) or TERMINATED."""
+        """Test hook: put a VM straight into RUNNING (guest booted at once) or TERMINATED; or a
+        RUNNING one into REPAIRING (Compute Engine repairing its host: the status alone, the guest
+        goes on) and back to RUNNING."""
         if status == inst.status:
+            return
+        if (status, inst.status) in (("REPAIRING", "RUNNING"), ("RUNNING", "REPAIRING")):
+            self.set_status(inst, status)
             return
         if status == "RUNNING":
             inst.last_start = now_rfc3339()
@@ -354,7 +359,9 @@ class Cloud:
         elif status == "TERMINATED":
             self._begin_stop(inst)
         else:
-            raise ApiError(400, "invalid", f"status must be RUNNING or TERMINATED, not {status}")
+            raise ApiError(
+                400, "invalid", f"status must be RUNNING, TERMINATED or REPAIRING, not {status}"
+            )
 
     def preempt(self, inst: Instance) -> None:
         """Test hook: Compute Engine takes a RUNNING Spot VM back: an operation of type

@@ -74,6 +74,27 @@ describe_vm() {
   read -r VM_STATUS VM_INTERNAL VM_NAT <<<"$GCLOUD_OUT"
 }
 
+# vm_went_away: true when VM_STATUS says the VM and its processes are gone or going (a stop, a
+# preemption, a suspension, a deletion); false while it runs or may run again: RUNNING, and
+# REPAIRING (Compute Engine repairing its host: it can come back to RUNNING), PROVISIONING and
+# STAGING. A status this script does not know is logged and waited on, not taken for gone.
+vm_went_away() {
+  case $VM_STATUS in
+    RUNNING) return 1 ;;
+    REPAIRING | PROVISIONING | STAGING)
+      log WARNING "$INSTANCE is $VM_STATUS (Compute Engine can bring it back to RUNNING): waiting for its agent"
+      return 1
+      ;;
+    STOPPING | TERMINATED | STOPPED | SUSPENDING | SUSPENDED | DEPROVISIONING | "gone (deleted)")
+      return 0
+      ;;
+    *)
+      log WARNING "$INSTANCE is $VM_STATUS, a status this script does not know: waiting for its agent"
+      return 1
+      ;;
+  esac
+}
+
 # vm_owned: true while the cleanup has the VM to stop.
 vm_owned() { ((OWN_VM)); }
 

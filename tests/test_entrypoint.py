@@ -530,6 +530,31 @@ def test_an_agent_restarted_mid_run_loses_and_doubles_no_line(make_flow, tmp_pat
     assert lines[-1].startswith("stopped at "), "the job's last words are there too"
 
 
+def test_a_vm_under_repair_is_waited_for_not_taken_for_gone(make_flow):
+    """REPAIRING can come back to RUNNING: while the agent does not answer, a VM Compute Engine
+    is repairing is waited for (the run ends as the agent's restart left it), not exit 8."""
+    job = "for i in $(seq 1 60); do echo \"line $i\"; sleep 0.1; done"
+    flow = make_flow(job=job, script=agent_guest_script(restart=True))
+    proc = flow.popen()
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "line 1\n"
+        flow.emu.set_instance(ZONE, "vm-0", status="REPAIRING")
+        os.kill(agent_pid(flow), signal.SIGTERM)  # the agent is gone while the host is repaired
+        time.sleep(4)
+        flow.emu.set_instance(ZONE, "vm-0", status="RUNNING")
+        proc.stdout.read()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        proc.wait(60)
+    finally:
+        reap(proc)
+    assert proc.returncode == 1, err
+    assert "vm-0 is REPAIRING (Compute Engine can bring it back to RUNNING)" in err, err
+    assert "went away" not in err
+    flow.assert_cleaned_up()
+
+
 # -- status and logs ------------------------------------------------------------------------------
 
 
