@@ -32,6 +32,7 @@ readonly UNIT_FILE=/etc/systemd/system/$SERVICE.service
 readonly SUDOERS_FILE=/etc/sudoers.d/$SERVICE
 readonly GUEST_NAMESPACE=vm-job-agent # guest attributes: vm-job-agent/tls-pin
 GA_WARNED=0 BOOT_STATE_OFF=0
+readonly GA_RETRY_SECONDS=8 # how long a guest-attribute write is retried through 503s
 readonly NOFILE=65536                 # the agent's open files: far above its MAX_CONNECTIONS
 readonly IDLE_SHUTDOWN_ON_VM=900       # the agent's idle shutdown here, unless .env sets its own
 # bounded connections (agent/connections.py): accepted at most 256 at a time, so a burst can
@@ -46,10 +47,28 @@ log() {
     printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}" >&2
   fi
 }
+# die MESSAGE: the boot stops here: the reason in the log and as the boot's state `failed:
+# <step>: <reason>` (the step is added when the message does not name it).
 die() {
-  log ERROR "$*"
-  boot_state "failed: $*"
+  local message=$*
+  [[ $message == boot\ * || -z ${BOOT_STEP:-} ]] || message="$BOOT_STEP: $message"
+  log ERROR "$message"
+  boot_state "failed: $message"
   exit 1
+}
+
+# on_error STATUS LINE COMMAND (the ERR trap): a command failed where no check of ours was, and
+# set -e ends the script (uv sync refused a download, git reset, useradd): that is a failed boot
+# too, published like any other, so the orchestrator knows in seconds, not at BOOT_TIMEOUT. In a
+# subshell ($(…)), only that subshell ends: the command around it fails in turn and says so.
+on_error() {
+  trap - ERR
+  ((BASHPID == $$)) || exit "$1"
+  local where="startup.sh line $2" i
+  for ((i = 1; i + 1 < ${#FUNCNAME[@]}; i++)); do # the functions it was in, innermost first
+    [[ ${FUNCNAME[i]} == main ]] || where+=", called from ${FUNCNAME[i + 1]} line ${BASH_LINENO[i]}"
+  done
+  die "'$3' failed with exit status $1 ($where)"
 }
 now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }
 since() {
@@ -66,20 +85,32 @@ metadata_attr() {
 }
 
 # guest_attribute KEY VALUE: publish VALUE as the guest attribute vm-job-agent/KEY, which
-# callers with compute.instances.getGuestAttributes read (docs/google-cloud.md, "Guest attributes"). Never
+# callers with compute.instances.getGuestAttributes read (docs/google-cloud.md, "Guest
+# attributes"). The metadata server can answer 503 for a moment during maintenance (Google says
+# to retry): no answer, 429 and 5xx are tried again for GA_RETRY_SECONDS. Returns 0 when
+# published, 2 when refused (403: guest attributes are off), 1 when it never got through. Never
 # fatal: a VM without guest attributes still boots, and the log says what to set.
 guest_attribute() {
-  local host=${GCE_METADATA_HOST:-metadata.google.internal} code
-  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 3 -X PUT --data-binary "$2" \
-    -H 'Metadata-Flavor: Google' \
-    "http://$host/computeMetadata/v1/instance/guest-attributes/$GUEST_NAMESPACE/$1" 2>/dev/null) ||
-    true
+  local host=${GCE_METADATA_HOST:-metadata.google.internal} code delay=0.25
+  local deadline=$((SECONDS + GA_RETRY_SECONDS))
+  while :; do
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 3 -X PUT --data-binary "$2" \
+      -H 'Metadata-Flavor: Google' \
+      "http://$host/computeMetadata/v1/instance/guest-attributes/$GUEST_NAMESPACE/$1" 2>/dev/null) ||
+      true
+    [[ $code == 000 || $code == 429 || $code == 5?? || -z $code ]] || break
+    ((SECONDS < deadline)) || break
+    sleep "$delay"
+    [[ $delay == 0.25 ]] && delay=0.5 || delay=1
+  done
   case $code in
     200) return 0 ;;
     403)
-      ((GA_WARNED++)) && return 1 # said once is enough
-      log WARNING "guest attributes are disabled on this VM (the metadata server answered 403 to $GUEST_NAMESPACE/$1): set the metadata key enable-guest-attributes=TRUE (gcloud compute instances add-metadata INSTANCE --metadata=enable-guest-attributes=TRUE); until then the orchestrator cannot verify this agent and sends it nothing" ;;
-    *) log WARNING "could not publish the guest attribute $GUEST_NAMESPACE/$1 (HTTP ${code:-000})" ;;
+      ((GA_WARNED++)) && return 2 # said once is enough
+      log WARNING "guest attributes are disabled on this VM (the metadata server answered 403 to $GUEST_NAMESPACE/$1): set the metadata key enable-guest-attributes=TRUE (gcloud compute instances add-metadata INSTANCE --metadata=enable-guest-attributes=TRUE); until then the orchestrator cannot verify this agent and sends it nothing"
+      return 2
+      ;;
+    *) log WARNING "could not publish the guest attribute $GUEST_NAMESPACE/$1 (HTTP ${code:-000}, still after ${GA_RETRY_SECONDS}s)" ;;
   esac
   return 1
 }
@@ -88,8 +119,12 @@ guest_attribute() {
 # `ready`, or `failed: <reason>`, so the orchestrator reports a failed boot at once instead of
 # at its BOOT_TIMEOUT. Best effort: after a refusal (guest attributes off) it stops trying.
 boot_state() {
+  [[ $1 != boot\ * ]] || BOOT_STEP=$1
   ((BOOT_STATE_OFF)) && return 0
-  guest_attribute boot "${1:0:500}" || BOOT_STATE_OFF=1
+  local rc=0
+  guest_attribute boot "${1:0:500}" || rc=$?
+  ((rc != 2)) || BOOT_STATE_OFF=1 # refused: off for the rest of the boot; a lost write is not
+  return 0
 }
 
 # setting NAME ATTRIBUTE DEFAULT: set NAME from the environment, the attribute or the default,
@@ -482,6 +517,7 @@ EOF
 
 main() {
   local t0
+  trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
   t0=$(now)
   log INFO "starting (pid $$, user $(id -un))"
   boot_state "boot 1/6 settings"

@@ -533,7 +533,7 @@ def test_an_agent_restarted_mid_run_loses_and_doubles_no_line(make_flow, tmp_pat
 def test_a_vm_under_repair_is_waited_for_not_taken_for_gone(make_flow):
     """REPAIRING can come back to RUNNING: while the agent does not answer, a VM Compute Engine
     is repairing is waited for (the run ends as the agent's restart left it), not exit 8."""
-    job = "for i in $(seq 1 60); do echo \"line $i\"; sleep 0.1; done"
+    job = 'for i in $(seq 1 60); do echo "line $i"; sleep 0.1; done'
     flow = make_flow(job=job, script=agent_guest_script(restart=True))
     proc = flow.popen()
     try:

@@ -468,3 +468,35 @@ def test_demo_keep_running_leaves_a_vm_for_status_and_logs_until_ctrl_c(vm_base,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_a_failure_no_check_caught_is_published_and_reported_at_once(boot, vm_base):
+    """uv sync refusing a broken lock fails where startup.sh has no check of its own: set -e
+    ends it, and the ERR trap still publishes `failed: <step>: <reason>`. Under the older runner
+    (its failure line is `startup-script exit status N`, and only once every holder of its
+    pipe, the boot watchdog too, lets go) nothing else would tell the orchestrator."""
+    disk = make_disk(vm_base)
+    push_commit(disk.origin, {"uv.lock": "this is not a lock file\n"}, "a broken lock")
+    vm = boot(disk=disk, script_runner="legacy")
+    t0 = time.monotonic()
+    r = vm.entrypoint(BOOT_TIMEOUT="120")
+    took = time.monotonic() - t0
+    assert r.returncode == 4, r.stderr
+    assert "demo-vm's boot failed: boot 5/6 dependencies: '" in r.stderr, r.stderr
+    assert "failed with exit status 2 (startup.sh line" in r.stderr, r.stderr
+    assert "called from sync_deps" in r.stderr, "the step's function is named"
+    assert "[vm] error: Failed to parse `uv.lock`" in r.stderr, "and uv's own words relayed"
+    assert took < 60, f"the failed boot took {took:.0f} s to report (BOOT_TIMEOUT=120)"
+    vm.assert_cleaned_up()
+
+
+def test_a_guest_attribute_write_met_by_a_503_is_tried_again(boot):
+    """The metadata server answers 503 for a moment (maintenance): the boot's first state and
+    the key's pin still get through, and the orchestrator verifies the agent."""
+    vm = boot()
+    vm.emu.fault("metadata.guestAttributes.put", status=503, count=2)
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "the agent's key matches the pin" in r.stderr
+    for state in ("[vm] boot 1/6 settings", "[vm] boot 6/6 agent"):
+        assert state in r.stderr, f"the boot's states were turned off: {r.stderr}"
