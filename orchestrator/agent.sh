@@ -122,14 +122,15 @@ verify_agent_key() {
   fi
   deadline=$(($(date +%s) + PIN_WAIT))
   ((deadline < BOOT_DEADLINE)) || deadline=$BOOT_DEADLINE
+  stop_watcher # from here this process reads the pin itself, if the watcher has none yet
+  read_pin_now
   until published_pin; do
-    if ! watcher_alive || (($(date +%s) >= deadline)); then
-      stop_watcher
+    if (($(date +%s) >= deadline)); then
       die "$EX_AGENT" "step 4/6: $INSTANCE's agent answers, but the VM never published its TLS key (guest attribute $PIN_ATTRIBUTE): is enable-guest-attributes=TRUE set in its metadata (gcloud compute instances add-metadata $INSTANCE --zone=$ZONE --metadata=enable-guest-attributes=TRUE), and may this job's service account read it (compute.instances.getGuestAttributes)? Last answer: $(pin_error). Nothing was sent with the token."
     fi
-    nap 0.05
+    nap 1
+    read_pin_now
   done
-  stop_watcher
   use_pin "$PUBLISHED_PIN"
   deadline=$(($(date +%s) + API_TIMEOUT))
   while :; do

@@ -14,15 +14,15 @@ OWN_VM=0
 STOP_PID=""
 VM_INTERNAL=""
 
-# 3. Start the VM (a running one is fine); gcloud returns once it is RUNNING. The watcher of
-# its boot starts first, so that nothing of the boot is missed.
+# 3. Start the VM (a running one is fine); gcloud returns once it is RUNNING. The watcher of its
+# boot starts then; the console is relayed from where it ended before the start, so nothing of
+# the boot is missed.
 start_vm() {
   local t0
   t0=$(now)
   BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
   log INFO "step 3/6: starting $INSTANCE (its boot follows as [vm] lines)"
   console_offset
-  start_watcher "$BOOT_DEADLINE"
   OWN_VM=1
   gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE" || {
     gcloud_said "$TRANSIENT_RE" &&
@@ -31,6 +31,7 @@ start_vm() {
   }
   VM_INTERNAL=$(gcloud_stderr | sed -n 's/^Instance internal IP is \([0-9.]*\)$/\1/p')
   log INFO "step 3/6: $INSTANCE is RUNNING ($(since "$t0")s)"
+  start_watcher "$BOOT_DEADLINE" # from here: nothing of the boot to read before RUNNING
   vm_agent_address
   agent_url_of "$AGENT_IP"
 }

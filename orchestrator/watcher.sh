@@ -6,8 +6,8 @@
 # (compute.instances.getGuestAttributes), and the serial console's startup-script lines relayed
 # into our log as [vm] lines.
 #
-# Every 0.2 s, with curl and the one access token (a gcloud start-up per read would cost 0.5 s of
-# CPU each, and lag): on no critical path. A pin from an earlier boot is the same key unless the
+# Every WATCH_INTERVAL s, with curl and the one access token (a gcloud start-up per read would cost
+# 0.5 s of CPU each, and lag): on no critical path. A pin from an earlier boot is the same key unless the
 # VM made a new one (agent.sh's reread_pin); a boot state counts once this boot has written one
 # that is not a failure (an earlier boot's `failed:` is not this one's).
 #
@@ -20,6 +20,11 @@
 
 readonly GUEST_NAMESPACE=vm-job-agent
 readonly PIN_ATTRIBUTE=$GUEST_NAMESPACE/tls-pin
+# Seconds between reads of the guest attributes, and of the serial console, while the VM boots,
+# the console's a second after the attributes', so that no second holds more than two reads.
+# Each read is a Compute API request, counted against the project's per-minute read quota with
+# every task's; a failed boot is still known within about 2 s, a boot line within about 3.
+readonly WATCH_INTERVAL=2 CONSOLE_INTERVAL=3
 WATCHER_PID=""
 SERIAL_NEXT=0
 
@@ -27,13 +32,11 @@ SERIAL_NEXT=0
 start_watcher() {
   (
     trap 'kill_child; exit 1' TERM
-    local deadline=$1 last="" relay_at=0
+    local deadline=$1 last="" read_at=0 relay_at
+    relay_at=$(($(now) + 1000000))
     while :; do
-      if read_attributes; then
-        if ((AGENT_TLS)) && [[ -n $PIN_READ && ! -s $WORK_DIR/pin ]]; then
-          printf '%s' "$PIN_READ" >"$WORK_DIR/pin.tmp"
-          mv -f "$WORK_DIR/pin.tmp" "$WORK_DIR/pin"
-        fi
+      if (($(now) >= read_at)) && read_attributes; then
+        keep_pin
         [[ -z $BOOT_READ || $BOOT_READ == failed:* ]] || : >"$WORK_DIR/boot-progress"
         if [[ -n $BOOT_READ && -f $WORK_DIR/boot-progress && $BOOT_READ != "$last" ]]; then
           last=$BOOT_READ
@@ -45,22 +48,35 @@ start_watcher() {
           esac
         fi
       fi
+      (($(now) < read_at)) || read_at=$(($(now) + WATCH_INTERVAL * 1000000))
       if (($(now) >= relay_at)); then
-        relay_at=$(($(now) + 2000000))
+        relay_at=$(($(now) + CONSOLE_INTERVAL * 1000000))
         if relay_console && [[ $(cat "$WORK_DIR/boot-state" 2>/dev/null) != failed:* ]]; then
           printf 'failed: %s' "$(console_error)" >"$WORK_DIR/boot-state.tmp"
           mv -f "$WORK_DIR/boot-state.tmp" "$WORK_DIR/boot-state"
         fi
       fi
       (($(date +%s) < deadline)) || exit 1
-      nap 0.2
+      nap 0.25
     done
   ) &
   WATCHER_PID=$!
 }
 
-# watcher_alive: true while the watcher runs.
-watcher_alive() { [[ -n $WATCHER_PID ]] && kill -0 "$WATCHER_PID" 2>/dev/null; }
+# keep_pin: the pin just read (PIN_READ), for published_pin, unless one is kept already.
+keep_pin() {
+  if ((AGENT_TLS)) && [[ -n $PIN_READ && ! -s $WORK_DIR/pin ]]; then
+    printf '%s' "$PIN_READ" >"$WORK_DIR/pin.$BASHPID"
+    mv -f "$WORK_DIR/pin.$BASHPID" "$WORK_DIR/pin"
+  fi
+}
+
+# read_pin_now: the agent answers and no pin is kept yet: read it now rather than at the
+# watcher's next turn (up to WATCH_INTERVAL later).
+read_pin_now() {
+  [[ ! -s $WORK_DIR/pin ]] || return 0
+  if read_attributes; then keep_pin; fi
+}
 
 # published_pin: true once the watcher has read the VM's pin, then in PUBLISHED_PIN.
 published_pin() {

@@ -221,7 +221,9 @@ def test_second_execution_on_a_busy_vm_leaves_it_alone(make_flow):
 def test_a_run_started_outside_any_execution_is_left_alone_with_exit_3(make_flow):
     """Someone started a run on the agent by hand (no claim on the VM): the execution finds the
     agent busy (409), leaves the VM up and the address attached, and gives its claim back."""
-    flow = make_flow(job="sleep 6; echo 'by hand'")
+    # the kept run (test mode) returns at once; the run by hand (run mode) outlasts the execution
+    # that finds it, however slow the machine
+    flow = make_flow(job="[ \"${DRY_RUN:-0}\" = 1 ] && exit 0; sleep 30; echo 'by hand'")
     kept = flow.entrypoint(KEEP_VM="1", MODE="test")  # the VM up, its address attached
     assert kept.returncode == 0, kept.stderr
     flow.emu.set_instance(ZONE, "vm-0", labels={})  # the operator gives the kept VM's claim back
