@@ -82,19 +82,26 @@ address_owned() { ((OWN_IP)); }
 # address_disown: leave the address attached (KEEP_VM=1, or the VM is another run's).
 address_disown() { OWN_IP=0; }
 
-# detach_static_ip: the cleanup's step: the access config off the VM's interface; false if
-# that failed.
+# detach_static_ip DEADLINE: the cleanup's step: the access config off the VM's interface
+# (deleteAccessConfig with curl, its operation followed: a fraction of a second, where a gcloud
+# call costs one: the cleanup after a SIGTERM has 10 s in all); false if that failed.
 detach_static_ip() {
-  local t0
+  local t0 deadline=$1 delay=1 rc error
   t0=$(now)
   ((OWN_IP)) || return 0
-  if gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances delete-access-config "$INSTANCE" \
-    --zone="$ZONE" --network-interface="$NETWORK_INTERFACE" \
-    --access-config-name="$ACCESS_CONFIG_NAME"; then
+  while :; do
+    rc=0
+    compute_api POST "zones/$ZONE/instances/$INSTANCE/deleteAccessConfig?accessConfig=$(urlencode "$ACCESS_CONFIG_NAME")&networkInterface=$NETWORK_INTERFACE"
+    follow_operation "$deadline" || rc=$?
+    ((rc == 3 && $(date +%s) + delay <= deadline)) || break
+    nap "$delay"
+    delay=$((delay * 2 > 4 ? 4 : delay * 2))
+  done
+  if ((rc == 0)) && ! error=$(operation_error); then
     OWN_IP=0
     log INFO "cleanup: detached $STATIC_IP from $INSTANCE ($(since "$t0")s)"
-  else
-    log ERROR "cleanup: could not detach $STATIC_IP from $INSTANCE: $(last_error)"
-    return 1
+    return 0
   fi
+  log ERROR "cleanup: could not detach $STATIC_IP from $INSTANCE: ${error:-$API_ERROR}"
+  return 1
 }

@@ -164,21 +164,17 @@ labels_outcome() {
 # the fingerprint was stale (the labels changed since read_labels), 3 for a transient error,
 # 1 for another (in CLAIM_ERROR).
 set_labels() {
-  local labels=$OTHER_LABELS deadline
-  local name_re='"name":[[:space:]]*"([^"]+)"' done_re='"status":[[:space:]]*"DONE"'
+  local labels=$OTHER_LABELS rc=0
   [[ -z $1 ]] || labels+="${labels:+,}\"$CLAIM_LABEL\":\"$1\""
-  deadline=$(($(date +%s) + API_TIMEOUT))
   compute_api POST "zones/$ZONE/instances/$INSTANCE/setLabels" \
     -H 'Content-Type: application/json' --data "{\"labels\":{$labels},\"labelFingerprint\":\"$LABEL_FP\"}"
-  while [[ $API_CODE == 200 && ! $API_BODY =~ $done_re && $API_BODY =~ $name_re ]]; do
-    (($(date +%s) < deadline)) || {
-      CLAIM_ERROR="the setLabels operation was not done within ${API_TIMEOUT}s"
-      return 3
-    }
-    compute_api POST "zones/$ZONE/operations/${BASH_REMATCH[1]}/wait"
-  done
+  follow_operation $(($(date +%s) + API_TIMEOUT)) || rc=$?
+  if ((rc == 3)) && [[ $API_CODE == 200 ]]; then
+    CLAIM_ERROR="the setLabels operation was not done within ${API_TIMEOUT}s"
+    return 3
+  fi
   labels_outcome || return $?
-  if [[ $API_BODY =~ \"error\":[[:space:]]*\{ ]]; then # the operation ended with an error
+  if operation_error >/dev/null; then # the operation ended with an error
     CLAIM_ERROR="setLabels failed: $(api_message)"
     [[ $API_BODY =~ \"httpErrorStatusCode\":[[:space:]]*412 || $API_BODY == *CONDITION_NOT_MET* ]] &&
       return 2

@@ -2,12 +2,14 @@
 # orchestrator/cleanup.sh: the end of every execution: the cleanup (trap on EXIT) that undoes
 # what this execution took on, once, and the signals (TERM, INT) that lead to it.
 #
-# Private: IN_CLEANUP (1 once the cleanup has begun), CRITICAL and DEFERRED (a signal that came
-#   while the log's lines were printed, taken when they are).
+# Private: IN_CLEANUP (1 once the cleanup has begun), SIGNALLED (1 when a signal started it),
+#   CRITICAL and DEFERRED (a signal that came while the log's lines were printed, taken when
+#   they are).
 # Reads: the settings, START (logging.sh), STATIC_IP (address.sh). Needs: every module whose
 #   steps it runs: children.sh, watcher.sh, vm.sh, run.sh, job_log.sh, address.sh, claim.sh.
 
 IN_CLEANUP=0
+SIGNALLED=0
 CRITICAL=0
 DEFERRED=""
 
@@ -31,11 +33,19 @@ cleanup() {
   fi
   t0=$(now)
   if vm_owned || address_owned; then
-    stop_vm_begin $(($(date +%s) + STOP_TIMEOUT)) # asked first, followed in the background
-    cancel_run_if_active
-    log_catch_up                                   # what the job printed since the last fetch
-    stop_vm_wait "$t0" || { ((rc == 0)) && rc=$EX_CLEANUP; }
-    detach_static_ip || { ((rc == 0)) && rc=$EX_CLEANUP; }
+    if ((SIGNALLED)); then # 10 s until SIGKILL: the stop asked, not waited for
+      stop_vm_begin $(($(date +%s) + 6)) --async
+      cancel_run_if_active 4
+      log_catch_up
+      stop_vm_asked "$t0" || { ((rc == 0)) && rc=$EX_CLEANUP; }
+      detach_static_ip $(($(date +%s) + 2)) || { ((rc == 0)) && rc=$EX_CLEANUP; }
+    else
+      stop_vm_begin $(($(date +%s) + STOP_TIMEOUT)) # asked first, followed in the background
+      cancel_run_if_active
+      log_catch_up                                   # what the job printed since the last fetch
+      stop_vm_wait "$t0" || { ((rc == 0)) && rc=$EX_CLEANUP; }
+      detach_static_ip $(($(date +%s) + API_TIMEOUT)) || { ((rc == 0)) && rc=$EX_CLEANUP; }
+    fi
   fi
   release_claim || { ((rc == 0)) && rc=$EX_CLEANUP; } # last: the VM is free again
   finish "$rc"
@@ -52,6 +62,7 @@ on_signal() {
     return
   fi
   log WARNING "$2 received: cleaning up"
+  SIGNALLED=1
   exit "$1"
 }
 

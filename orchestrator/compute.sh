@@ -78,6 +78,37 @@ compute_api() {
   done
 }
 
+# follow_operation DEADLINE: the answer in API_BODY is an operation: follow it (POST …/wait)
+# until DONE or DEADLINE; API_BODY is then the operation as it ended. Returns 3 (API_ERROR says
+# so) when it was not done by DEADLINE; else api_outcome of the last answer.
+follow_operation() {
+  local deadline=$1 name_re='"name":[[:space:]]*"([^"]+)"' done_re='"status":[[:space:]]*"DONE"'
+  while [[ $API_CODE == 200 && ! $API_BODY =~ $done_re && $API_BODY =~ $name_re ]]; do
+    (($(date +%s) < deadline)) || {
+      API_ERROR="the operation ${BASH_REMATCH[1]} was not done in time"
+      return 3
+    }
+    compute_api POST "zones/$ZONE/operations/${BASH_REMATCH[1]}/wait"
+  done
+  api_outcome
+}
+
+# operation_error: the error message of the operation in API_BODY, if it ended with one.
+operation_error() {
+  [[ $API_BODY =~ \"error\":[[:space:]]*\{ ]] || return 1
+  api_message
+}
+
+# urlencode TEXT: TEXT for a URL's query (the access config's name "External NAT").
+urlencode() {
+  local s=$1 out="" c i
+  for ((i = 0; i < ${#s}; i++)); do
+    c=${s:i:1}
+    if [[ $c == [A-Za-z0-9._~-] ]]; then out+=$c; else printf -v c '%%%02X' "'$c" && out+=$c; fi
+  done
+  printf '%s' "$out"
+}
+
 # api_outcome: 0 for HTTP 200; else API_ERROR says what, and 2 for a stale fingerprint (412),
 # 3 for what is worth another try (no answer, 429, 5xx), 1 for the rest.
 api_outcome() {

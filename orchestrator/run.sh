@@ -120,8 +120,10 @@ final_record() {
   done
 }
 
+# cancel_run [MAX_TIME]: the run cancelled (the agent answers once the job has ended: SIGTERM,
+# then SIGKILL after its KILL_GRACE).
 cancel_run() {
-  agent POST "/runs/$RUN_ID/cancel" 8
+  agent POST "/runs/$RUN_ID/cancel" "${1:-8}"
   if [[ $HTTP_CODE == 200 ]]; then
     RUN_ACTIVE=0
     log WARNING "run $RUN_ID cancelled (its record says $(json_field status))"
@@ -130,7 +132,7 @@ cancel_run() {
   fi
 }
 
-# cancel_run_if_active: the cleanup's step: a run still going is cancelled.
+# cancel_run_if_active [MAX_TIME]: the cleanup's step: a run still going is cancelled.
 cancel_run_if_active() {
-  ((RUN_ACTIVE == 0)) || cancel_run
+  ((RUN_ACTIVE == 0)) || cancel_run "$@"
 }

@@ -108,8 +108,24 @@ vm_disown() { OWN_VM=0; }
 stop_vm_begin() {
   ((OWN_VM)) || return 0
   log INFO "cleanup: stopping $INSTANCE"
-  gcloud_call "$1" compute instances stop "$INSTANCE" --zone="$ZONE" &
+  gcloud_call "$1" compute instances stop "$INSTANCE" --zone="$ZONE" "${@:2}" &
   STOP_PID=$!
+}
+
+# stop_vm_asked T0: after stop_vm_begin DEADLINE --async (a signal's cleanup: Cloud Run's SIGKILL
+# comes 10 s after its SIGTERM, and a stop takes tens of seconds): true once Compute has the
+# stop; the VM then stops by itself, and the next execution's start waits for it.
+stop_vm_asked() {
+  local rc=0
+  [[ -n $STOP_PID ]] || return 0
+  wait "$STOP_PID" || rc=$?
+  STOP_PID=""
+  if ((rc == 0)); then
+    log INFO "cleanup: $INSTANCE is stopping; not waiting for TERMINATED (SIGKILL comes 10 s after SIGTERM): the next execution's start waits for it ($(since "$1")s)"
+    return 0
+  fi
+  log ERROR "cleanup: the stop of $INSTANCE was not accepted: $(last_error). Stop it: gcloud compute instances stop $INSTANCE --zone=$ZONE"
+  return 1
 }
 
 stop_vm_wait() {

@@ -204,14 +204,20 @@ address = "{self.static_ip(i)}"
             start_new_session=True,  # so a test's clean-up reaches its gcloud and curl too
         )
 
-    def assert_cleaned_up(self, i: int = 0) -> None:
+    def assert_cleaned_up(self, i: int = 0, stopping_for: float = 0) -> None:
+        """Nothing left: the VM TERMINATED (after a signal the cleanup asks for the stop and
+        does not wait for it: then within stopping_for seconds), its address detached and
+        free, its guest gone, its claim given back."""
         assert self.emu is not None
         inst = self.emu.instance(f"vm-{i}")
-        assert inst["status"] == "TERMINATED", f"vm-{i} left {inst['status']}"
         assert inst["access_configs"] == [], f"vm-{i} still has {inst['access_configs']}"
         assert self.emu.address(f"ip-{i}")["status"] == "RESERVED"
-        assert inst["guest_pids"] == [], "guest processes outlived the stop"
         assert "vm-job-owner" not in inst["labels"], f"vm-{i}'s claim was not given back"
+        if stopping_for and inst["status"] == "STOPPING":
+            self.emu.wait_status(f"vm-{i}", "TERMINATED", timeout=stopping_for)
+            inst = self.emu.instance(f"vm-{i}")
+        assert inst["status"] == "TERMINATED", f"vm-{i} left {inst['status']}"
+        assert inst["guest_pids"] == [], "guest processes outlived the stop"
 
 
 def toml_str(value: str) -> str:

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -286,6 +287,50 @@ def test_sigterm_during_the_run_cancels_the_job_and_stops_the_vm(make_flow, tmp_
     # the signal lands in the log's long poll: the cleanup's own calls still read their answers
     assert "cancelled (its record says cancelled)" in err, err
     assert not pid_alive(job_pid), "the job outlived the cancel"
+    flow.assert_cleaned_up()
+
+
+def test_an_execution_killed_10_s_after_sigterm_leaves_the_vm_to_the_next_one(make_flow):
+    """Cloud Run cancels a task (or its timeout passes): SIGTERM, and SIGKILL 10 s later. The
+    VM takes 20 s to stop. Everything the execution took on must be given back within those
+    10 s, so that an execution started 2 s after the kill runs its job, waiting only for the VM
+    to finish stopping (it used to exit 3 for the 75 minutes the claim held)."""
+    flow = make_flow(
+        job="trap 'exit 1' TERM; echo started; sleep 60 & wait",
+        settings="[defaults]\nstop_delay = 20.0",
+    )
+    first = flow.popen(CLOUD_RUN_EXECUTION="exec-cancelled")
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline() == "started\n"
+        sent = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        try:
+            first.wait(10)
+        except subprocess.TimeoutExpired:
+            first.kill()  # what Cloud Run does 10 s after its SIGTERM
+            first.wait(5)
+        done_in = time.monotonic() - sent
+    finally:
+        reap(first)
+    assert first.returncode == 143, f"not through its cleanup within 10 s ({done_in:.1f} s)"
+    inst = flow.emu.instance("vm-0")
+    assert inst["status"] == "STOPPING", "the stop takes 20 s: the cleanup did not wait for it"
+    assert inst["access_configs"] == [] and "vm-job-owner" not in inst["labels"], inst
+    time.sleep(2)
+    second = flow.entrypoint(CLOUD_RUN_EXECUTION="exec-next")
+    assert second.returncode == 0, second.stderr
+    assert "started" in second.stdout
+    assert len(flow.runs()) == 2
+    starts = flow.emu.calls("compute.instances.start")
+    terminated = [
+        e["time"]
+        for e in flow.emu.journal()
+        if e.get("event") == "status" and e["status"] == "TERMINATED"
+    ]
+    assert starts[-1]["status"] == 200 and starts[-1]["time"] > terminated[0], (
+        "the next execution started the VM only once it had stopped"
+    )
     flow.assert_cleaned_up()
 
 
