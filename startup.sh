@@ -221,14 +221,21 @@ arm_watchdog() {
     log WARNING "boot 1/6 boot watchdog off (BOOT_WATCHDOG=0): a failed boot leaves the VM running"
     return
   fi
-  log INFO "boot 1/6 boot watchdog: the VM powers itself off at $(date -d "+$BOOT_WATCHDOG seconds" +%H:%M:%S) (in ${BOOT_WATCHDOG}s) unless the agent answers by then"
+  log INFO "boot 1/6 boot watchdog: the VM powers itself off at $(date -d "+$BOOT_WATCHDOG seconds" +%H:%M:%S) (in ${BOOT_WATCHDOG}s) unless the agent answers by then (its lines go to ${SERIAL_CONSOLE:-/dev/ttyS0})"
   watchdog </dev/null &
 }
 
+# Its output goes straight to the serial console (SERIAL_CONSOLE, /dev/ttyS0 on Compute Engine),
+# not to the script runner's pipes: the current runner closes them when this script exits, and
+# the watchdog's last line would then be its death by SIGPIPE, before the poweroff (Go restores
+# SIGPIPE's default in the processes it starts); the older runner would wait for it to let go of
+# them for the whole BOOT_WATCHDOG. SIGPIPE is ignored all the same: the poweroff comes first.
 watchdog() {
   local deadline=$((SECONDS + BOOT_WATCHDOG)) host=$AGENT_HOST scheme=https
   trap - ERR
+  trap '' PIPE
   set +e
+  [[ ! -w ${SERIAL_CONSOLE:=/dev/ttyS0} ]] || exec >>"$SERIAL_CONSOLE" 2>&1
   [[ $host == 0.0.0.0 ]] && host=127.0.0.1
   ((AGENT_TLS)) || scheme=http
   while ((SECONDS < deadline)); do

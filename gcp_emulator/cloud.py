@@ -423,6 +423,9 @@ class Cloud:
                 # The guest's stand-in for NAT: it listens on the address callers use.
                 "AGENT_HOST": inst.external_ip() or inst.network_ip,
                 "HOSTNAME": inst.name,
+                # the serial console's device, as /dev/ttyS0 is on a VM: what a process writes
+                # there lands in getSerialPortOutput as is, past the script runner
+                "SERIAL_CONSOLE": str(inst.serial.path),
             }
         )
         env.update(inst.cfg.env)

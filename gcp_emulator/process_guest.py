@@ -9,7 +9,8 @@ the environment a system unit gets (no HOME, systemd's default PATH; cloud.guest
 output goes to the serial port in the runner's format (`runner`):
 - "guest-agent" (the newer runner, the default): stdout and stderr apart, each line as
   `google_metadata_script_runner: <time> [INFO]: Metadata key("startup-script"),
-  command("/bin/bash"): <line>`, [ERROR] for stderr (galog's serial format);
+  command("/bin/bash"): <line>`, [ERROR] for stderr (galog's serial format), read until the
+  script's main process exits, then the pipes are closed (a leftover writer gets SIGPIPE);
 - "legacy" (google_metadata_script_runner): both merged, `startup-script: <line>`.
 
 Every process of a boot carries GCP_EMULATOR_GUEST=<boot token> in its environment, so a stop
@@ -149,7 +150,21 @@ class ProcessGuest:
         while proc.returncode is None:
             await asyncio.sleep(0.05)
         rc = self.exit_status = proc.returncode
-        await pumps
+        if self.runner == "legacy":
+            await pumps
+        else:
+            # The newer runner (gce_metadata_script_runner) reads the script's output until its
+            # main process exits, then closes the pipes: a process the script left behind that
+            # writes to them later gets SIGPIPE (Go restores its default in the children).
+            await asyncio.sleep(0.1)  # what was written before the exit
+            pumps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumps
+            transport = getattr(proc, "_transport", None)  # asyncio keeps the pipes there
+            for fd in (1, 2):
+                pipe = transport.get_pipe_transport(fd) if transport is not None else None
+                if pipe is not None:
+                    pipe.close()
         if self.runner == "legacy":
             if rc == 0:
                 self._log("INFO", "startup-script exit status 0")

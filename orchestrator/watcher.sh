@@ -46,6 +46,7 @@ start_watcher() {
             boot\ *) log INFO "[vm] $BOOT_READ" ;; # startup.sh's steps: boot 1/6 … boot 6/6
             *) log INFO "[vm] boot $BOOT_READ" ;;   # boot ready, boot failed: <reason>
           esac
+          [[ $BOOT_READ != failed:* ]] || : >"$WORK_DIR/failure-logged"
         fi
       fi
       (($(now) < read_at)) || read_at=$(($(now) + WATCH_INTERVAL * 1000000))
@@ -100,6 +101,11 @@ boot_failed() {
   state=$(<"$WORK_DIR/boot-state")
   [[ $state == failed:* ]] || return 0
   stop_watcher
+  # the console's failure line came first: the state startup.sh published, read once more
+  if [[ ! -e $WORK_DIR/failure-logged ]] && read_attributes && [[ $BOOT_READ == failed:* ]]; then
+    log INFO "[vm] boot $BOOT_READ"
+    state=$BOOT_READ
+  fi
   relay_rest
   die "$EX_TIMEOUT" "step 4/6: $INSTANCE's boot failed: ${state#failed: }. The serial console: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
 }
