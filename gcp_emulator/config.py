@@ -26,7 +26,7 @@ INSTANCE_TIMINGS = {
     "shutdown_grace": 5.0,  # SIGTERM to the guest -> SIGKILL (a real VM allows 90 s)
 }
 STATUSES = ("TERMINATED", "RUNNING")
-RUNNERS = ("guest-agent", "legacy")  # gcp_emulator.process_guest: the runner's serial format
+RUNNERS = ("guest-agent", "legacy", "debian-20211116")  # process_guest: the runner's format
 LABEL_CONFLICTS = ("http", "operation")  # how setLabels refuses a stale fingerprint
 COMMAND_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
@@ -44,7 +44,7 @@ class InstanceConfig:
     env: dict[str, str] = field(default_factory=dict)
     workdir: Path | None = None
     network_ip: str | None = None
-    script_runner: str = "guest-agent"  # or "legacy": the format of the serial console
+    script_runner: str = "guest-agent"  # or "legacy", "debian-20211116" (RUNNERS)
     missing_commands: list[str] = field(default_factory=list)  # not in the guest's image
     provision_delay: float = INSTANCE_TIMINGS["provision_delay"]
     staging_delay: float = INSTANCE_TIMINGS["staging_delay"]

@@ -11,7 +11,9 @@ output goes to the serial port in the runner's format (`runner`):
   `google_metadata_script_runner: <time> [INFO]: Metadata key("startup-script"),
   command("/bin/bash"): <line>`, [ERROR] for stderr (galog's serial format), read until the
   script's main process exits, then the pipes are closed (a leftover writer gets SIGPIPE);
-- "legacy" (google_metadata_script_runner): both merged, `startup-script: <line>`.
+- "legacy" (google_metadata_script_runner): both merged, `startup-script: <line>`;
+- "debian-20211116" (Debian's package of it): the same, its last line `startup-script exit
+  status N` whatever N (later versions: `Script "startup-script" failed with error: …`).
 
 Every process of a boot carries GCP_EMULATOR_GUEST=<boot token> in its environment, so a stop
 finds them all, including those that started their own session (the agent's jobs do): SIGTERM
@@ -35,7 +37,8 @@ from gcp_emulator.serial_port import SerialPort
 
 logger = logging.getLogger(__name__)
 MARKER = "GCP_EMULATOR_GUEST"
-RUNNERS = ("guest-agent", "legacy")
+RUNNERS = ("guest-agent", "legacy", "debian-20211116")
+MERGED = ("legacy", "debian-20211116")  # the older runner: stdout and stderr in one pipe
 RUNNER = "google_metadata_script_runner"
 
 
@@ -85,14 +88,14 @@ class ProcessGuest:
 
     def _log(self, level: str, message: str) -> None:
         """One line of the script runner on the serial port, in its format."""
-        if self.runner == "legacy":
+        if self.runner in MERGED:
             self.serial.write(f"{RUNNER}: {message}")
         else:
             when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-2] + "Z"
             self.serial.write(f"{RUNNER}: {when} [{level}]: {message}")
 
     def _script_line(self, line: str, stream: str) -> None:
-        if self.runner == "legacy":
+        if self.runner in MERGED:
             self._log("INFO", f"startup-script: {line}")
         else:
             level = "ERROR" if stream == "stderr" else "INFO"
@@ -100,7 +103,7 @@ class ProcessGuest:
 
     async def boot(self, script: str | None) -> None:
         """Start the startup script (if any); returns once it is started."""
-        legacy = self.runner == "legacy"
+        legacy = self.runner in MERGED
         if legacy:
             self._log("INFO", "Starting startup scripts (version emulator).")
         else:
@@ -150,7 +153,7 @@ class ProcessGuest:
         while proc.returncode is None:
             await asyncio.sleep(0.05)
         rc = self.exit_status = proc.returncode
-        if self.runner == "legacy":
+        if self.runner in MERGED:
             await pumps
         else:
             # The newer runner (gce_metadata_script_runner) reads the script's output until its
@@ -165,9 +168,9 @@ class ProcessGuest:
                 pipe = transport.get_pipe_transport(fd) if transport is not None else None
                 if pipe is not None:
                     pipe.close()
-        if self.runner == "legacy":
-            if rc == 0:
-                self._log("INFO", "startup-script exit status 0")
+        if self.runner in MERGED:
+            if rc == 0 or self.runner == "debian-20211116":
+                self._log("INFO", f"startup-script exit status {rc}")
             else:
                 self._log("INFO", f'Script "startup-script" failed with error: exit status {rc}')
             self._log("INFO", "Finished running startup scripts.")

@@ -138,9 +138,13 @@ relay_console() {
     fi
     severity=INFO
     [[ $line =~ ^startup\.sh\ (WARNING|ERROR) ]] && severity=${BASH_REMATCH[1]}
-    if [[ $line == 'Script "startup-script" failed'* ]]; then
-      severity=ERROR failed=0
-      [[ -s $WORK_DIR/console-error ]] || printf 'the startup script %s' "${line#*\" }" >"$WORK_DIR/console-error"
+    if [[ $line == 'Script "startup-script" failed'* || $line =~ ^startup-script\ exit\ status\ [1-9][0-9]*$ ]]; then
+      severity=ERROR failed=0 # the runner's word (Debian's 20211116 says `exit status N`)
+      if [[ ! -s $WORK_DIR/console-error && $line == Script* ]]; then
+        printf 'the startup script %s' "${line#*\" }" >"$WORK_DIR/console-error"
+      elif [[ ! -s $WORK_DIR/console-error ]]; then
+        printf 'the startup script failed with error: exit status %s' "${line##* }" >"$WORK_DIR/console-error"
+      fi
     elif [[ $severity == ERROR ]]; then
       reason=${line#startup.sh ERROR}
       printf '%s' "${reason#"${reason%%[! ]*}"}" >"$WORK_DIR/console-error"
@@ -167,6 +171,7 @@ console_text() {
 startup_lines() {
   sed -n -E \
     -e '/Script "startup-script" failed with error: /{s/.*(Script "startup-script" failed with error: )/\1/p;d;}' \
+    -e '/startup-script exit status [0-9]+$/{s/.*(startup-script exit status [0-9]+)$/\1/p;d;}' \
     -e 's/Metadata key\("startup-script"\), command\("[^"]*"\): /\x02/' -e 't strip' \
     -e 's/startup-script: /\x02/' -e 't strip' -e 'd' \
     -e ':strip' -e 's/^[^\x02]*\x02//p'

@@ -493,8 +493,17 @@ def test_a_vm_that_goes_away_under_a_running_job_is_noticed_and_reported_with_ex
     flow.assert_cleaned_up()
 
 
-@pytest.mark.parametrize("runner", ["guest-agent", "legacy"])
-def test_a_startup_script_that_fails_on_the_console_ends_the_wait_at_once(make_flow, runner):
+@pytest.mark.parametrize(
+    ("runner", "failure_line"),
+    [
+        ("guest-agent", 'Script "startup-script" failed with error: exit status 3'),
+        ("legacy", 'Script "startup-script" failed with error: exit status 3'),
+        ("debian-20211116", "startup-script exit status 3"),  # Debian's package says only this
+    ],
+)
+def test_a_startup_script_that_fails_on_the_console_ends_the_wait_at_once(
+    make_flow, runner, failure_line
+):
     """No boot state says so (the script died before it could publish one): the script
     runner's failure line on the serial console ends the wait, with the script's lines."""
     script = (
@@ -508,7 +517,7 @@ def test_a_startup_script_that_fails_on_the_console_ends_the_wait_at_once(make_f
     assert took < 30, f"{took:.0f} s: the failure must end the wait, not BOOT_TIMEOUT"
     assert "[vm] reading the settings" in r.stderr
     assert "[vm] no route to the repository" in r.stderr
-    assert '[vm] Script "startup-script" failed with error: exit status 3' in r.stderr
+    assert f"[vm] {failure_line}" in r.stderr
     assert "vm-0's boot failed: the startup script failed with error: exit status 3" in r.stderr
     assert r.stderr.count("[vm] reading the settings") == 1, "each console line once"
     flow.assert_cleaned_up()
