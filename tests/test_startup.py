@@ -332,13 +332,17 @@ def test_without_guest_attributes_the_boot_says_what_to_set_and_nothing_runs(boo
 
 
 def serial_lines(vm: Booted, marker: str) -> list[str]:
-    return [ln for ln in vm.serial().splitlines() if marker in ln]
+    """The console's lines that hold marker and came through the script runner (the boot
+    watchdog writes to the console itself, past the runner)."""
+    return [ln for ln in vm.serial().splitlines() if marker in ln and "script_runner" in ln]
 
 
 def test_info_goes_to_stdout_and_only_warnings_and_errors_to_stderr(boot):
     vm = boot()
     r = vm.entrypoint()
     assert r.returncode == 0, r.stderr + vm.serial()
+    watchdog = [ln for ln in vm.serial().splitlines() if "boot watchdog: the agent answers" in ln]
+    assert watchdog and "script_runner" not in watchdog[0], "the watchdog writes to the console"
     info = serial_lines(vm, "startup.sh INFO")
     assert len(info) >= 6, vm.serial()
     assert all("[INFO]: " in ln for ln in info), "an INFO line reached stderr (ERROR in the log)"
