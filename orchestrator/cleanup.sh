@@ -33,19 +33,15 @@ cleanup() {
   fi
   t0=$(now)
   if vm_owned || address_owned; then
+    local stop_for=$STOP_TIMEOUT async="" cancel_for=8 detach_for=$API_TIMEOUT
     if ((SIGNALLED)); then # 10 s until SIGKILL: the stop asked, not waited for
-      stop_vm_begin $(($(date +%s) + 6)) --async
-      cancel_run_if_active 4
-      log_catch_up
-      stop_vm_asked "$t0" || { ((rc == 0)) && rc=$EX_CLEANUP; }
-      detach_static_ip $(($(date +%s) + 2)) || { ((rc == 0)) && rc=$EX_CLEANUP; }
-    else
-      stop_vm_begin $(($(date +%s) + STOP_TIMEOUT)) # asked first, followed in the background
-      cancel_run_if_active
-      log_catch_up                                   # what the job printed since the last fetch
-      stop_vm_wait "$t0" || { ((rc == 0)) && rc=$EX_CLEANUP; }
-      detach_static_ip $(($(date +%s) + API_TIMEOUT)) || { ((rc == 0)) && rc=$EX_CLEANUP; }
+      stop_for=6 async=--async cancel_for=4 detach_for=2
     fi
+    stop_vm_begin $(($(date +%s) + stop_for)) ${async:+"$async"} # asked first, followed in the background
+    cancel_run_if_active "$cancel_for"
+    log_catch_up # what the job printed since the last fetch
+    stop_vm_wait "$t0" || { ((rc == 0)) && rc=$EX_CLEANUP; }
+    detach_static_ip $(($(date +%s) + detach_for)) || { ((rc == 0)) && rc=$EX_CLEANUP; }
   fi
   release_claim || { ((rc == 0)) && rc=$EX_CLEANUP; } # last: the VM is free again
   finish "$rc"

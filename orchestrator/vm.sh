@@ -5,13 +5,15 @@
 # Sets (results): BOOT_DEADLINE (start_vm: when the boot must be done, BOOT_TIMEOUT from the
 #   start), AGENT_IP (vm_agent_address), VM_STATUS (read_vm_status, describe_vm), VM_INTERNAL
 #   and VM_NAT (describe_vm; VM_INTERNAL also from the start, for nic0).
-# Private: OWN_VM (1 once this execution asked the VM to start), STOP_PID (the cleanup's stop).
+# Private: OWN_VM (1 once this execution asked the VM to start), STOP_PID and STOP_ASYNC (the
+#   cleanup's stop, and whether it waits for TERMINATED).
 # Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, watcher.sh
 #   (console_offset, start_watcher: the boot is watched from before the start), agent.sh
 #   (agent_url_of).
 
 OWN_VM=0
 STOP_PID=""
+STOP_ASYNC=""
 VM_INTERNAL=""
 
 # 3. Start the VM (a running one is fine); gcloud returns once it is RUNNING. The watcher of its
@@ -102,30 +104,17 @@ vm_owned() { ((OWN_VM)); }
 # vm_disown: leave the VM as it is (KEEP_VM=1, or the VM is another run's).
 vm_disown() { OWN_VM=0; }
 
-# stop_vm_begin DEADLINE: the cleanup's stop, asked at once and followed in the background (the
-# cleanup cancels the run meanwhile: a Cloud Run task has 10 s between SIGTERM and SIGKILL);
-# stop_vm_wait T0 then says how it ended (false: maybe still running).
+# stop_vm_begin DEADLINE [--async]: the cleanup's stop, asked at once and followed in the
+# background (the cleanup cancels the run meanwhile); stop_vm_wait T0 then says how it ended
+# (false: maybe still running). With --async (a signal's cleanup: Cloud Run's SIGKILL comes 10 s
+# after its SIGTERM, and a stop takes tens of seconds), it ends once Compute has the stop: the VM
+# stops by itself, and the next execution's start waits for it.
 stop_vm_begin() {
   ((OWN_VM)) || return 0
   log INFO "cleanup: stopping $INSTANCE"
-  gcloud_call "$1" compute instances stop "$INSTANCE" --zone="$ZONE" "${@:2}" &
+  STOP_ASYNC=${2:-}
+  gcloud_call "$1" compute instances stop "$INSTANCE" --zone="$ZONE" ${STOP_ASYNC:+"$STOP_ASYNC"} &
   STOP_PID=$!
-}
-
-# stop_vm_asked T0: after stop_vm_begin DEADLINE --async (a signal's cleanup: Cloud Run's SIGKILL
-# comes 10 s after its SIGTERM, and a stop takes tens of seconds): true once Compute has the
-# stop; the VM then stops by itself, and the next execution's start waits for it.
-stop_vm_asked() {
-  local rc=0
-  [[ -n $STOP_PID ]] || return 0
-  wait "$STOP_PID" || rc=$?
-  STOP_PID=""
-  if ((rc == 0)); then
-    log INFO "cleanup: $INSTANCE is stopping; not waiting for TERMINATED (SIGKILL comes 10 s after SIGTERM): the next execution's start waits for it ($(since "$1")s)"
-    return 0
-  fi
-  log ERROR "cleanup: the stop of $INSTANCE was not accepted: $(last_error). Stop it: gcloud compute instances stop $INSTANCE --zone=$ZONE"
-  return 1
 }
 
 stop_vm_wait() {
@@ -133,10 +122,14 @@ stop_vm_wait() {
   [[ -n $STOP_PID ]] || return 0
   wait "$STOP_PID" || rc=$?
   STOP_PID=""
-  if ((rc == 0)); then
+  if ((rc == 0)) && [[ -n $STOP_ASYNC ]]; then
+    log INFO "cleanup: $INSTANCE is stopping; not waiting for TERMINATED (SIGKILL comes 10 s after SIGTERM): the next execution's start waits for it ($(since "$1")s)"
+  elif ((rc == 0)); then
     log INFO "cleanup: $INSTANCE is TERMINATED ($(since "$1")s)"
-    return 0
+  elif [[ -n $STOP_ASYNC ]]; then
+    log ERROR "cleanup: the stop of $INSTANCE was not accepted: $(last_error). Stop it: gcloud compute instances stop $INSTANCE --zone=$ZONE"
+  else
+    log ERROR "cleanup: $INSTANCE may still be running (not TERMINATED within STOP_TIMEOUT=${STOP_TIMEOUT}s): check it with gcloud compute instances describe $INSTANCE --zone=$ZONE"
   fi
-  log ERROR "cleanup: $INSTANCE may still be running (not TERMINATED within STOP_TIMEOUT=${STOP_TIMEOUT}s): check it with gcloud compute instances describe $INSTANCE --zone=$ZONE"
-  return 1
+  return "$((rc == 0 ? 0 : 1))"
 }
