@@ -87,17 +87,20 @@ metadata_attr() {
 # guest_attribute KEY VALUE: publish VALUE as the guest attribute vm-job-agent/KEY, which
 # callers with compute.instances.getGuestAttributes read (docs/google-cloud.md, "Guest
 # attributes"). The metadata server can answer 503 for a moment during maintenance (Google says
-# to retry): no answer, 429 and 5xx are tried again for GA_RETRY_SECONDS. Returns 0 when
+# to retry): a timeout, 429 and 5xx are tried again for GA_RETRY_SECONDS (a refused connection
+# is no metadata server at all: not tried again). Returns 0 when
 # published, 2 when refused (403: guest attributes are off), 1 when it never got through. Never
 # fatal: a VM without guest attributes still boots, and the log says what to set.
 guest_attribute() {
-  local host=${GCE_METADATA_HOST:-metadata.google.internal} code delay=0.25
+  local host=${GCE_METADATA_HOST:-metadata.google.internal} code rc delay=0.25
   local deadline=$((SECONDS + GA_RETRY_SECONDS))
   while :; do
+    rc=0
     code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 3 -X PUT --data-binary "$2" \
       -H 'Metadata-Flavor: Google' \
       "http://$host/computeMetadata/v1/instance/guest-attributes/$GUEST_NAMESPACE/$1" 2>/dev/null) ||
-      true
+      rc=$?
+    ((rc != 7)) || break # connection refused: no metadata server here at all (not a VM)
     [[ $code == 000 || $code == 429 || $code == 5?? || -z $code ]] || break
     ((SECONDS < deadline)) || break
     sleep "$delay"

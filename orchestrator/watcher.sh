@@ -132,7 +132,7 @@ relay_console() {
   n=$(tr -dc '\n' <"$WORK_DIR/serial.txt" | wc -c) # complete lines; the rest waits
   tail -n +"$((n + 1))" "$WORK_DIR/serial.txt" >"$WORK_DIR/serial.partial"
   while IFS= read -r line; do
-    stamp="" # startup.sh's own time on the VM, kept: the relay lags by up to 2 s
+    stamp="" # startup.sh's own time on the VM, kept: the relay lags by up to 3 s
     if [[ $line =~ $stamp_re ]]; then
       stamp=" ${BASH_REMATCH[1]}" line=${BASH_REMATCH[2]}
     fi
