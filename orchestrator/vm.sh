@@ -8,7 +8,7 @@
 # Private: OWN_VM (1 once this execution asked the VM to start), STOP_PID and STOP_ASYNC (the
 #   cleanup's stop, and whether it waits for TERMINATED).
 # Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, watcher.sh
-#   (console_offset, start_watcher: the boot is watched from before the start), agent.sh
+#   (console_offset before the start, start_watcher once it is RUNNING), agent.sh
 #   (agent_url_of).
 
 OWN_VM=0

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# orchestrator/watcher.sh: the VM's boot, watched in the background from just before the start
+# orchestrator/watcher.sh: the VM's boot, watched in the background from the moment it is RUNNING
 # until the agent answers: the guest attributes startup.sh writes at every boot (the agent's key
 # pin vm-job-agent/tls-pin; the boot's state vm-job-agent/boot: the step, `ready`, or
 # `failed: <reason>`), read through the Compute API so that IAM decides who may
