@@ -40,11 +40,13 @@ readonly IDLE_SHUTDOWN_ON_VM=900       # the agent's idle shutdown here, unless 
 readonly -a UVICORN_ARGS=(--http agent.connections:GuardedH11Protocol --backlog 256
   --timeout-graceful-shutdown 5)
 
+# log SEVERITY MESSAGE...: one line, stamped in UTC (`2026-12-02T06:00:00Z`): the orchestrator
+# takes the console's lines for this boot's from the first one stamped after its start.
 log() {
   if [[ $1 == INFO ]]; then
-    printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}"
+    TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%SZ)T startup.sh %-7s %s\n' -1 "$1" "${*:2}"
   else
-    printf '%(%Y-%m-%dT%H:%M:%S)T startup.sh %-7s %s\n' -1 "$1" "${*:2}" >&2
+    TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%SZ)T startup.sh %-7s %s\n' -1 "$1" "${*:2}" >&2
   fi
 }
 # die MESSAGE: the boot stops here: the reason in the log and as the boot's state `failed:
@@ -224,7 +226,7 @@ arm_watchdog() {
     log WARNING "boot 1/6 boot watchdog off (BOOT_WATCHDOG=0): a failed boot leaves the VM running"
     return
   fi
-  log INFO "boot 1/6 boot watchdog: the VM powers itself off at $(date -d "+$BOOT_WATCHDOG seconds" +%H:%M:%S) (in ${BOOT_WATCHDOG}s) unless the agent answers by then (its lines go to ${SERIAL_CONSOLE:-/dev/ttyS0})"
+  log INFO "boot 1/6 boot watchdog: the VM powers itself off at $(date -u -d "+$BOOT_WATCHDOG seconds" +%H:%M:%SZ) (in ${BOOT_WATCHDOG}s) unless the agent answers by then (its lines go to ${SERIAL_CONSOLE:-/dev/ttyS0})"
   watchdog </dev/null &
 }
 

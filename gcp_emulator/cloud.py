@@ -280,6 +280,8 @@ class Cloud:
         if inst.status == "TERMINATED":
             inst.last_start = now_rfc3339()
             inst.guest_attributes.clear()
+            if inst.cfg.console_after_stop == "cleared":
+                inst.serial.clear()
             self.set_status(inst, "PROVISIONING")
             inst.task = asyncio.get_running_loop().create_task(self._boot(inst))
         return op
@@ -355,6 +357,8 @@ class Cloud:
         if status == "RUNNING":
             inst.last_start = now_rfc3339()
             inst.guest_attributes.clear()
+            if inst.cfg.console_after_stop == "cleared":
+                inst.serial.clear()
             inst.task = asyncio.get_running_loop().create_task(self._boot(inst, skip_delays=True))
         elif status == "TERMINATED":
             self._begin_stop(inst)

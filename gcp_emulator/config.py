@@ -26,7 +26,9 @@ INSTANCE_TIMINGS = {
     "shutdown_grace": 5.0,  # SIGTERM to the guest -> SIGKILL (a real VM allows 90 s)
 }
 STATUSES = ("TERMINATED", "RUNNING")
-RUNNERS = ("guest-agent", "legacy", "debian-20211116")  # process_guest: the runner's format
+# process_guest: the runner's format
+RUNNERS = ("guest-agent", "legacy", "debian-20211116", "legacy-20240802")
+CONSOLE_AFTER_STOP = ("kept", "cleared")
 LABEL_CONFLICTS = ("http", "operation")  # how setLabels refuses a stale fingerprint
 COMMAND_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
@@ -44,7 +46,10 @@ class InstanceConfig:
     env: dict[str, str] = field(default_factory=dict)
     workdir: Path | None = None
     network_ip: str | None = None
-    script_runner: str = "guest-agent"  # or "legacy", "debian-20211116" (RUNNERS)
+    script_runner: str = "guest-agent"  # or "legacy", "debian-20211116", … (RUNNERS)
+    # the serial console's buffer at a start after a stop: "kept" (earlier boots' output stays)
+    # or "cleared" (no public source settles which Compute Engine does)
+    console_after_stop: str = "kept"
     missing_commands: list[str] = field(default_factory=list)  # not in the guest's image
     provision_delay: float = INSTANCE_TIMINGS["provision_delay"]
     staging_delay: float = INSTANCE_TIMINGS["staging_delay"]
@@ -174,6 +179,9 @@ def _instance(
     inst.script_runner = _take(t, where, "script_runner", str, inst.script_runner)
     if inst.script_runner not in RUNNERS:
         raise ConfigError(f"{where}script_runner: must be one of {', '.join(RUNNERS)}")
+    inst.console_after_stop = _take(t, where, "console_after_stop", str, "kept")
+    if inst.console_after_stop not in CONSOLE_AFTER_STOP:
+        raise ConfigError(f"{where}console_after_stop: must be kept or cleared")
     missing = _take(t, where, "missing_commands", list, [])
     if not all(isinstance(m, str) and COMMAND_RE.fullmatch(m) for m in missing):
         raise ConfigError(f"{where}missing_commands: expected command names, got {missing!r}")
@@ -322,6 +330,7 @@ def dump_config(cfg: EmulatorConfig) -> str:
         if inst.network_ip is not None:
             lines.append(f"network_ip = {_toml_value(inst.network_ip)}")
         lines.append(f"script_runner = {_toml_value(inst.script_runner)}")
+        lines.append(f"console_after_stop = {_toml_value(inst.console_after_stop)}")
         if inst.missing_commands:
             lines.append(f"missing_commands = {json.dumps(inst.missing_commands)}")
     for addr in cfg.addresses:

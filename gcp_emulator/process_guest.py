@@ -13,7 +13,10 @@ output goes to the serial port in the runner's format (`runner`):
   script's main process exits, then the pipes are closed (a leftover writer gets SIGPIPE);
 - "legacy" (google_metadata_script_runner): both merged, `startup-script: <line>`;
 - "debian-20211116" (Debian's package of it): the same, its last line `startup-script exit
-  status N` whatever N (later versions: `Script "startup-script" failed with error: …`).
+  status N` whatever N (later versions: `Script "startup-script" failed with error: …`);
+- "legacy-20240802" (the older runner from 20240802, its unit `StandardOutput=journal+console`):
+  every line of the runner reaches the console twice, its own copy and, a line later, the
+  journal's through syslog (`google_metadata_script_runner[PID]: …`).
 
 Every process of a boot carries GCP_EMULATOR_GUEST=<boot token> in its environment, so a stop
 finds them all, including those that started their own session (the agent's jobs do): SIGTERM
@@ -37,8 +40,9 @@ from gcp_emulator.serial_port import SerialPort
 
 logger = logging.getLogger(__name__)
 MARKER = "GCP_EMULATOR_GUEST"
-RUNNERS = ("guest-agent", "legacy", "debian-20211116")
-MERGED = ("legacy", "debian-20211116")  # the older runner: stdout and stderr in one pipe
+RUNNERS = ("guest-agent", "legacy", "debian-20211116", "legacy-20240802")
+# the older runner: stdout and stderr in one pipe
+MERGED = ("legacy", "debian-20211116", "legacy-20240802")
 RUNNER = "google_metadata_script_runner"
 
 
@@ -82,13 +86,19 @@ class ProcessGuest:
         self.proc: asyncio.subprocess.Process | None = None
         self.exit_status: int | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._second_copy: str | None = None  # legacy-20240802: the journal's copy, a line late
 
     def pids(self) -> list[int]:
         return processes_with_marker(self.token)
 
     def _log(self, level: str, message: str) -> None:
         """One line of the script runner on the serial port, in its format."""
-        if self.runner in MERGED:
+        if self.runner == "legacy-20240802":
+            self.serial.write(f"{RUNNER}: {message}")
+            if self._second_copy is not None:
+                self.serial.write(self._second_copy)
+            self._second_copy = f"{RUNNER}[{os.getpid()}]: {message}"
+        elif self.runner in MERGED:
             self.serial.write(f"{RUNNER}: {message}")
         else:
             when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-2] + "Z"
@@ -112,6 +122,7 @@ class ProcessGuest:
             self._log(
                 "INFO", "No startup scripts to run." if legacy else "No startup scripts to run"
             )
+            self._flush_second_copy()
             return
         self._log(
             "INFO",
@@ -169,18 +180,25 @@ class ProcessGuest:
                 if pipe is not None:
                     pipe.close()
         if self.runner in MERGED:
-            if rc == 0 or self.runner == "debian-20211116":
+            if rc == 0 or self.runner == "debian-20211116":  # Debian's 20211116 says only that
                 self._log("INFO", f"startup-script exit status {rc}")
             else:
                 self._log("INFO", f'Script "startup-script" failed with error: exit status {rc}')
             self._log("INFO", "Finished running startup scripts.")
+            self._flush_second_copy()
             return
         if rc != 0:
             self._log("WARNING", f'Script "startup-script" failed with error: exit status {rc}')
         self._log("INFO", "Finished running startup scripts")
 
+    def _flush_second_copy(self) -> None:
+        if self._second_copy is not None:
+            self.serial.write(self._second_copy)
+            self._second_copy = None
+
     async def shutdown(self, grace: float) -> None:
         """SIGTERM every process of this boot, SIGKILL what is left after grace seconds."""
+        self._flush_second_copy()
         self.serial.write("systemd[1]: Stopping google-startup-scripts.service...")
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace

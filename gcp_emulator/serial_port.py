@@ -19,6 +19,10 @@ class SerialPort:
         with self.path.open("a", encoding="utf-8", errors="replace") as f:
             f.write(f"{stamp} {line}\n")
 
+    def clear(self) -> None:
+        """A start that does not keep the earlier boots' output (console_after_stop)."""
+        self.path.write_bytes(b"")
+
     def read(self, start: int) -> tuple[str, int, int]:
         """(contents, start, next) as getSerialPortOutput answers them."""
         data = self.path.read_bytes()

@@ -215,6 +215,9 @@ async def set_labels(cloud: Cloud, request: Request, m: dict[str, str]) -> Respo
     return _op(cloud, cloud.set_labels(inst, await json_body(request)))
 
 
+CONSOLE_SERVED = ("RUNNING", "STOPPING", "REPAIRING")  # the guest runs: its console is read
+
+
 @route(
     "GET",
     C + "/zones/{zone}/instances/{instance}/serialPort",
@@ -222,6 +225,9 @@ async def set_labels(cloud: Cloud, request: Request, m: dict[str, str]) -> Respo
 )
 async def serial_port(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     inst = _inst(cloud, m)
+    if inst.status not in CONSOLE_SERVED:
+        # documented: the output is available while the VM runs (the error is assumed)
+        raise ApiError(400, "resourceNotReady", f"The resource '{inst.path}' is not ready")
     port = request.query_params.get("port", "1")
     if port != "1":
         raise ApiError(400, "invalid", f"Invalid value for field 'port': '{port}'.")

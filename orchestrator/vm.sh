@@ -8,7 +8,7 @@
 # Private: OWN_VM (1 once this execution asked the VM to start), STOP_PID and STOP_ASYNC (the
 #   cleanup's stop, and whether it waits for TERMINATED).
 # Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, watcher.sh
-#   (console_offset before the start, start_watcher once it is RUNNING), agent.sh
+#   (console_from_start before the start, start_watcher once it is RUNNING), agent.sh
 #   (agent_url_of).
 
 OWN_VM=0
@@ -17,14 +17,13 @@ STOP_ASYNC=""
 VM_INTERNAL=""
 
 # 3. Start the VM (a running one is fine); gcloud returns once it is RUNNING. The watcher of its
-# boot starts then; the console is relayed from where it ended before the start, so nothing of
-# the boot is missed.
+# boot starts then; the console is relayed from this boot's first line of startup.sh on.
 start_vm() {
   local t0
   t0=$(now)
   BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
   log INFO "step 3/6: starting $INSTANCE (its boot follows as [vm] lines)"
-  console_offset
+  console_from_start
   OWN_VM=1
   gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE" || {
     gcloud_said "$TRANSIENT_RE" &&

@@ -15,7 +15,8 @@
 # (pin, boot-state, serial-next), read by the functions below.
 # Sets (results): PIN_READ, BOOT_READ (read_attributes), PUBLISHED_PIN (published_pin);
 #   PIN_ATTRIBUTE (constant).
-# Private: WATCHER_PID, SERIAL_NEXT (where this boot's console output begins).
+# Private: WATCHER_PID, SERIAL_NEXT (where the next read of the console begins), CONSOLE_SINCE
+#   (startup.sh's stamp from which the console's lines are this boot's).
 # Reads: the settings. Needs: logging.sh, children.sh, compute.sh.
 
 readonly GUEST_NAMESPACE=vm-job-agent
@@ -27,6 +28,7 @@ readonly PIN_ATTRIBUTE=$GUEST_NAMESPACE/tls-pin
 readonly WATCH_INTERVAL=2 CONSOLE_INTERVAL=3
 WATCHER_PID=""
 SERIAL_NEXT=0
+CONSOLE_SINCE=""
 
 # start_watcher DEADLINE: the watcher, until DEADLINE (epoch seconds) at the latest.
 start_watcher() {
@@ -118,11 +120,11 @@ console_error() { cat "$WORK_DIR/console-error" 2>/dev/null || printf 'the start
 # get-serial-port-output --start=N` reads it (GET instances/NAME/serialPort?port=1&start=N,
 # with curl): each line the script runner marks as the startup script's (the newer runner's
 # `Metadata key("startup-script"), command("…"): <line>`, the legacy `startup-script: <line>`)
-# into our log, marked [vm]; a line cut at the end of the read waits for the rest. True when the
-# runner says the script failed (`Script "startup-script" failed with error: …`).
+# of this boot (this_boot_lines) into our log, marked [vm]; a line cut at the end of the read
+# waits for the rest. True when the runner says this boot's script failed (`Script
+# "startup-script" failed with error: …`, Debian's 20211116: `startup-script exit status N`).
 relay_console() {
   local n next line severity reason stamp failed=1 next_re='"next":[[:space:]]*"([0-9]+)"'
-  local stamp_re='^[0-9]{4}-[0-9]{2}-[0-9]{2}T([0-9]{2}:[0-9]{2}:[0-9]{2}) (.*)$'
   [[ ! -e $WORK_DIR/console-refused ]] || return 1
   compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&start=$SERIAL_NEXT"
   console_refused && return 1
@@ -131,11 +133,7 @@ relay_console() {
   { cat "$WORK_DIR/serial.partial" 2>/dev/null; console_text <<<"$API_BODY"; } >"$WORK_DIR/serial.txt"
   n=$(tr -dc '\n' <"$WORK_DIR/serial.txt" | wc -c) # complete lines; the rest waits
   tail -n +"$((n + 1))" "$WORK_DIR/serial.txt" >"$WORK_DIR/serial.partial"
-  while IFS= read -r line; do
-    stamp="" # startup.sh's own time on the VM, kept: the relay lags by up to 3 s
-    if [[ $line =~ $stamp_re ]]; then
-      stamp=" ${BASH_REMATCH[1]}" line=${BASH_REMATCH[2]}
-    fi
+  while IFS=$'\x1f' read -r stamp line; do
     severity=INFO
     [[ $line =~ ^startup\.sh\ (WARNING|ERROR) ]] && severity=${BASH_REMATCH[1]}
     if [[ $line == 'Script "startup-script" failed'* || $line =~ ^startup-script\ exit\ status\ [1-9][0-9]*$ ]]; then
@@ -149,8 +147,8 @@ relay_console() {
       reason=${line#startup.sh ERROR}
       printf '%s' "${reason#"${reason%%[! ]*}"}" >"$WORK_DIR/console-error"
     fi
-    log "$severity" "[vm$stamp] $line"
-  done < <(head -n "$n" "$WORK_DIR/serial.txt" | startup_lines)
+    log "$severity" "[vm${stamp:+ $stamp}] $line"
+  done < <(head -n "$n" "$WORK_DIR/serial.txt" | startup_lines | this_boot_lines)
   SERIAL_NEXT=$next
   printf '%s' "$next" >"$WORK_DIR/serial-next"
   return "$failed"
@@ -164,6 +162,47 @@ console_text() {
       -e 's/\\u003[cC]/</g' -e 's/\\u003[eE]/>/g' -e 's/\\u0026/\&/g' -e "s/\\\\u0027/'/g" \
       -e 's/\\u003[dD]/=/g' -e 's/\\u00[01][0-9a-fA-F]//g' -e 's/\\u007[fF]//g' -e 's/\x01/\\/g' |
     head -c -1 # grep's newline after the match
+}
+
+# this_boot_lines: of the startup script's lines on stdin, this boot's, each once, as
+# `HH:MM:SS<US>line` (startup.sh's own time on the VM, in this log's time zone: the relay lags by
+# up to 3 s) or `<US>line`. Compute Engine serves the console only while the VM runs, and may
+# keep the earlier boots' output across a stop: so this boot begins at the first line startup.sh
+# stamped (UTC, `2026-12-02T06:00:00Z startup.sh …`) at or after a second before the start
+# (CONSOLE_SINCE), and no earlier line, a failure line least of all, is taken for this boot's.
+# The older runner from 20240802 puts each line on the console twice (its own copy, then the
+# journal's through syslog): a line the same as one of the last 64 relayed is that copy.
+this_boot_lines() {
+  awk -v since="$CONSOLE_SINCE" -v zone="$(printf '%(%z)T' -1)" -v dir="$WORK_DIR" '
+    function remember(l) {
+      window[++last] = l; seen[l]++
+      if (last - first > 64) { if (--seen[window[++first]] == 0) delete seen[window[first]]; delete window[first] }
+    }
+    BEGIN {
+      open = (getline l < (dir "/console-open")) >= 0; close(dir "/console-open")
+      first = last = 0
+      while ((getline l < (dir "/console-seen")) > 0) remember(l)
+      close(dir "/console-seen")
+      shift = (substr(zone, 2, 2) * 3600 + substr(zone, 4, 2) * 60) * (substr(zone, 1, 1) == "-" ? -1 : 1)
+      stamped = "^[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z "
+    }
+    {
+      is_stamped = $0 ~ stamped
+      if (!open) {
+        if (!is_stamped || substr($0, 1, 20) < since) next
+        open = 1; printf "" > (dir "/console-open")
+      }
+      if ($0 in seen) next
+      remember($0)
+      if (is_stamped) {
+        t = (substr($0, 12, 2) * 3600 + substr($0, 15, 2) * 60 + substr($0, 18, 2) + shift + 86400) % 86400
+        printf "%02d:%02d:%02d\037%s\n", int(t / 3600), int(t % 3600 / 60), t % 60, substr($0, 22)
+      } else printf "\037%s\n", $0
+    }
+    END {
+      printf "" > (dir "/console-seen")
+      for (i = first + 1; i <= last; i++) print window[i] > (dir "/console-seen")
+    }'
 }
 
 # startup_lines: of the console's lines, the startup script's, without the runner's prefix;
@@ -184,15 +223,14 @@ relay_rest() {
   relay_console || true
 }
 
-# console_offset: where the serial console ends before this start (its earlier boots' lines are
-# not relayed); 0 if it cannot be read.
-console_offset() {
-  local next_re='"next":[[:space:]]*"([0-9]+)"'
+# console_from_start: this boot's console is read from its first byte (Compute Engine serves it
+# only while the VM runs, so where it ended before the start cannot be read then), and only
+# startup.sh's lines stamped from a second before now on are this boot's (this_boot_lines).
+console_from_start() {
   SERIAL_NEXT=0
-  compute_api GET "zones/$ZONE/instances/$INSTANCE/serialPort?port=1&fields=next"
-  console_refused && return 0
-  [[ $API_CODE == 200 && $API_BODY =~ $next_re ]] && SERIAL_NEXT=${BASH_REMATCH[1]}
+  TZ=UTC0 printf -v CONSOLE_SINCE '%(%Y-%m-%dT%H:%M:%SZ)T' "$((EPOCHSECONDS - 1))"
   printf '%s' "$SERIAL_NEXT" >"$WORK_DIR/serial-next"
+  rm -f "$WORK_DIR/console-open" "$WORK_DIR/console-seen" "$WORK_DIR/serial.partial"
 }
 
 # console_refused: true when the last console read was refused (HTTP 403): the boot's lines

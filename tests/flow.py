@@ -29,8 +29,15 @@ MUTATING = (
 )
 
 
+# A guest script's first line, stamped as startup.sh stamps its own (UTC): the orchestrator takes
+# the console's lines for this boot's from the first stamped after its start.
+BOOTING = "guest script: booting"
+STAMPED_FIRST_LINE = f'echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) {BOOTING}"'
+
+
 def agent_guest_script(extra: str = "", restart: bool = False) -> str:
-    """A startup-script that boots the agent straight from this checkout. With TLS_KEY and
+    """A startup-script that boots the agent straight from this checkout. Its first line is
+    stamped as startup.sh's are (STAMPED_FIRST_LINE). With TLS_KEY and
     TLS_CERT in its environment it publishes the key's pin as startup.sh does (the guest
     attribute vm-job-agent/tls-pin) and serves HTTPS. With restart, the agent is started again
     a second after it exits, as systemd's Restart= does."""
@@ -38,6 +45,7 @@ def agent_guest_script(extra: str = "", restart: bool = False) -> str:
     again = "" if not restart else "  sleep 1\n        done"
     return textwrap.dedent(f"""\
         #!/bin/bash
+        {STAMPED_FIRST_LINE}
         {extra}
         tls=()
         if [[ -n ${{TLS_KEY:-}} ]]; then
@@ -98,6 +106,7 @@ class Flow:
     pin: str = ""  # the agent's pin, once config() made its key
     settings: str = ""  # more top-level emulator settings (TOML lines)
     runner: str = "guest-agent"  # the script runner's serial format, or "legacy"
+    console_after_stop: str = "kept"  # the serial console at a start after a stop, or "cleared"
 
     def static_ip(self, i: int = 0) -> str:
         """The address of ip-i."""
@@ -143,6 +152,7 @@ name = "vm-{i}"
 network_ip = "{self.internal_ip(i)}"
 shutdown_grace = 5
 script_runner = "{self.runner}"
+console_after_stop = "{self.console_after_stop}"
 env = {{ {env_toml} }}
 metadata = {{ {metadata_toml} }}
 

@@ -115,6 +115,45 @@ def test_the_legacy_runner_merges_the_streams_as_startup_script_lines(emulator, 
     assert 'Script "startup-script" failed with error: exit status 3' in serial
 
 
+def test_the_20240802_runner_puts_each_line_on_the_console_twice(emulator):
+    config = vm_config("vm-1", script="#!/bin/bash\necho out\nexit 3\n")
+    runner = 'name = "vm-1"\nscript_runner = "legacy-20240802"'
+    emu = emulator(config.replace('name = "vm-1"', runner))
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(lambda: serial_of(emu).count("Finished running startup scripts.") == 2, 20, "end")
+    serial = serial_of(emu)
+    assert serial.count("startup-script: out\n") == 2
+    assert "google_metadata_script_runner: startup-script: out" in serial, "the runner's copy"
+    assert "google_metadata_script_runner[" in serial, "the journal's copy, through syslog"
+    assert serial.count('Script "startup-script" failed with error: exit status 3') == 2
+
+
+@needs_gcloud
+@pytest.mark.parametrize("after_stop", ["kept", "cleared"])
+def test_the_console_is_served_only_while_the_vm_runs_and_kept_or_cleared_at_a_start(
+    emulator, after_stop
+):
+    config = vm_config("vm-1", script='#!/bin/bash\necho "boot $(date +%s%N)"\n')
+    emu = emulator(
+        config.replace('name = "vm-1"', f'name = "vm-1"\nconsole_after_stop = "{after_stop}"')
+    )
+    console = ("compute", "instances", "get-serial-port-output", "vm-1", Z)
+    r = emu.gcloud(*console)
+    assert r.returncode == 1 and "is not ready" in r.stderr, r.stderr
+    boots = []
+    for n in (1, 2):
+        emu.set_instance(ZONE, "vm-1", status="RUNNING")
+        wait_until(lambda: "Finished running" in emu.gcloud(*console).stdout, 20, f"boot {n}")
+        boots.append([ln for ln in emu.gcloud(*console).stdout.splitlines() if "boot " in ln])
+        emu.set_instance(ZONE, "vm-1", status="TERMINATED")
+        assert "is not ready" in emu.gcloud(*console).stderr, "served while TERMINATED"
+    assert len(boots[0]) == 1
+    if after_stop == "kept":
+        assert boots[1][0] == boots[0][0] and len(boots[1]) == 2, boots
+    else:
+        assert len(boots[1]) == 1 and boots[1] != boots[0], boots
+
+
 def serial_of(emu) -> str:
     return (Path(emu.instance("vm-1")["dir"]) / "serial-port-1.log").read_text()
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import TOKEN, pid_alive, wait_until
-from tests.flow import MUTATING, ZONE, Flow, agent_guest_script
+from tests.flow import BOOTING, MUTATING, STAMPED_FIRST_LINE, ZONE, Flow, agent_guest_script
 from tests.harness import needs_gcloud, reap
 
 pytestmark = [pytest.mark.e2e, needs_gcloud]
@@ -499,6 +499,8 @@ def test_a_vm_that_goes_away_under_a_running_job_is_noticed_and_reported_with_ex
         ("guest-agent", 'Script "startup-script" failed with error: exit status 3'),
         ("legacy", 'Script "startup-script" failed with error: exit status 3'),
         ("debian-20211116", "startup-script exit status 3"),  # Debian's package says only this
+        # every line twice on the console (StandardOutput=journal+console): relayed once
+        ("legacy-20240802", 'Script "startup-script" failed with error: exit status 3'),
     ],
 )
 def test_a_startup_script_that_fails_on_the_console_ends_the_wait_at_once(
@@ -507,7 +509,8 @@ def test_a_startup_script_that_fails_on_the_console_ends_the_wait_at_once(
     """No boot state says so (the script died before it could publish one): the script
     runner's failure line on the serial console ends the wait, with the script's lines."""
     script = (
-        "#!/bin/bash\necho 'reading the settings'\necho 'no route to the repository' >&2\nexit 3\n"
+        f"#!/bin/bash\n{STAMPED_FIRST_LINE}\n"
+        "echo 'reading the settings'\necho 'no route to the repository' >&2\nexit 3\n"
     )
     flow = make_flow(script=script, runner=runner)
     t0 = time.monotonic()
@@ -520,6 +523,31 @@ def test_a_startup_script_that_fails_on_the_console_ends_the_wait_at_once(
     assert f"[vm] {failure_line}" in r.stderr
     assert "vm-0's boot failed: the startup script failed with error: exit status 3" in r.stderr
     assert r.stderr.count("[vm] reading the settings") == 1, "each console line once"
+    assert r.stderr.count(f"[vm] {failure_line}") == 1, "each console line once"
+    flow.assert_cleaned_up()
+
+
+@pytest.mark.parametrize("console", ["kept", "cleared"])
+def test_an_earlier_boots_failure_on_the_console_does_not_end_the_next_boot(
+    make_flow, tmp_path, console
+):
+    """Compute Engine serves the console only while the VM runs, and may keep the earlier
+    boots' output across a stop: the failure line of the boot before is not this boot's."""
+    fixed = tmp_path / "fixed"
+    script = agent_guest_script(
+        f"[[ -e {fixed} ]] || {{ echo 'the first boot fails' >&2; exit 3; }}"
+    )
+    flow = make_flow(script=script, console_after_stop=console)
+    failed = flow.entrypoint(CLOUD_RUN_EXECUTION="boot-1")
+    assert failed.returncode == 4, failed.stderr
+    assert "[vm] the first boot fails" in failed.stderr
+    fixed.touch()
+    second = flow.entrypoint(CLOUD_RUN_EXECUTION="boot-2")
+    assert second.returncode == 0, second.stderr
+    assert "the first boot fails" not in second.stderr
+    assert "failed with error" not in second.stderr
+    assert "job output line" in second.stdout
+    assert second.stderr.count(f"] {BOOTING}") == 1, "this boot's first line, once"
     flow.assert_cleaned_up()
 
 
