@@ -12,7 +12,7 @@
 # Required: PROJECT_ID REGION ZONE STATIC_NAME AGENT_TOKEN, and INSTANCE or INSTANCES.
 # Optional (defaults in docs/orchestrator.md, "Settings"): AGENT_PORT MODE BOOT_TIMEOUT
 #   RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT HEALTH_INTERVAL KEEP_VM ACCESS_CONFIG_NAME
-#   NETWORK_INTERFACE AGENT_TLS AGENT_ADDRESS PIN_WAIT; from Cloud Run: CLOUD_RUN_JOB
+#   NETWORK_INTERFACE AGENT_TLS AGENT_ADDRESS PIN_WAIT FALLBACK_MACHINE_TYPES; from Cloud Run: CLOUD_RUN_JOB
 #   CLOUD_RUN_EXECUTION CLOUD_RUN_TASK_INDEX.
 # Exit codes: 0 the run succeeded; 1 it failed, was cancelled or interrupted; 2 configuration;
 #   3 the VM is busy (another execution holds its claim, or a run is in progress on it);
@@ -20,6 +20,7 @@
 #   6 the agent refused or answered nonsense, or its TLS key is not the one the VM published
 #   (or the VM published none); 7 cleanup failed (the VM may still be up, or its claim was
 #   not given back); 8 the VM went away during the run (stopped, preempted, deleted);
+#   9 no capacity (the zone had none for the VM's machine types within BOOT_TIMEOUT);
 #   11 status or logs found nothing there (the VM is not running, or has no such run);
 #   130/143 interrupted by SIGINT/SIGTERM.
 # Only the job's log goes to stdout; everything else is a log line on stderr.
@@ -42,6 +43,8 @@ source "$ORCHESTRATOR/claim.sh"        # step 2: one execution at a time (the la
 source "$ORCHESTRATOR/address.sh"      # step 2: the static address attached, detached
 # shellcheck source=orchestrator/vm.sh
 source "$ORCHESTRATOR/vm.sh"           # step 3: the VM started, its status, stopped
+# shellcheck source=orchestrator/capacity.sh
+source "$ORCHESTRATOR/capacity.sh"     # step 3: a zone without capacity, other machine types
 # shellcheck source=orchestrator/watcher.sh
 source "$ORCHESTRATOR/watcher.sh"      # step 4: the boot's guest attributes and console
 # shellcheck source=orchestrator/agent.sh

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gcp_emulator.capacity import MACHINE_TYPE, Stockout, refusal
 from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig
 from gcp_emulator.process_guest import ProcessGuest
 from gcp_emulator.serial_port import SerialPort
@@ -27,6 +28,8 @@ from gcp_emulator.serial_port import SerialPort
 logger = logging.getLogger(__name__)
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's default
 ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes any token)
+# an operation's httpErrorMessage for its httpErrorStatusCode
+HTTP_ERROR_MESSAGES = {403: "FORBIDDEN", 412: "PRECONDITION FAILED", 503: "SERVICE UNAVAILABLE"}
 OPERATION_SECONDS = 0.05  # how long a quick operation (setLabels) stays RUNNING
 _ids = itertools.count(1000000000000000001)
 
@@ -116,6 +119,10 @@ class Instance:
     created: str = field(default_factory=now_rfc3339)
     last_start: str | None = None
     last_stop: str | None = None
+    machine_type: str = "e2-small"
+    # scheduling set with setScheduling: maxRunDuration {"seconds"}, instanceTerminationAction
+    scheduling: dict[str, Any] = field(default_factory=dict)
+    running_since: int = 0  # counts the entries to RUNNING (the run-duration limit's timer)
 
     @property
     def name(self) -> str:
@@ -189,6 +196,7 @@ class Cloud:
         self.instances: dict[tuple[str, str], Instance] = {}
         self.addresses: dict[tuple[str, str], Address] = {}
         self.secrets: dict[str, Secret] = {}
+        self.stockouts: list[Stockout] = []
         self._ephemeral = (f"127.0.200.{n}" for n in itertools.count(1))
         for n, ic in enumerate(cfg.instances, start=2):
             self.add_instance(ic, ic.network_ip or f"127.0.100.{n}")
@@ -218,7 +226,13 @@ class Cloud:
             dir=inst_dir,
             serial=SerialPort(inst_dir / "serial-port-1.log"),
             metadata=dict(ic.metadata),
+            machine_type=ic.machine_type,
         )
+        if ic.max_run_duration:
+            inst.scheduling = {
+                "maxRunDuration": {"seconds": str(ic.max_run_duration)},
+                "instanceTerminationAction": "STOP",
+            }
         self.instances[(ic.zone, ic.name)] = inst
         return inst
 
@@ -262,7 +276,10 @@ class Cloud:
         return op
 
     def set_status(self, inst: Instance, status: str) -> None:
+        entered_running = status == "RUNNING" and inst.status != "REPAIRING"
         inst.status = status
+        if entered_running:
+            self._arm_run_limit(inst)
         self.record("event", event="status", instance=f"{inst.zone}/{inst.name}", status=status)
         logger.info("%s/%s: %s", inst.zone, inst.name, status)
         for op in inst.waiting.pop(status, []):
@@ -278,6 +295,13 @@ class Cloud:
         op = self.new_operation(inst, "start")
         inst.waiting.setdefault("RUNNING", []).append(op)
         if inst.status == "TERMINATED":
+            refused = next(
+                (s for s in self.stockouts if s.refuses(inst.zone, inst.machine_type)), None
+            )
+            if refused is not None:
+                self.set_status(inst, "PROVISIONING")
+                inst.task = asyncio.get_running_loop().create_task(self._refuse(inst, refused))
+                return op
             inst.last_start = now_rfc3339()
             inst.guest_attributes.clear()
             if inst.cfg.console_after_stop == "cleared":
@@ -285,6 +309,75 @@ class Cloud:
             self.set_status(inst, "PROVISIONING")
             inst.task = asyncio.get_running_loop().create_task(self._boot(inst))
         return op
+
+    async def _refuse(self, inst: Instance, stockout: Stockout) -> None:
+        """A start the zone has no capacity (or the project no quota) for: PROVISIONING, then
+        back to TERMINATED, the operation ending with the error."""
+        await asyncio.sleep(inst.cfg.provision_delay)
+        status, message = refusal(stockout.code, self.project, inst.zone, self.cfg.region)
+        self.record(
+            "event", event="stockout", instance=f"{inst.zone}/{inst.name}", code=stockout.code
+        )
+        self.set_status(inst, "TERMINATED")
+        for op in inst.waiting.pop("RUNNING", []):
+            op.finish(ApiError(status, stockout.code, message))
+
+    def set_machine_type(self, inst: Instance, body: dict[str, Any]) -> Operation:
+        """instances.setMachineType: on a stopped VM only."""
+        wanted = str(body.get("machineType") or "").rsplit("/", 1)[-1]
+        if not MACHINE_TYPE.fullmatch(wanted):
+            raise ApiError(
+                400,
+                "invalid",
+                f"Invalid value for field 'resource.machineType': '{body.get('machineType')}'. "
+                f"Machine type with name '{wanted}' does not exist in zone '{inst.zone}'.",
+            )
+        if inst.status != "TERMINATED":
+            raise ApiError(
+                400,
+                "resourceNotReady",
+                f"The resource '{inst.path}' is not ready",
+            )
+        inst.machine_type = wanted
+        return self.done_operation(inst, "setMachineType")
+
+    def set_scheduling(self, inst: Instance, body: dict[str, Any]) -> Operation:
+        """instances.setScheduling: on a stopped VM only (documented); the fields given replace
+        those set, a null clears one."""
+        if inst.status != "TERMINATED":
+            raise ApiError(400, "resourceNotReady", f"The resource '{inst.path}' is not ready")
+        for key, value in body.items():
+            if value is None:
+                inst.scheduling.pop(key, None)
+            else:
+                inst.scheduling[key] = value
+        return self.done_operation(inst, "setScheduling")
+
+    def run_limit(self, inst: Instance) -> float | None:
+        """The seconds a VM may stay RUNNING before Compute Engine stops it, or None."""
+        limit = inst.scheduling.get("maxRunDuration")
+        if not isinstance(limit, dict) or inst.scheduling.get("instanceTerminationAction") not in (
+            "STOP",
+            "DELETE",
+        ):
+            return None
+        return float(limit.get("seconds", 0)) + float(limit.get("nanos", 0)) / 1e9
+
+    def _arm_run_limit(self, inst: Instance) -> None:
+        """maxRunDuration's timer, started at each entry to RUNNING: when it passes, the VM is
+        stopped as a stop through the API stops it (this emulator never deletes one)."""
+        inst.running_since += 1
+        limit = self.run_limit(inst)
+        if limit is None:
+            return
+        entry = inst.running_since
+
+        def expire() -> None:
+            if inst.running_since == entry and inst.status in ("RUNNING", "REPAIRING"):
+                self.record("event", event="max_run_duration", instance=f"{inst.zone}/{inst.name}")
+                self._begin_stop(inst)
+
+        asyncio.get_running_loop().call_later(limit, expire)
 
     async def _boot(self, inst: Instance, skip_delays: bool = False) -> None:
         if not skip_delays:
@@ -622,7 +715,7 @@ class Cloud:
             "creationTimestamp": inst.created,
             "name": inst.name,
             "zone": zone_link,
-            "machineType": f"{zone_link}/machineTypes/e2-small",
+            "machineType": f"{zone_link}/machineTypes/{inst.machine_type}",
             "status": inst.status,
             "networkInterfaces": [nic],
             "metadata": {
@@ -635,6 +728,13 @@ class Cloud:
             "cpuPlatform": "Unknown CPU Platform",
             "canIpForward": False,
             "deletionProtection": False,
+        }
+        body["scheduling"] = {
+            "onHostMaintenance": "MIGRATE",
+            "automaticRestart": True,
+            "preemptible": False,
+            "provisioningModel": "STANDARD",
+            **inst.scheduling,
         }
         if inst.labels:
             body["labels"] = dict(inst.labels)
@@ -666,7 +766,7 @@ class Cloud:
         if op.error is not None:
             body["error"] = {"errors": [{"code": op.error.reason, "message": op.error.message}]}
             body["httpErrorStatusCode"] = op.error.code
-            body["httpErrorMessage"] = "PRECONDITION FAILED" if op.error.code == 412 else "ERROR"
+            body["httpErrorMessage"] = HTTP_ERROR_MESSAGES.get(op.error.code, "ERROR")
         return body
 
     def address_json(self, addr: Address) -> dict[str, Any]:
@@ -703,6 +803,8 @@ class Cloud:
                     "workdir": str(i.workdir),
                     "dir": str(i.dir),
                     "network_ip": i.network_ip,
+                    "machine_type": i.machine_type,
+                    "scheduling": dict(i.scheduling),
                 }
                 for i in self.instances.values()
             ],

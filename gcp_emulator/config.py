@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gcp_emulator.capacity import MACHINE_TYPE
+
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 PERMISSION_RE = re.compile(r"[a-z]+\.[a-zA-Z]+\.[a-zA-Z]+")
 SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -50,6 +52,9 @@ class InstanceConfig:
     # the serial console's buffer at a start after a stop: "kept" (earlier boots' output stays)
     # or "cleared" (no public source settles which Compute Engine does)
     console_after_stop: str = "kept"
+    machine_type: str = "e2-small"
+    # scheduling.maxRunDuration in seconds, with instanceTerminationAction=STOP (0: none)
+    max_run_duration: int = 0
     missing_commands: list[str] = field(default_factory=list)  # not in the guest's image
     provision_delay: float = INSTANCE_TIMINGS["provision_delay"]
     staging_delay: float = INSTANCE_TIMINGS["staging_delay"]
@@ -179,6 +184,12 @@ def _instance(
     inst.script_runner = _take(t, where, "script_runner", str, inst.script_runner)
     if inst.script_runner not in RUNNERS:
         raise ConfigError(f"{where}script_runner: must be one of {', '.join(RUNNERS)}")
+    inst.machine_type = _take(t, where, "machine_type", str, inst.machine_type)
+    if not MACHINE_TYPE.fullmatch(inst.machine_type):
+        raise ConfigError(f"{where}machine_type: not a machine type: {inst.machine_type!r}")
+    inst.max_run_duration = _take(t, where, "max_run_duration", int, 0)
+    if inst.max_run_duration < 0:
+        raise ConfigError(f"{where}max_run_duration: must be >= 0 seconds")
     inst.console_after_stop = _take(t, where, "console_after_stop", str, "kept")
     if inst.console_after_stop not in CONSOLE_AFTER_STOP:
         raise ConfigError(f"{where}console_after_stop: must be kept or cleared")
@@ -331,6 +342,8 @@ def dump_config(cfg: EmulatorConfig) -> str:
             lines.append(f"network_ip = {_toml_value(inst.network_ip)}")
         lines.append(f"script_runner = {_toml_value(inst.script_runner)}")
         lines.append(f"console_after_stop = {_toml_value(inst.console_after_stop)}")
+        lines.append(f"machine_type = {_toml_value(inst.machine_type)}")
+        lines.append(f"max_run_duration = {inst.max_run_duration}")
         if inst.missing_commands:
             lines.append(f"missing_commands = {json.dumps(inst.missing_commands)}")
     for addr in cfg.addresses:

@@ -223,6 +223,8 @@ def demo_config(
             workdir=disk.base / "disk",
             network_ip=f"127.{net}.100.2",
             boot_delay=boot_delay,
+            # the guard docs/deploy.md sets: BOOT_TIMEOUT + RUN_TIMEOUT + STOP_TIMEOUT + 60 s
+            max_run_duration=180 + 3600 + 180 + 60,
             metadata={
                 "startup-script": (REPO / "startup.sh").read_text(),
                 "app-dir": str(disk.app),

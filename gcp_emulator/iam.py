@@ -27,6 +27,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "compute.instances.deleteAccessConfig": ("compute.instances.deleteAccessConfig",),
     "compute.instances.setMetadata": ("compute.instances.setMetadata",),
     "compute.instances.setLabels": ("compute.instances.setLabels",),
+    "compute.instances.setMachineType": ("compute.instances.setMachineType",),
+    "compute.instances.setScheduling": ("compute.instances.setScheduling",),
     "compute.instances.getSerialPortOutput": ("compute.instances.getSerialPortOutput",),
     "compute.instances.getGuestAttributes": ("compute.instances.getGuestAttributes",),
     "compute.addresses.get": ("compute.addresses.get",),

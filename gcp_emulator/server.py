@@ -26,6 +26,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from gcp_emulator import iam
+from gcp_emulator.capacity import CODES as CAPACITY_CODES
+from gcp_emulator.capacity import Stockout
 from gcp_emulator.cloud import (
     ApiError,
     Cloud,
@@ -207,6 +209,26 @@ async def delete_access_config(cloud: Cloud, request: Request, m: dict[str, str]
 async def set_metadata(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     inst = _inst(cloud, m)
     return _op(cloud, cloud.set_metadata(inst, await json_body(request)))
+
+
+@route(
+    "POST",
+    C + "/zones/{zone}/instances/{instance}/setMachineType",
+    "compute.instances.setMachineType",
+)
+async def set_machine_type(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    inst = _inst(cloud, m)
+    return _op(cloud, cloud.set_machine_type(inst, await json_body(request)))
+
+
+@route(
+    "POST",
+    C + "/zones/{zone}/instances/{instance}/setScheduling",
+    "compute.instances.setScheduling",
+)
+async def set_scheduling(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    inst = _inst(cloud, m)
+    return _op(cloud, cloud.set_scheduling(inst, await json_body(request)))
 
 
 @route("POST", C + "/zones/{zone}/instances/{instance}/setLabels", "compute.instances.setLabels")
@@ -724,6 +746,23 @@ class EmulatorApp:
                 return JSONResponse({})
             if hook == "faults" and method == "DELETE":
                 self.faults.clear()
+                return JSONResponse({})
+            if hook == "stockouts" and method == "POST":
+                body = await json_body(request)
+                code = str(body.get("code", CAPACITY_CODES[0]))
+                if code not in CAPACITY_CODES:
+                    raise ValueError(f"code must be one of {', '.join(CAPACITY_CODES)}")
+                cloud.stockouts.append(
+                    Stockout(
+                        zone=str(body.get("zone", cloud.cfg.zone)),
+                        machine_type=str(body.get("machine_type", "*")),
+                        code=code,
+                        count=int(body.get("count", -1)),
+                    )
+                )
+                return JSONResponse({})
+            if hook == "stockouts" and method == "DELETE":
+                cloud.stockouts.clear()
                 return JSONResponse({})
             hit = re.fullmatch(r"instances/([^/]+)/([^/]+)", hook)
             if hit and method == "POST":

@@ -16,7 +16,7 @@
 #   OTHER_LABELS (the instance's other labels, as JSON members); CLAIM_ERROR (what went wrong
 #   when read_labels or set_labels returns non-zero).
 # Private: CLAIMED (1 while this execution holds the claim), CLAIM (its value).
-# Reads: the settings. Needs: logging.sh, children.sh, compute.sh.
+# Reads: the settings. Needs: logging.sh, children.sh, compute.sh, vm.sh (note_run_limit).
 
 readonly CLAIM_LABEL=vm-job-owner
 CLAIMED=0
@@ -134,8 +134,9 @@ read_labels() {
   local labels_re='"labels":[[:space:]]*\{([^}]*)\}'
   local pair_re='^[[:space:],]*"([^"]*)":[[:space:]]*"([^"]*)"(.*)$'
   LABEL_FP="" HOLDER="" OTHER_LABELS=""
-  compute_api GET "zones/$ZONE/instances/$INSTANCE?fields=labels,labelFingerprint"
+  compute_api GET "zones/$ZONE/instances/$INSTANCE?fields=labels,labelFingerprint,scheduling"
   labels_outcome || return $?
+  note_run_limit # the same answer holds the VM's own guard (vm.sh)
   [[ $API_BODY =~ $fp_re ]] && LABEL_FP=${BASH_REMATCH[1]}
   if [[ $API_BODY =~ $labels_re ]]; then
     rest=${BASH_REMATCH[1]}

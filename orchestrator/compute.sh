@@ -10,6 +10,8 @@
 
 # gcloud exits 1 for every error; these are the ones worth another try (HTTP 429 and 5xx,
 # connection trouble, a VM still on its way to TERMINATED).
+# A start refused for capacity says "try again later" too: start_vm waits for capacity itself.
+readonly NO_CAPACITY_RE='ZONE_RESOURCE_POOL_EXHAUSTED(_WITH_DETAILS)?'
 readonly TRANSIENT_RE='HTTPError (429|5[0-9][0-9])|[Rr]ate [Ll]imit|[Qq]uota exceeded|[Ii]nternal error|[Bb]ackend ?[Ee]rror|[Uu]navailable|[Tt]ry again|[Cc]onnection (refused|reset|aborted)|ConnectionError|[Tt]imed? ?out|[Tt]emporary failure|is not ready|resourceNotReady'
 
 # gcloud_call DEADLINE_EPOCH ARGS...: run gcloud, bounded by the deadline, retrying transient
@@ -31,7 +33,7 @@ gcloud_call() {
       printf 'gcloud timed out after %ss\n' "$budget" >>"$WORK_DIR/gcloud.err"
       return "$rc"
     fi
-    gcloud_said "$TRANSIENT_RE" || return "$rc"
+    gcloud_said "$TRANSIENT_RE" && ! gcloud_said "$NO_CAPACITY_RE" || return "$rc"
     if (($(date +%s) + delay > deadline)); then
       log ERROR "gcloud $1 $2: still failing at the deadline: $(last_error)"
       return "$rc"

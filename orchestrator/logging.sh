@@ -8,7 +8,7 @@
 # Needs: json.sh (json_escape).
 
 readonly EX_FAILED=1 EX_CONFIG=2 EX_BUSY=3 EX_TIMEOUT=4 EX_CLOUD=5 EX_AGENT=6 EX_CLEANUP=7
-readonly EX_VM_GONE=8 EX_NOTHING_THERE=11
+readonly EX_VM_GONE=8 EX_NO_CAPACITY=9 EX_NOTHING_THERE=11
 
 # log SEVERITY MESSAGE...: one line on stderr; one-line JSON for Cloud Logging on Cloud Run.
 log() {

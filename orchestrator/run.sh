@@ -101,7 +101,7 @@ check_vm_still_there() {
   vm_went_away || return 0
   RUN_ACTIVE=0 # nothing left to cancel: the VM's processes are gone with it
   log_end      # nor a log to fetch
-  die "$EX_VM_GONE" "step 6/6: the VM went away during run $RUN_ID${what:+ ($what)}: $INSTANCE is $VM_STATUS (a Spot VM is preempted this way; a stop by hand or a deletion looks the same). The job's output up to then is above; what the job did after it is unknown: check before running it again."
+  die "$EX_VM_GONE" "step 6/6: the VM went away during run $RUN_ID${what:+ ($what)}: $INSTANCE is $VM_STATUS (a Spot VM is preempted this way, ${RUN_LIMIT:+a VM whose maxRunDuration of ${RUN_LIMIT}s has passed too, }a stop by hand or a deletion looks the same). The job's output up to then is above; what the job did after it is unknown: check before running it again."
 }
 
 # The run's record once it has ended (transient errors retried within API_TIMEOUT).

@@ -40,6 +40,7 @@ check_config() {
   AGENT_TLS=${AGENT_TLS:-1}
   AGENT_ADDRESS=${AGENT_ADDRESS:-static}
   PIN_WAIT=${PIN_WAIT:-20}
+  FALLBACK_MACHINE_TYPES=${FALLBACK_MACHINE_TYPES:-}
   COMPUTE_API=${CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE:-https://compute.googleapis.com/compute/v1/}
 
   for name in BOOT_TIMEOUT RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT PIN_WAIT; do
@@ -61,6 +62,8 @@ check_config() {
   [[ $NETWORK_INTERFACE =~ ^nic[0-9]+$ ]] ||
     die "$EX_CONFIG" "configuration: NETWORK_INTERFACE must look like nic0, not '$NETWORK_INTERFACE'"
   [[ -n $ACCESS_CONFIG_NAME ]] || die "$EX_CONFIG" "configuration: ACCESS_CONFIG_NAME must not be empty"
+  [[ -z $FALLBACK_MACHINE_TYPES || $FALLBACK_MACHINE_TYPES =~ ^[a-z][-a-z0-9]*(,[a-z][-a-z0-9]*)*$ ]] ||
+    die "$EX_CONFIG" "configuration: FALLBACK_MACHINE_TYPES must be machine types separated by commas, like e2-medium,n2-standard-2, not '$FALLBACK_MACHINE_TYPES'"
   for name in REGION ZONE; do
     [[ ${!name} =~ $NAME_RE ]] || die "$EX_CONFIG" "configuration: $name '${!name}' is not a valid name"
   done

@@ -4,37 +4,88 @@
 #
 # Sets (results): BOOT_DEADLINE (start_vm: when the boot must be done, BOOT_TIMEOUT from the
 #   start), AGENT_IP (vm_agent_address), VM_STATUS (read_vm_status, describe_vm), VM_INTERNAL
-#   and VM_NAT (describe_vm; VM_INTERNAL also from the start, for nic0).
+#   and VM_NAT (describe_vm; VM_INTERNAL also from the start, for nic0), RUN_LIMIT and
+#   RUN_LIMIT_ACTION (note_run_limit: the VM's scheduling.maxRunDuration in seconds, "" when
+#   unset, and its instanceTerminationAction).
 # Private: OWN_VM (1 once this execution asked the VM to start), STOP_PID and STOP_ASYNC (the
 #   cleanup's stop, and whether it waits for TERMINATED).
-# Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, watcher.sh
+# Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, capacity.sh
+#   (start_refused_for_capacity, wait_for_capacity, started_as), watcher.sh
 #   (console_from_start before the start, start_watcher once it is RUNNING), agent.sh
 #   (agent_url_of).
 
 OWN_VM=0
+RUN_LIMIT="" RUN_LIMIT_ACTION=""
 STOP_PID=""
 STOP_ASYNC=""
 VM_INTERNAL=""
 
 # 3. Start the VM (a running one is fine); gcloud returns once it is RUNNING. The watcher of its
-# boot starts then; the console is relayed from this boot's first line of startup.sh on.
+# boot starts then; the console is relayed from this boot's first line of startup.sh on. A zone
+# without capacity is waited for, or another machine type tried (capacity.sh).
 start_vm() {
   local t0
   t0=$(now)
   BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
+  check_run_limit
   log INFO "step 3/6: starting $INSTANCE (its boot follows as [vm] lines)"
   console_from_start
   OWN_VM=1
-  gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE" || {
-    gcloud_said "$TRANSIENT_RE" &&
-      die "$EX_TIMEOUT" "starting $INSTANCE: not started within BOOT_TIMEOUT=${BOOT_TIMEOUT}s: $(last_error)"
-    die "$EX_CLOUD" "starting $INSTANCE: $(last_error)"
-  }
+  until gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE"; do
+    start_refused_for_capacity || {
+      gcloud_said "$TRANSIENT_RE" &&
+        die "$EX_TIMEOUT" "starting $INSTANCE: not started within BOOT_TIMEOUT=${BOOT_TIMEOUT}s: $(last_error)"
+      die "$EX_CLOUD" "starting $INSTANCE: $(last_error)"
+    }
+    wait_for_capacity # a stockout: another machine type, or a wait (capacity.sh)
+  done
   VM_INTERNAL=$(gcloud_stderr | sed -n 's/^Instance internal IP is \([0-9.]*\)$/\1/p')
   log INFO "step 3/6: $INSTANCE is RUNNING ($(since "$t0")s)"
+  started_as
   start_watcher "$BOOT_DEADLINE" # from here: nothing of the boot to read before RUNNING
   vm_agent_address
   agent_url_of "$AGENT_IP"
+}
+
+# note_run_limit: from the instance in API_BODY (read_labels' answer), its guard that does not
+# depend on the guest: scheduling.maxRunDuration (seconds) and instanceTerminationAction.
+# Compute Engine stops (or deletes) a VM that has been RUNNING that long, whatever runs on it.
+note_run_limit() {
+  local limit_re='"maxRunDuration":[[:space:]]*\{[^}]*"seconds":[[:space:]]*"?([0-9]+)'
+  local action_re='"instanceTerminationAction":[[:space:]]*"([A-Z_]+)"'
+  RUN_LIMIT="" RUN_LIMIT_ACTION=""
+  [[ $API_BODY =~ $limit_re ]] && RUN_LIMIT=${BASH_REMATCH[1]}
+  [[ $API_BODY =~ $action_re ]] && RUN_LIMIT_ACTION=${BASH_REMATCH[1]}
+  return 0
+}
+
+# run_limit_needed: the seconds a VM of this execution may stay RUNNING: the boot, the run, the
+# cancel and the log after it.
+run_limit_needed() { printf '%s' $((BOOT_TIMEOUT + RUN_TIMEOUT + 60)); }
+
+# run_limit_words: the guard as `status` and the log name it.
+run_limit_words() {
+  if [[ -z $RUN_LIMIT ]]; then
+    printf 'none: no scheduling.maxRunDuration (if the guest wedges and this execution dies, nothing stops the VM)'
+  else
+    printf 'scheduling.maxRunDuration=%ss, instanceTerminationAction=%s' "$RUN_LIMIT" "${RUN_LIMIT_ACTION:-none}"
+  fi
+}
+
+# check_run_limit: once per run, before the start: a VM without the guard, or with one shorter
+# than this execution may need, or one that deletes the VM, is a WARNING with the command that
+# sets it (docs/deploy.md).
+check_run_limit() {
+  local needed set_it
+  needed=$(run_limit_needed)
+  set_it="gcloud compute instances set-scheduling $INSTANCE --zone=$ZONE --max-run-duration=$((needed + STOP_TIMEOUT))s --instance-termination-action=STOP (while it is stopped; docs/deploy.md)"
+  if [[ -z $RUN_LIMIT ]]; then
+    log WARNING "step 3/6: $INSTANCE has no guard of its own ($(run_limit_words)): $set_it"
+  elif [[ $RUN_LIMIT_ACTION != STOP ]]; then
+    log WARNING "step 3/6: $INSTANCE's $(run_limit_words): at the limit Compute Engine does not stop it but ${RUN_LIMIT_ACTION:-does nothing}; $set_it"
+  elif ((RUN_LIMIT < needed)); then
+    log WARNING "step 3/6: $INSTANCE's scheduling.maxRunDuration=${RUN_LIMIT}s is shorter than this run may take (BOOT_TIMEOUT + RUN_TIMEOUT + 60 s = ${needed}s): Compute Engine may stop it under the job; $set_it"
+  fi
 }
 
 # vm_agent_address: AGENT_IP, where the agent is reached: the static IP, or the VM's internal

@@ -92,6 +92,17 @@ class EmulatorProcess:
         )
         r.raise_for_status()
 
+    def stockout(
+        self,
+        zone: str,
+        machine_type: str = "*",
+        code: str = "ZONE_RESOURCE_POOL_EXHAUSTED",
+        count: int = -1,
+    ) -> None:
+        """Starts in zone of a VM of machine_type refused with code, count times (-1: all)."""
+        body = {"zone": zone, "machine_type": machine_type, "code": code, "count": count}
+        self.http.post("/_emulator/stockouts", json=body).raise_for_status()
+
     def set_instance(self, zone: str, name: str, **fields: Any) -> dict[str, Any]:
         r = self.http.post(f"/_emulator/instances/{zone}/{name}", json=fields)
         r.raise_for_status()

@@ -189,6 +189,9 @@ def test_serve_prints_exports_and_stops_on_sigterm(tmp_path):
         ("project = ", "not valid TOML"),
         ("permissions = ['start the VM']", "'start the VM' is not a permission like"),
         ("permissions = 'compute.instances.get'", "permissions: expected list"),
+        ("[[instances]]\nname = 'vm'\nmachine_type = 'huge'", "machine_type: not a machine type"),
+        ("[[instances]]\nname = 'vm'\nmax_run_duration = -1", "max_run_duration: must be >= 0"),
+        ("[[instances]]\nname = 'vm'\nconsole_after_stop = 'gone'", "must be kept or cleared"),
     ],
 )
 def test_bad_configuration_is_one_clear_line_and_exit_2(tmp_path, toml, message):
