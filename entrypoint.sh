@@ -12,7 +12,8 @@
 # Required: PROJECT_ID REGION ZONE STATIC_NAME AGENT_TOKEN, and INSTANCE or INSTANCES.
 # Optional (defaults in docs/orchestrator.md, "Settings"): AGENT_PORT MODE BOOT_TIMEOUT
 #   RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT HEALTH_INTERVAL KEEP_VM ACCESS_CONFIG_NAME
-#   NETWORK_INTERFACE AGENT_TLS AGENT_ADDRESS PIN_WAIT FALLBACK_MACHINE_TYPES; from Cloud Run: CLOUD_RUN_JOB
+#   NETWORK_INTERFACE AGENT_TLS AGENT_ADDRESS PIN_WAIT FALLBACK_MACHINE_TYPES SCHEDULE TIME_ZONE
+#   START_DEADLINE RERUN_FAILED; from Cloud Run: CLOUD_RUN_JOB
 #   CLOUD_RUN_EXECUTION CLOUD_RUN_TASK_INDEX.
 # Exit codes: 0 the run succeeded; 1 it failed, was cancelled or interrupted; 2 configuration;
 #   3 the VM is busy (another execution holds its claim, or a run is in progress on it);
@@ -21,6 +22,7 @@
 #   (or the VM published none); 7 cleanup failed (the VM may still be up, or its claim was
 #   not given back); 8 the VM went away during the run (stopped, preempted, deleted);
 #   9 no capacity (the zone had none for the VM's machine types within BOOT_TIMEOUT);
+#   10 too late for the slot (START_DEADLINE passed before the job could start);
 #   11 status or logs found nothing there (the VM is not running, or has no such run);
 #   130/143 interrupted by SIGINT/SIGTERM.
 # Only the job's log goes to stdout; everything else is a log line on stderr.
@@ -37,6 +39,8 @@ source "$ORCHESTRATOR/children.sh"     # long commands as children, so a signal 
 source "$ORCHESTRATOR/settings.sh"     # step 1: the configuration, the token put away
 # shellcheck source=orchestrator/compute.sh
 source "$ORCHESTRATOR/compute.sh"      # gcloud and the Compute REST API, retries, errors
+# shellcheck source=orchestrator/slot.sh
+source "$ORCHESTRATOR/slot.sh"         # once per scheduled slot: the key, duplicates, the window
 # shellcheck source=orchestrator/claim.sh
 source "$ORCHESTRATOR/claim.sh"        # step 2: one execution at a time (the label)
 # shellcheck source=orchestrator/address.sh
@@ -101,6 +105,7 @@ main() {
     exit 0
   fi
   check_config                      # 1. configuration, before any cloud call
+  slot_setup                        #    the scheduled slot and the run's key
   log INFO "step 1/6: $MODE on $INSTANCE in $ZONE (project $PROJECT_ID), address $STATIC_NAME, agent port $AGENT_PORT"
   claim_vm                          # 2. the VM claimed for this execution
   attach_static_ip                  #    and the static IP on it

@@ -14,6 +14,15 @@ Return normally for success; raise an exception (or call `sys.exit(code)`) for f
 exit code, and the last line you print, reach the run's record and the orchestrator. Print
 freely: stdout and stderr go to the run's log (`GET /runs/{id}/log`). On cancel or timeout the
 process gets SIGTERM, then SIGKILL after KILL_GRACE seconds.
+
+Each run gets RUN_KEY in its environment: with the orchestrator's SCHEDULE, the scheduled slot
+and the task index (`2026-12-02T00:00Z/0`), the same for every duplicate and retry of that slot;
+and RUN_SLOT, the slot's time (`2026-12-02T09:00:00+09:00`). Derive your order IDs from it, so
+that an exchange refuses an order placed twice for one slot:
+
+    import hashlib
+    key = os.environ["RUN_KEY"]
+    client_order_id = hashlib.sha256(f"{key}/buy-AAPL".encode()).hexdigest()[:32]
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, R
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, StringConstraints, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.runner import BusyError, JobRunner, KeyConflict, StoreError
@@ -45,6 +45,7 @@ MAX_LOG_BYTES = 4 * 1024 * 1024
 LOG_CHUNK_BYTES = 1024 * 1024  # at most this much per answer when following a log
 LOG_POLL_SECONDS = 0.05  # how often a held log request looks for new bytes
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
+RUN_SLOT_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d)?([+-]\d\d:\d\d|Z)$"
 
 
 # -- public models ---------------------------------------------------------------------------
@@ -58,6 +59,11 @@ class Health(BaseModel):
 
 class RunCreate(BaseModel):
     mode: Literal["run", "test"]
+    # the scheduled slot the run is for (ISO 8601 with its offset), given to the job as RUN_SLOT
+    run_slot: Annotated[str, StringConstraints(pattern=RUN_SLOT_PATTERN)] | None = None
+    # a key whose earlier run failed, was cancelled or interrupted starts the job again only
+    # with this (the orchestrator's RERUN_FAILED=1: the job is safe to run twice)
+    rerun_failed: bool = False
 
 
 class RunPublic(BaseModel):
@@ -264,7 +270,9 @@ async def create_run(
             "Idempotency-Key must be 1 to 200 printable ASCII characters",
         )
     try:
-        rec, created = await runner.start(body.mode, idempotency_key)
+        rec, created = await runner.start(
+            body.mode, idempotency_key, run_slot=body.run_slot, rerun_failed=body.rerun_failed
+        )
     except BusyError as exc:
         return busy_response(exc)
     except KeyConflict as exc:

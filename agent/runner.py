@@ -39,8 +39,9 @@ from agent.store import (
 logger = logging.getLogger(__name__)
 
 MODES = ("run", "test")
-# A retried key gets its earlier run back while that run is going or has succeeded; after a
-# failure, a cancel or an interruption the same key starts a new run.
+# A retried key gets its earlier run back, however it ended: a job that failed after it started
+# may have placed orders, so it is not started again unless the caller says it may be
+# (rerun_failed); a run going or succeeded is always returned.
 REPLAYABLE = (ACTIVE, "succeeded")
 
 
@@ -211,7 +212,7 @@ class JobRunner:
 
     # -- starting ----------------------------------------------------------------------------
 
-    def _child_env(self, record: RunRecord) -> dict[str, str]:
+    def _child_env(self, record: RunRecord, run_slot: str | None = None) -> dict[str, str]:
         env = {**self.job_env, **os.environ}
         for name in [k for k in env if k.upper() == "AGENT_TOKEN"]:  # any spelling of it
             del env[name]
@@ -220,11 +221,23 @@ class JobRunner:
         env["PYTHONUNBUFFERED"] = "1"
         env["RUN_ID"] = record.id
         env["RUN_MODE"] = record.mode
+        # the same across a slot's duplicates and retries: for deterministic order IDs
+        env["RUN_KEY"] = record.idempotency_key or record.id
+        if run_slot is not None:
+            env["RUN_SLOT"] = run_slot
         env[RUN_MARKER] = record.id
         return env
 
-    async def start(self, mode: str, idempotency_key: str | None) -> tuple[RunRecord, bool]:
-        """Start a run; returns (record, created). Raises BusyError while another one runs."""
+    async def start(
+        self,
+        mode: str,
+        idempotency_key: str | None,
+        run_slot: str | None = None,
+        rerun_failed: bool = False,
+    ) -> tuple[RunRecord, bool]:
+        """Start a run; returns (record, created). Raises BusyError while another one runs. An
+        Idempotency-Key used before returns its latest run, unless that run failed, was
+        cancelled or interrupted and rerun_failed says the job may run again."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         async with self._start_lock:
@@ -234,7 +247,7 @@ class JobRunner:
                     earlier = self._unrecorded.get(earlier.id, earlier)
                     if earlier.mode != mode:
                         raise KeyConflict(idempotency_key, earlier)
-                if earlier is not None and earlier.status in REPLAYABLE:
+                if earlier is not None and (earlier.status in REPLAYABLE or not rerun_failed):
                     logger.info(
                         "key %r: returning run %s (%s)", idempotency_key, earlier.id, earlier.status
                     )
@@ -254,7 +267,7 @@ class JobRunner:
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=log,
                         stderr=asyncio.subprocess.STDOUT,
-                        env=self._child_env(record),
+                        env=self._child_env(record, run_slot),
                         cwd=APP_DIR,
                         start_new_session=True,
                     )

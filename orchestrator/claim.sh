@@ -9,14 +9,16 @@
 # is TERMINATED and the address detached; another execution that finds it exits 3 at once,
 # having touched nothing. <until> (epoch seconds) is when the holder would be past all of its
 # timeouts, so the claim of an execution that was killed lapses then; <owner> is a hash of
-# CLOUD_RUN_EXECUTION/CLOUD_RUN_TASK_INDEX, so a retried task takes its own claim back. A value
+# CLOUD_RUN_EXECUTION/CLOUD_RUN_TASK_INDEX, so a retried task takes its own claim back; with
+# SCHEDULE, -<slot> follows (slot.sh: a duplicate sees which slot the holder runs). A value
 # of another form (an operator's `maintenance`) never lapses.
 #
 # Sets (results of read_labels): LABEL_FP, HOLDER (the claim's value, "" when none),
 #   OTHER_LABELS (the instance's other labels, as JSON members); CLAIM_ERROR (what went wrong
 #   when read_labels or set_labels returns non-zero).
 # Private: CLAIMED (1 while this execution holds the claim), CLAIM (its value).
-# Reads: the settings. Needs: logging.sh, children.sh, compute.sh, vm.sh (note_run_limit).
+# Reads: the settings, SLOT_LABEL (slot.sh). Needs: logging.sh, children.sh, compute.sh, vm.sh
+#   (note_run_limit), slot.sh (slot_check, with_slot_record).
 
 readonly CLAIM_LABEL=vm-job-owner
 CLAIMED=0
@@ -29,13 +31,14 @@ claim_vm() {
   t0=$(now)
   need_token
   until=$(($(date +%s) + 3 * API_TIMEOUT + BOOT_TIMEOUT + RUN_TIMEOUT + STOP_TIMEOUT + 60))
-  CLAIM="$until-$(owner_id)"
   deadline=$(($(date +%s) + API_TIMEOUT))
   while :; do
     rc=0
     read_labels || rc=$?
     if ((rc == 0)); then
-      if [[ -n $HOLDER && ${HOLDER#*-} != "${CLAIM#*-}" ]] && ! claim_lapsed "$HOLDER"; then
+      slot_check # a slot that ran, or that another execution runs, or that is too late: exit here
+      CLAIM="$until-$(owner_id)${SLOT_LABEL:+-$SLOT_LABEL}"
+      if [[ -n $HOLDER && $(claim_owner "$HOLDER") != "$(owner_id)" ]] && ! claim_lapsed "$HOLDER"; then
         die "$EX_BUSY" "step 2/6: $INSTANCE is busy: another execution holds it (label $CLAIM_LABEL=$HOLDER, $(claim_lapse "$HOLDER")); leaving the VM and its address alone. If none is running, remove the claim: gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
       fi
       if [[ -n $HOLDER ]]; then
@@ -112,6 +115,27 @@ owner_id() {
   fi
 }
 
+# claim_owner VALUE, claim_slot VALUE: the <owner> and the <slot> of a claim's value
+# <until>-<owner>[-<slot>] ("" when it has none).
+claim_owner() { [[ $1 =~ ^[0-9]+-([0-9a-f]+) ]] && printf '%s' "${BASH_REMATCH[1]}" || true; }
+claim_slot() { [[ $1 =~ ^[0-9]+-[0-9a-f]+-([0-9]{8}t[0-9]{4}z)$ ]] && printf '%s' "${BASH_REMATCH[1]}" || true; }
+
+# claim_relabel WHAT: the labels written again with this execution's claim (and its slot's
+# record, slot.sh), the fingerprint read anew if they changed meanwhile; a WARNING if it fails.
+claim_relabel() {
+  local try rc
+  ((CLAIMED)) || return 0
+  for try in 1 2 3 4 5; do
+    rc=0
+    read_labels || rc=$?
+    ((rc == 0)) && { set_labels "$CLAIM" || rc=$?; }
+    ((rc == 0)) && return 0
+    ((rc == 1)) && break
+    ((rc == 3)) && nap "$try"
+  done
+  log WARNING "could not write $1 on $INSTANCE's labels: $CLAIM_ERROR (a duplicate execution is still stopped by the agent's Idempotency-Key)"
+}
+
 # claim_lapsed VALUE: true when VALUE is <until>-<owner> and <until> has passed.
 claim_lapsed() { [[ $1 =~ ^([0-9]+)- ]] && ((BASH_REMATCH[1] < $(date +%s))); }
 
@@ -165,7 +189,8 @@ labels_outcome() {
 # the fingerprint was stale (the labels changed since read_labels), 3 for a transient error,
 # 1 for another (in CLAIM_ERROR).
 set_labels() {
-  local labels=$OTHER_LABELS rc=0
+  local labels rc=0
+  labels=$(with_slot_record "$OTHER_LABELS")
   [[ -z $1 ]] || labels+="${labels:+,}\"$CLAIM_LABEL\":\"$1\""
   compute_api POST "zones/$ZONE/instances/$INSTANCE/setLabels" \
     -H 'Content-Type: application/json' --data "{\"labels\":{$labels},\"labelFingerprint\":\"$LABEL_FP\"}"

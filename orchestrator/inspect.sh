@@ -22,6 +22,7 @@ status() {
   if read_labels; then
     printf 'claim     %s\n' "${HOLDER:+held: $CLAIM_LABEL=$HOLDER, $(claim_lapse "$HOLDER")}${HOLDER:-none: the VM is free for an execution}"
     printf 'guard     %s (a run may need %ss)\n' "$(run_limit_words)" "$(run_limit_needed)"
+    slot_status
   else
     printf 'claim     could not read it: %s\n' "$CLAIM_ERROR"
   fi

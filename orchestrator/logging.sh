@@ -8,7 +8,7 @@
 # Needs: json.sh (json_escape).
 
 readonly EX_FAILED=1 EX_CONFIG=2 EX_BUSY=3 EX_TIMEOUT=4 EX_CLOUD=5 EX_AGENT=6 EX_CLEANUP=7
-readonly EX_VM_GONE=8 EX_NO_CAPACITY=9 EX_NOTHING_THERE=11
+readonly EX_VM_GONE=8 EX_NO_CAPACITY=9 EX_TOO_LATE=10 EX_NOTHING_THERE=11
 
 # log SEVERITY MESSAGE...: one line on stderr; one-line JSON for Cloud Logging on Cloud Run.
 log() {
@@ -37,6 +37,9 @@ since() {
   d=$(($(now) - $1))
   printf '%d.%02d' $((d / 1000000)) $((d / 10000 % 100))
 }
+
+# stamp_in ZONE FORMAT EPOCH: EPOCH as strftime's FORMAT in the time zone ZONE (UTC0: UTC).
+stamp_in() { TZ=$1 printf "%($2)T" "$3"; }
 
 # plural N ONE MANY: the word for N of them ("1 try", "2 tries").
 plural() { if (($1 == 1)); then printf '%s' "$2"; else printf '%s' "$3"; fi; }

@@ -4,21 +4,27 @@
 #
 # Sets (results): RUN_ID (the run this execution started or got back).
 # Private: RUN_ACTIVE (1 while that run may still be going).
-# Reads: the settings, LOG_STATUS and LOG_GOT (job_log.sh's fetch_log), VM_STATUS (vm.sh).
-# Needs: logging.sh, json.sh, children.sh, agent.sh, job_log.sh, vm.sh, address.sh.
+# Reads: the settings, LOG_STATUS and LOG_GOT (job_log.sh's fetch_log), VM_STATUS (vm.sh),
+#   RUN_KEY and RUN_SLOT (slot.sh). Needs: logging.sh, json.sh, children.sh, agent.sh,
+#   job_log.sh, vm.sh, address.sh, slot.sh.
 
 RUN_ID=""
 RUN_ACTIVE=0
 
-# 5. Start the run. The Idempotency-Key makes a retried Cloud Run task get its earlier run back.
+# 5. Start the run. The Idempotency-Key (RUN_KEY: the slot, or the execution) makes a retried
+# Cloud Run task, or a duplicate, get its earlier run back, however it ended (RERUN_FAILED=1:
+# one that failed runs again).
 start_run() {
-  local t0 key deadline delay=1 status
+  local t0 key=$RUN_KEY deadline delay=1 status body
   t0=$(now)
-  key="${CLOUD_RUN_EXECUTION:-manual-$(date +%s)-$$-$RANDOM}/${CLOUD_RUN_TASK_INDEX:-0}"
+  slot_window_open 5 # the boot may have taken the job past START_DEADLINE
+  body="{\"mode\":\"$MODE\"${RUN_SLOT:+,\"run_slot\":\"$RUN_SLOT\"}"
+  ((!RERUN_FAILED)) || body+=',"rerun_failed":true'
+  body+="}"
   deadline=$(($(date +%s) + API_TIMEOUT))
   while :; do
     agent POST /runs 30 -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
-      --data "{\"mode\":\"$MODE\"}"
+      --data "$body"
     is_transient_http || break
     (($(date +%s) + delay <= deadline)) ||
       die "$EX_AGENT" "step 5/6: could not start the run: $(last_agent_error)"
@@ -35,9 +41,12 @@ start_run() {
       log_follow "$RUN_ID"
       if [[ $HTTP_CODE == 202 ]]; then
         log INFO "step 5/6: run $RUN_ID started (mode=$MODE, key=$key) ($(since "$t0")s)"
-      else
+      elif [[ $status == running || $status == succeeded ]]; then
         log WARNING "step 5/6: key $key already has run $RUN_ID ($status): following it instead of starting the job again"
+      else
+        log WARNING "step 5/6: key $key already has run $RUN_ID, which $status after the job had started: not starting the job again (RERUN_FAILED=1 says it is safe to)"
       fi
+      slot_started "$RUN_ID"
       ;;
     409)
       vm_disown
@@ -81,6 +90,7 @@ wait_for_run() {
   RUN_ACTIVE=0
   final_record
   status=$(json_field status)
+  slot_ended "$status"
   if [[ $status == succeeded ]]; then
     log INFO "step 6/6: run $RUN_ID succeeded ($(since "$t0")s)"
     return

@@ -41,6 +41,10 @@ check_config() {
   AGENT_ADDRESS=${AGENT_ADDRESS:-static}
   PIN_WAIT=${PIN_WAIT:-20}
   FALLBACK_MACHINE_TYPES=${FALLBACK_MACHINE_TYPES:-}
+  SCHEDULE=${SCHEDULE:-}
+  TIME_ZONE=${TIME_ZONE:-UTC}
+  START_DEADLINE=${START_DEADLINE:-}
+  RERUN_FAILED=${RERUN_FAILED:-0}
   COMPUTE_API=${CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE:-https://compute.googleapis.com/compute/v1/}
 
   for name in BOOT_TIMEOUT RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT PIN_WAIT; do
@@ -62,6 +66,12 @@ check_config() {
   [[ $NETWORK_INTERFACE =~ ^nic[0-9]+$ ]] ||
     die "$EX_CONFIG" "configuration: NETWORK_INTERFACE must look like nic0, not '$NETWORK_INTERFACE'"
   [[ -n $ACCESS_CONFIG_NAME ]] || die "$EX_CONFIG" "configuration: ACCESS_CONFIG_NAME must not be empty"
+  [[ -z $START_DEADLINE ]] || { is_uint "$START_DEADLINE" && ((START_DEADLINE > 0)); } ||
+    die "$EX_CONFIG" "configuration: START_DEADLINE must be a whole number of seconds > 0, not '$START_DEADLINE'"
+  [[ -z $START_DEADLINE || -n $SCHEDULE ]] ||
+    die "$EX_CONFIG" "configuration: START_DEADLINE needs SCHEDULE (the deadline is counted from the scheduled time)"
+  [[ $RERUN_FAILED == 0 || $RERUN_FAILED == 1 ]] ||
+    die "$EX_CONFIG" "configuration: RERUN_FAILED must be 0 or 1, not '$RERUN_FAILED'"
   [[ -z $FALLBACK_MACHINE_TYPES || $FALLBACK_MACHINE_TYPES =~ ^[a-z][-a-z0-9]*(,[a-z][-a-z0-9]*)*$ ]] ||
     die "$EX_CONFIG" "configuration: FALLBACK_MACHINE_TYPES must be machine types separated by commas, like e2-medium,n2-standard-2, not '$FALLBACK_MACHINE_TYPES'"
   for name in REGION ZONE; do

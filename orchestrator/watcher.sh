@@ -228,7 +228,7 @@ relay_rest() {
 # startup.sh's lines stamped from a second before now on are this boot's (this_boot_lines).
 console_from_start() {
   SERIAL_NEXT=0
-  TZ=UTC0 printf -v CONSOLE_SINCE '%(%Y-%m-%dT%H:%M:%SZ)T' "$((EPOCHSECONDS - 1))"
+  CONSOLE_SINCE=$(stamp_in UTC0 '%Y-%m-%dT%H:%M:%SZ' "$((EPOCHSECONDS - 1))")
   printf '%s' "$SERIAL_NEXT" >"$WORK_DIR/serial-next"
   rm -f "$WORK_DIR/console-open" "$WORK_DIR/console-seen" "$WORK_DIR/serial.partial"
 }

@@ -209,17 +209,54 @@ def test_same_idempotency_key_returns_the_same_run_and_runs_once(agent, tmp_path
     assert count_lines(marker) == 1, "a replayed key must not run the job again"
 
 
-def test_a_failed_run_may_be_retried_with_the_same_key(agent, tmp_path):
+def test_a_failed_run_is_returned_to_its_key_and_not_run_again(agent, tmp_path):
+    """A job that failed after it started may have placed orders: a retried task gets the failed
+    run back, and the job does not start again."""
     marker = tmp_path / "runs"
     client = agent(job_command=f"echo x >> {marker}; exit 1")
     key = {"Idempotency-Key": "exec-def/0", **AUTH}
     first = client.post("/runs", json={"mode": "run"}, headers=key).json()
     assert finished(client, first["id"])["status"] == "failed"
     retry = client.post("/runs", json={"mode": "run"}, headers=key)
+    assert retry.status_code == 200
+    assert retry.json()["id"] == first["id"] and retry.json()["status"] == "failed"
+    assert count_lines(marker) == 1
+
+
+def test_a_failed_run_runs_again_with_rerun_failed_and_a_success_never_does(agent, tmp_path):
+    marker, once = tmp_path / "runs", tmp_path / "failed-once"
+    client = agent(job_command=f"echo x >> {marker}; [ -e {once} ] || {{ touch {once}; exit 1; }}")
+    key = {"Idempotency-Key": "exec-ghi/0", **AUTH}
+    first = client.post("/runs", json={"mode": "run"}, headers=key).json()
+    assert finished(client, first["id"])["status"] == "failed"
+    body = {"mode": "run", "rerun_failed": True}
+    retry = client.post("/runs", json=body, headers=key)
     assert retry.status_code == 202
     assert retry.json()["id"] != first["id"]
-    finished(client, retry.json()["id"])
+    assert finished(client, retry.json()["id"])["status"] == "succeeded"
+    again = client.post("/runs", json=body, headers=key)
+    assert again.status_code == 200 and again.json()["id"] == retry.json()["id"]
     assert count_lines(marker) == 2
+
+
+def test_the_job_gets_its_key_and_slot_in_its_environment(agent, tmp_path):
+    seen = tmp_path / "env"
+    client = agent(job_command=f'echo "$RUN_KEY|${{RUN_SLOT-unset}}" >> {seen}')
+    key = {"Idempotency-Key": "2026-12-02T00:00Z/0", **AUTH}
+    body = {"mode": "run", "run_slot": "2026-12-02T09:00:00+09:00"}
+    finished(client, client.post("/runs", json=body, headers=key).json()["id"])
+    unkeyed = client.post("/runs", json={"mode": "run"}, headers=AUTH).json()
+    finished(client, unkeyed["id"])
+    assert seen.read_text().splitlines() == [
+        "2026-12-02T00:00Z/0|2026-12-02T09:00:00+09:00",
+        f"{unkeyed['id']}|unset",
+    ]
+
+
+def test_a_run_slot_that_is_not_an_iso_time_is_refused(agent):
+    client = agent(job_command="true")
+    r = client.post("/runs", json={"mode": "run", "run_slot": "tomorrow"}, headers=AUTH)
+    assert r.status_code == 422, r.text
 
 
 # -- long poll -------------------------------------------------------------------------------

@@ -161,3 +161,12 @@ def test_the_image_holds_every_file_entrypoint_sources_and_runs_it(tmp_path):
     )
     assert r.returncode == 2, r.stderr
     assert "configuration: PROJECT_ID REGION ZONE STATIC_NAME AGENT_TOKEN" in r.stderr, r.stderr
+
+
+def test_the_image_installs_the_cronsim_that_uv_lock_pins():
+    """slot.py runs on the image's python3 with the cronsim the Dockerfile installs: the same
+    version the tests run with."""
+    lock = (REPO / "uv.lock").read_text()
+    locked = re.search(r'name = "cronsim"\nversion = "([^"]+)"', lock)
+    assert locked, "uv.lock has no cronsim"
+    assert f"cronsim=={locked[1]}" in (REPO / "Dockerfile").read_text()
