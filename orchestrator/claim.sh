@@ -16,13 +16,14 @@
 # Sets (results of read_labels): LABEL_FP, HOLDER (the claim's value, "" when none),
 #   OTHER_LABELS (the instance's other labels, as JSON members); CLAIM_ERROR (what went wrong
 #   when read_labels or set_labels returns non-zero).
-# Private: CLAIMED (1 while this execution holds the claim), CLAIM (its value).
+# Private: CLAIMED (1 while this execution holds the claim), CLAIM (its value); CLAIM_OWNER
+#   (its <owner>, read by slot.sh).
 # Reads: the settings, SLOT_LABEL (slot.sh). Needs: logging.sh, children.sh, compute.sh, vm.sh
 #   (note_run_limit), slot.sh (slot_check, with_slot_record).
 
 readonly CLAIM_LABEL=vm-job-owner
 CLAIMED=0
-CLAIM=""
+CLAIM="" CLAIM_OWNER=""
 CLAIM_ERROR=""
 
 # claim_vm: take the claim, or exit 3 if another execution holds it.
@@ -31,14 +32,15 @@ claim_vm() {
   t0=$(now)
   need_token
   until=$(($(date +%s) + 3 * API_TIMEOUT + BOOT_TIMEOUT + RUN_TIMEOUT + STOP_TIMEOUT + 60))
+  CLAIM_OWNER=$(owner_id) # once: by hand it is random
   deadline=$(($(date +%s) + API_TIMEOUT))
   while :; do
     rc=0
     read_labels || rc=$?
     if ((rc == 0)); then
       slot_check # a slot that ran, or that another execution runs, or that is too late: exit here
-      CLAIM="$until-$(owner_id)${SLOT_LABEL:+-$SLOT_LABEL}"
-      if [[ -n $HOLDER && $(claim_owner "$HOLDER") != "$(owner_id)" ]] && ! claim_lapsed "$HOLDER"; then
+      CLAIM="$until-$CLAIM_OWNER${SLOT_LABEL:+-$SLOT_LABEL}"
+      if [[ -n $HOLDER && $(claim_owner "$HOLDER") != "$CLAIM_OWNER" ]] && ! claim_lapsed "$HOLDER"; then
         die "$EX_BUSY" "step 2/6: $INSTANCE is busy: another execution holds it (label $CLAIM_LABEL=$HOLDER, $(claim_lapse "$HOLDER")); leaving the VM and its address alone. If none is running, remove the claim: gcloud compute instances remove-labels $INSTANCE --zone=$ZONE --labels=$CLAIM_LABEL"
       fi
       if [[ -n $HOLDER ]]; then

@@ -21,7 +21,7 @@
 # Private: SLOT_EPOCH, NEXT_SLOT, SLOT_RUN, SLOT_STATE (the record this execution writes),
 #   RAN_* (the record read from the labels).
 # Reads: the settings, HOLDER and OTHER_LABELS (claim.sh's read_labels). Needs: logging.sh,
-#   claim.sh (claim_slot, claim_owner, owner_id, claim_lapsed, claim_relabel).
+#   claim.sh (claim_slot, claim_owner, CLAIM_OWNER, claim_lapsed, claim_relabel).
 
 readonly SLOT_LABELS_RE='"vm-job-slot(-run|-execution|-state)?":"[^"]*",?'
 RUN_KEY="" RUN_SLOT="" SLOT_LABEL="" SLOT_RETRY=0
@@ -77,7 +77,7 @@ slot_check() {
     log INFO "step 2/6: slot $RUN_SLOT already ran on $INSTANCE (execution $RAN_EXECUTION, run $RAN_RUN, $RAN_STATE): not running it again; the VM and its address are left alone"
     exit 0
   fi
-  if [[ -n $HOLDER && $(claim_slot "$HOLDER") == "$SLOT_LABEL" && $(claim_owner "$HOLDER") != "$(owner_id)" ]] && ! claim_lapsed "$HOLDER"; then
+  if [[ -n $HOLDER && $(claim_slot "$HOLDER") == "$SLOT_LABEL" && $(claim_owner "$HOLDER") != "$CLAIM_OWNER" ]] && ! claim_lapsed "$HOLDER"; then
     log INFO "step 2/6: slot $RUN_SLOT is being run by another execution, which holds $INSTANCE (label $CLAIM_LABEL=$HOLDER): a duplicate delivery, not running it again"
     exit 0
   fi
