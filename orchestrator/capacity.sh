@@ -25,7 +25,6 @@ start_refused_for_capacity() {
 # (at once), or, each refused, the first again after a wait (2 s, doubling to 30 s); past
 # BOOT_DEADLINE, exit 9.
 wait_for_capacity() {
-  local type
   CAPACITY_TRIES=$((CAPACITY_TRIES + 1))
   ((${#MACHINE_TYPES[@]})) || machine_types
   log WARNING "step 3/6: zone $ZONE has no capacity for $INSTANCE as ${MACHINE_TYPES[TYPE_AT]} ($NO_CAPACITY_CODE)"
@@ -33,15 +32,23 @@ wait_for_capacity() {
     set_machine_type $((TYPE_AT + 1))
     return
   fi
-  if (($(date +%s) + CAPACITY_DELAY >= BOOT_DEADLINE)); then
-    type=${MACHINE_TYPES[*]}
-    die "$EX_NO_CAPACITY" "step 3/6: no capacity: zone $ZONE could not start $INSTANCE as ${type// / or } within BOOT_TIMEOUT=${BOOT_TIMEOUT}s ($NO_CAPACITY_CODE, $CAPACITY_TRIES $(plural "$CAPACITY_TRIES" try tries)). Try again later, in another zone, or with FALLBACK_MACHINE_TYPES (docs/deploy.md)"
-  fi
+  # another start is worth it only with time left for it (a gcloud start takes seconds)
+  (($(date +%s) + CAPACITY_DELAY + 5 < BOOT_DEADLINE)) || no_capacity
+
   log INFO "step 3/6: starting $INSTANCE again in ${CAPACITY_DELAY}s (until BOOT_TIMEOUT=${BOOT_TIMEOUT}s)"
   nap "$CAPACITY_DELAY"
   CAPACITY_DELAY=$((CAPACITY_DELAY * 2 > 30 ? 30 : CAPACITY_DELAY * 2))
   ((TYPE_AT == 0)) || set_machine_type 0
 }
+
+# no_capacity: exit 9, naming the zone, the machine types tried and the error.
+no_capacity() {
+  local type=${MACHINE_TYPES[*]}
+  die "$EX_NO_CAPACITY" "step 3/6: no capacity: zone $ZONE could not start $INSTANCE as ${type// / or } within BOOT_TIMEOUT=${BOOT_TIMEOUT}s ($NO_CAPACITY_CODE, $CAPACITY_TRIES $(plural "$CAPACITY_TRIES" try tries)). Try again later, in another zone, or with FALLBACK_MACHINE_TYPES (docs/deploy.md)"
+}
+
+# no_capacity_if_refused_before: a start cut off by BOOT_TIMEOUT after stockouts is exit 9 too.
+no_capacity_if_refused_before() { ((CAPACITY_TRIES == 0)) || no_capacity; }
 
 # machine_types: the VM's machine type now, then FALLBACK_MACHINE_TYPES' others, in order.
 machine_types() {

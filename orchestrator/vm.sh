@@ -10,7 +10,8 @@
 # Private: OWN_VM (1 once this execution asked the VM to start), STOP_PID and STOP_ASYNC (the
 #   cleanup's stop, and whether it waits for TERMINATED).
 # Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, capacity.sh
-#   (start_refused_for_capacity, wait_for_capacity, started_as), watcher.sh
+#   (start_refused_for_capacity, wait_for_capacity, no_capacity_if_refused_before, started_as),
+#   watcher.sh
 #   (console_from_start before the start, start_watcher once it is RUNNING), agent.sh
 #   (agent_url_of).
 
@@ -33,8 +34,10 @@ start_vm() {
   OWN_VM=1
   until gcloud_call "$BOOT_DEADLINE" compute instances start "$INSTANCE" --zone="$ZONE"; do
     start_refused_for_capacity || {
-      gcloud_said "$TRANSIENT_RE" &&
+      if gcloud_said "$TRANSIENT_RE"; then # cut off at BOOT_TIMEOUT (after stockouts: exit 9)
+        no_capacity_if_refused_before
         die "$EX_TIMEOUT" "starting $INSTANCE: not started within BOOT_TIMEOUT=${BOOT_TIMEOUT}s: $(last_error)"
+      fi
       die "$EX_CLOUD" "starting $INSTANCE: $(last_error)"
     }
     wait_for_capacity # a stockout: another machine type, or a wait (capacity.sh)
