@@ -29,6 +29,7 @@ wait_for_capacity() {
   ((${#MACHINE_TYPES[@]})) || machine_types
   log WARNING "step 3/6: zone $ZONE has no capacity for $INSTANCE as ${MACHINE_TYPES[TYPE_AT]} ($NO_CAPACITY_CODE)"
   if ((TYPE_AT + 1 < ${#MACHINE_TYPES[@]})); then
+    (($(date +%s) + 5 < BOOT_DEADLINE)) || no_capacity # no time left to move it and start it
     set_machine_type $((TYPE_AT + 1))
     return
   fi
@@ -68,8 +69,10 @@ machine_types() {
 set_machine_type() {
   log INFO "step 3/6: moving $INSTANCE from ${MACHINE_TYPES[TYPE_AT]} to ${MACHINE_TYPES[$1]} (FALLBACK_MACHINE_TYPES)"
   gcloud_call "$BOOT_DEADLINE" compute instances set-machine-type "$INSTANCE" --zone="$ZONE" \
-    --machine-type="${MACHINE_TYPES[$1]}" ||
+    --machine-type="${MACHINE_TYPES[$1]}" || {
+    ! gcloud_said "$TRANSIENT_RE" || no_capacity # cut off at BOOT_TIMEOUT: the stockout's exit 9
     die "$EX_CLOUD" "step 3/6: moving $INSTANCE to ${MACHINE_TYPES[$1]}: $(last_error)"
+  }
   TYPE_AT=$1
 }
 
