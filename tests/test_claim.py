@@ -168,7 +168,7 @@ def test_sigterm_before_the_vm_is_up_still_gives_the_claim_back(make_flow):
         reap(proc)
     assert proc.returncode == 143, err
     assert "cleanup: released vm-0's claim" in err
-    flow.assert_cleaned_up()
+    flow.assert_cleaned_up(stopping_for=30)  # after a signal the stop is asked, not waited for
 
 
 def test_a_vm_claimed_by_hand_with_gcloud_is_respected(make_flow):

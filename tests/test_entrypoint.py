@@ -287,7 +287,7 @@ def test_sigterm_during_the_run_cancels_the_job_and_stops_the_vm(make_flow, tmp_
     # the signal lands in the log's long poll: the cleanup's own calls still read their answers
     assert "cancelled (its record says cancelled)" in err, err
     assert not pid_alive(job_pid), "the job outlived the cancel"
-    flow.assert_cleaned_up()
+    flow.assert_cleaned_up(stopping_for=30)  # after a signal the stop is asked, not waited for
 
 
 def test_an_execution_killed_10_s_after_sigterm_leaves_the_vm_to_the_next_one(make_flow):
@@ -416,7 +416,7 @@ def test_sigterm_during_a_retry_wait_starts_the_cleanup_at_once(make_flow):
     assert stop, "the cleanup did not stop the VM"
     # gcloud's own start-up (~0.6 s) is in this; the 8 s sleep must not be
     assert stop[0]["time"] - sent < 4, f"the cleanup began {stop[0]['time'] - sent:.1f} s late"
-    flow.assert_cleaned_up()
+    flow.assert_cleaned_up(stopping_for=30)  # after a signal the stop is asked, not waited for
 
 
 # -- the job's output, live ----------------------------------------------------------------------
@@ -465,7 +465,7 @@ def test_what_the_job_prints_while_it_stops_is_on_stdout_after_sigterm(make_flow
     assert proc.returncode == 143, err
     assert last == "closing orders on SIGTERM\n", err
     assert printed < 10, f"the job's last line came {printed:.1f} s after SIGTERM"
-    flow.assert_cleaned_up()
+    flow.assert_cleaned_up(stopping_for=30)  # after a signal the stop is asked, not waited for
 
 
 @pytest.mark.parametrize("how", ["stopped", "preempted"])
