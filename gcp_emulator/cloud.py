@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gcp_emulator import qemu_guest, vm_image
 from gcp_emulator.capacity import MACHINE_TYPE, Stockout, refusal
 from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig
 from gcp_emulator.process_guest import ProcessGuest
+from gcp_emulator.qemu_guest import QemuGuest
 from gcp_emulator.serial_port import SerialPort
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes 
 HTTP_ERROR_MESSAGES = {403: "FORBIDDEN", 412: "PRECONDITION FAILED", 503: "SERVICE UNAVAILABLE"}
 OPERATION_SECONDS = 0.05  # how long a quick operation (setLabels) stays RUNNING
 _ids = itertools.count(1000000000000000001)
+Guest = ProcessGuest | QemuGuest
 
 
 class ApiError(Exception):
@@ -113,7 +116,7 @@ class Instance:
     # what the guest published this boot: {"namespace/key": value}; cleared at every start
     guest_attributes: dict[str, str] = field(default_factory=dict)
     nic_fingerprint: str = field(default_factory=fingerprint)
-    guest: ProcessGuest | None = None
+    guest: Guest | None = None
     task: asyncio.Task[None] | None = None
     waiting: dict[str, list[Operation]] = field(default_factory=dict)
     created: str = field(default_factory=now_rfc3339)
@@ -386,14 +389,7 @@ class Cloud:
             await asyncio.sleep(inst.cfg.staging_delay)
         self.set_status(inst, "RUNNING")
         await asyncio.sleep(inst.cfg.boot_delay)
-        inst.guest = ProcessGuest(
-            f"{inst.zone}/{inst.name}",
-            inst.serial,
-            inst.workdir,
-            inst.dir,
-            self.guest_env(inst),
-            inst.cfg.script_runner,
-        )
+        inst.guest = await self._new_guest(inst)
         script = inst.metadata.get("startup-script")
         await inst.guest.boot(script)
         self.record(
@@ -401,6 +397,30 @@ class Cloud:
             event="guest_start",
             instance=f"{inst.zone}/{inst.name}",
             pid=inst.guest.proc.pid if inst.guest.proc else None,
+        )
+
+    async def _new_guest(self, inst: Instance) -> Guest:
+        if inst.cfg.guest == "qemu":
+            image = await asyncio.to_thread(vm_image.build)
+            port = inst.metadata.get("agent-port", "8000")
+            return QemuGuest(
+                f"{inst.zone}/{inst.name}",
+                inst.serial,
+                inst.dir,
+                image,
+                emulator_port=int(self.base_url.rsplit(":", 1)[1]),
+                zone=inst.zone,
+                instance=inst.name,
+                forwards=[(inst.external_ip() or inst.network_ip, int(port))],
+                on_exit=lambda: self.power_off_from_guest(inst),
+            )
+        return ProcessGuest(
+            f"{inst.zone}/{inst.name}",
+            inst.serial,
+            inst.workdir,
+            inst.dir,
+            self.guest_env(inst),
+            inst.cfg.script_runner,
         )
 
     def stop(self, inst: Instance) -> Operation:
@@ -423,7 +443,9 @@ class Cloud:
             with contextlib.suppress(asyncio.CancelledError):
                 await booting
         if inst.guest is not None:
-            await inst.guest.shutdown(inst.cfg.shutdown_grace)
+            # a real VM gets what Compute Engine gives a guest (90 s); the process guest less
+            qemu = isinstance(inst.guest, QemuGuest)
+            await inst.guest.shutdown(qemu_guest.GRACE if qemu else inst.cfg.shutdown_grace)
             self.record("event", event="guest_stop", instance=f"{inst.zone}/{inst.name}")
             inst.guest = None
         await asyncio.sleep(inst.cfg.stop_delay)

@@ -31,6 +31,7 @@ STATUSES = ("TERMINATED", "RUNNING")
 # process_guest: the runner's format
 RUNNERS = ("guest-agent", "legacy", "debian-20211116", "legacy-20240802")
 CONSOLE_AFTER_STOP = ("kept", "cleared")
+GUESTS = ("process", "qemu")  # process_guest.py (the default), qemu_guest.py (a real VM)
 LABEL_CONFLICTS = ("http", "operation")  # how setLabels refuses a stale fingerprint
 COMMAND_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
@@ -49,6 +50,7 @@ class InstanceConfig:
     workdir: Path | None = None
     network_ip: str | None = None
     script_runner: str = "guest-agent"  # or "legacy", "debian-20211116", … (RUNNERS)
+    guest: str = "process"  # what runs inside: a process group here, or "qemu": a real VM
     # the serial console's buffer at a start after a stop: "kept" (earlier boots' output stays)
     # or "cleared" (no public source settles which Compute Engine does)
     console_after_stop: str = "kept"
@@ -86,6 +88,7 @@ class EmulatorConfig:
     label_conflict: str = "http"  # a stale labelFingerprint: HTTP 412, or "operation" error
     # the caller's Compute permissions (IAM enforced), or None: any token may do anything
     permissions: frozenset[str] | None = None
+    guest: str = "process"  # every instance's guest unless it names its own (GUESTS)
     instances: list[InstanceConfig] = field(default_factory=list)
     addresses: list[AddressConfig] = field(default_factory=list)
     secrets: list[SecretConfig] = field(default_factory=list)
@@ -184,6 +187,9 @@ def _instance(
     inst.script_runner = _take(t, where, "script_runner", str, inst.script_runner)
     if inst.script_runner not in RUNNERS:
         raise ConfigError(f"{where}script_runner: must be one of {', '.join(RUNNERS)}")
+    inst.guest = _take(t, where, "guest", str, cfg.guest)
+    if inst.guest not in GUESTS:
+        raise ConfigError(f"{where}guest: must be one of {', '.join(GUESTS)}")
     inst.machine_type = _take(t, where, "machine_type", str, inst.machine_type)
     if not MACHINE_TYPE.fullmatch(inst.machine_type):
         raise ConfigError(f"{where}machine_type: not a machine type: {inst.machine_type!r}")
@@ -220,6 +226,9 @@ def parse_config(data: dict[str, Any], base: Path) -> EmulatorConfig:
     cfg.label_conflict = _take(t, "", "label_conflict", str, cfg.label_conflict)
     if cfg.label_conflict not in LABEL_CONFLICTS:
         raise ConfigError(f"label_conflict: must be one of {', '.join(LABEL_CONFLICTS)}")
+    cfg.guest = _take(t, "", "guest", str, cfg.guest)
+    if cfg.guest not in GUESTS:
+        raise ConfigError(f"guest: must be one of {', '.join(GUESTS)}")
     permissions = _take(t, "", "permissions", list, None)
     if permissions is not None:
         for p in permissions:
@@ -326,6 +335,7 @@ def dump_config(cfg: EmulatorConfig) -> str:
             "zone",
             "operation_wait_cap",
             "label_conflict",
+            "guest",
         )
     ]
     if cfg.permissions is not None:
@@ -341,6 +351,7 @@ def dump_config(cfg: EmulatorConfig) -> str:
         if inst.network_ip is not None:
             lines.append(f"network_ip = {_toml_value(inst.network_ip)}")
         lines.append(f"script_runner = {_toml_value(inst.script_runner)}")
+        lines.append(f"guest = {_toml_value(inst.guest)}")
         lines.append(f"console_after_stop = {_toml_value(inst.console_after_stop)}")
         lines.append(f"machine_type = {_toml_value(inst.machine_type)}")
         lines.append(f"max_run_duration = {inst.max_run_duration}")

@@ -19,6 +19,13 @@ class SerialPort:
         with self.path.open("a", encoding="utf-8", errors="replace") as f:
             f.write(f"{stamp} {line}\n")
 
+    def append(self, data: bytes) -> int:
+        """Raw console bytes (the QEMU guest's ttyS0) at the end; returns where they begin."""
+        with self.path.open("ab") as f:
+            offset = f.tell()
+            f.write(data)
+        return offset
+
     def clear(self) -> None:
         """A start that does not keep the earlier boots' output (console_after_stop)."""
         self.path.write_bytes(b"")

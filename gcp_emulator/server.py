@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from gcp_emulator import iam
+from gcp_emulator import metadata as metadata_tree
 from gcp_emulator.capacity import CODES as CAPACITY_CODES
 from gcp_emulator.capacity import Stockout
 from gcp_emulator.cloud import (
@@ -493,61 +494,42 @@ async def secrets_list(cloud: Cloud, request: Request, m: dict[str, str]) -> Res
 # -- the metadata server ---------------------------------------------------------------------
 
 
-def metadata_value(
-    cloud: Cloud, inst: Instance | None, key: str, recursive: bool
-) -> str | dict[str, Any] | list[str] | None:
-    project_keys: dict[str, str] = {
-        "project/project-id": cloud.project,
-        "project/numeric-project-id": str(cloud.cfg.project_number),
-    }
-    if key in project_keys:
-        return project_keys[key]
-    if key in ("project/attributes", "project/attributes/"):
-        return {} if recursive else []
-    if inst is None:
-        return None
-    if key in ("instance/attributes", "instance/attributes/"):
-        return dict(inst.metadata) if recursive else sorted(inst.metadata)
-    if key.startswith("instance/attributes/"):
-        return inst.metadata.get(key.removeprefix("instance/attributes/"))
-    sa = "instance/service-accounts/default/"
-    values: dict[str, str | dict[str, Any] | None] = {
-        "instance/name": inst.name,
-        "instance/hostname": f"{inst.name}.{inst.zone}.c.{cloud.project}.internal",
-        "instance/id": inst.id,
-        "instance/zone": f"projects/{cloud.cfg.project_number}/zones/{inst.zone}",
-        "instance/network-interfaces/0/ip": inst.network_ip,
-        "instance/network-interfaces/0/access-configs/0/external-ip": inst.external_ip(),
-        sa + "email": f"{cloud.cfg.project_number}-compute@developer.gserviceaccount.com",
-        sa + "token": {
-            "access_token": "emulator-token",
-            "expires_in": 3599,
-            "token_type": "Bearer",
-        },
-    }
-    return values.get(key)
-
-
 async def metadata(cloud: Cloud, request: Request, inst: Instance | None, key: str) -> Response:
-    headers = {"Metadata-Flavor": "Google"}
+    """A read of the metadata server (gcp_emulator/metadata.py): text, a listing or JSON, with
+    its ETag; with wait_for_change=true, once the value's ETag is no longer last_etag (or, with
+    no last_etag, once it changes), or at timeout_sec."""
     if request.headers.get("metadata-flavor") != "Google":
-        return PlainTextResponse("Missing Metadata-Flavor:Google header.", 403, headers=headers)
-    recursive = request.query_params.get("recursive", "").lower() == "true"
-    value = metadata_value(
-        cloud, inst, key.rstrip("/") if not key.endswith("attributes/") else key, recursive
-    )
+        return PlainTextResponse(
+            "Missing Metadata-Flavor:Google header.", 403, headers={"Metadata-Flavor": "Google"}
+        )
+    q = request.query_params
+    recursive = q.get("recursive", "").lower() == "true"
+    value = metadata_tree.lookup(cloud, inst, key)
+    if q.get("wait_for_change", "").lower() == "true" and value is not None:
+        try:
+            timeout = min(float(q.get("timeout_sec", "300")), 3600.0)
+        except ValueError:
+            return PlainTextResponse("Invalid timeout_sec.", 400)
+        last = q.get("last_etag") or metadata_tree.etag(value)
+        deadline = time.monotonic() + timeout
+        while metadata_tree.etag(value) == last and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            value = metadata_tree.lookup(cloud, inst, key)
+            if value is None:
+                break
     if value is None:
-        return PlainTextResponse("Not Found", 404, headers=headers)
-    alt = request.query_params.get("alt", "json" if recursive else "text")
-    if isinstance(value, dict):
-        return JSONResponse(value, headers=headers)
-    if isinstance(value, list):
+        return PlainTextResponse("Not Found", 404, headers={"Metadata-Flavor": "Google"})
+    headers = {"Metadata-Flavor": "Google", "ETag": metadata_tree.etag(value)}
+    alt = q.get("alt", "json" if recursive else "text")
+    if isinstance(value, (dict, list)) and not recursive and value is not metadata_tree.TOKEN:
+        attributes = key.rstrip("/").endswith("attributes")
         if alt == "json":
-            return JSONResponse(value, headers=headers)
-        return PlainTextResponse("".join(f"{k}\n" for k in value), headers=headers)
-    if alt == "json":
+            entries = value if isinstance(value, list) else sorted(value)
+            return JSONResponse(entries if attributes else value, headers=headers)
+        return PlainTextResponse(metadata_tree.listing(value, attributes), headers=headers)
+    if alt == "json" or isinstance(value, (dict, list)):
         return JSONResponse(value, headers=headers)
-    return PlainTextResponse(value, headers=headers)
+    return PlainTextResponse(str(value), headers=headers)
 
 
 GA = "/vm/{zone}/{instance}/computeMetadata/v1/instance/guest-attributes/{namespace}/{key}"
