@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,7 +96,9 @@ class QemuGuest:
         self.exit_status: int | None = None
         self.stopping = False
         self._pump: asyncio.Task[None] | None = None
-        self.qmp_path = inst_dir / "qmp.sock"
+        # a UNIX socket's path must be under 108 bytes: a short directory of its own
+        self.qmp_dir = Path(tempfile.mkdtemp(prefix="qmp-"))
+        self.qmp_path = self.qmp_dir / "qmp.sock"
         self.disk = inst_dir / "disk.qcow2"
         self.times = inst_dir / "serial-port-1.times"  # when each console line arrived
 
@@ -286,6 +289,7 @@ class QemuGuest:
         if self._pump is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._pump, 5)
+        shutil.rmtree(self.qmp_dir, ignore_errors=True)
 
     def kill_now(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
