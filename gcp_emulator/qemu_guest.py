@@ -59,10 +59,9 @@ def accelerator() -> str:
 
 def qemu_missing() -> str | None:
     """Why a QEMU guest cannot run here, or None."""
-    for tool in ("qemu-system-x86_64", "qemu-img"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt-get install qemu-system-x86 qemu-utils)"
-    return Image.missing()
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+    return Image.missing()  # root, debootstrap, qemu-img, gcloud
 
 
 class QemuGuest:
@@ -164,7 +163,7 @@ class QemuGuest:
             "-accel",
             accel,
             "-machine",
-            "q35" if accel == "kvm" else "pc",
+            "pc",
             "-smp",
             str(cpus),
             "-m",

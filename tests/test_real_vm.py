@@ -16,6 +16,7 @@ from tests.conftest import wait_until
 from tests.harness import needs_gcloud
 
 pytestmark = [
+    pytest.mark.e2e,  # never in the fast tier (-m "not e2e")
     pytest.mark.real_vm,
     pytest.mark.timeout(900),
     pytest.mark.skipif(qemu_missing() is not None, reason=f"no real VMs here: {qemu_missing()}"),
