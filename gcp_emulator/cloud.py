@@ -469,6 +469,10 @@ class Cloud:
         if (status, inst.status) in (("REPAIRING", "RUNNING"), ("RUNNING", "REPAIRING")):
             self.set_status(inst, status)
             return
+        if status == "RUNNING" and inst.status == "STOPPING":
+            # a repair that ends after a stop began does not bring the VM back; booting here
+            # would leave a guest running under a TERMINATED status once the stop ends
+            raise ApiError(409, "conflict", f"{inst.name} is STOPPING, not brought to RUNNING")
         if status == "RUNNING":
             inst.last_start = now_rfc3339()
             inst.guest_attributes.clear()

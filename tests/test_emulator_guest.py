@@ -6,6 +6,7 @@ import concurrent.futures
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import pid_alive, wait_until
@@ -89,6 +90,24 @@ wait
 
 
 @needs_gcloud
+@needs_gcloud
+def test_a_stopping_vm_is_not_brought_back_to_running(emulator, tmp_path):
+    """The RUNNING hook (a repair's end, a boot at once) refuses a VM whose stop has begun: a
+    guest booted then would run on under the TERMINATED status the stop ends in."""
+    script = "#!/bin/bash\ntrap '' TERM\nsleep 300 & wait\n"
+    emu = emulator(vm_config("vm-1", script=script))
+    emu.set_instance(ZONE, "vm-1", shutdown_grace=3.0)
+    emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    wait_until(lambda: len(emu.instance("vm-1")["guest_pids"]) == 2, 20, "the script")
+    assert emu.gcloud("compute", "instances", "stop", "vm-1", Z, "--async").returncode == 0
+    emu.wait_status("vm-1", "STOPPING", timeout=5)
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        emu.set_instance(ZONE, "vm-1", status="RUNNING")
+    assert refused.value.response.status_code == 409
+    emu.wait_status("vm-1", "TERMINATED", timeout=20)
+    assert emu.instance("vm-1")["guest_pids"] == [], "a guest runs on under TERMINATED"
+
+
 def test_script_output_is_on_the_serial_port_in_the_newer_runners_format(emulator):
     script = "#!/bin/bash\necho 'hello from the guest'\necho 'oops' >&2\nexit 3\n"
     emu = emulator(vm_config("vm-1", script=script))

@@ -626,7 +626,12 @@ def test_a_vm_under_repair_is_waited_for_not_taken_for_gone(make_flow):
         flow.emu.set_instance(ZONE, "vm-0", status="REPAIRING")
         os.kill(agent_pid(flow), signal.SIGTERM)  # the agent is gone while the host is repaired
         time.sleep(4)
-        flow.emu.set_instance(ZONE, "vm-0", status="RUNNING")
+        try:
+            flow.emu.set_instance(ZONE, "vm-0", status="RUNNING")
+        except httpx.HTTPStatusError as e:
+            # the restarted agent answered during the repair and the run ended first: its
+            # cleanup's stop came before the repair's end, which no longer applies
+            assert e.response.status_code == 409, e.response.text
         proc.stdout.read()
         assert proc.stderr is not None
         err = proc.stderr.read()
