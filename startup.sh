@@ -199,7 +199,10 @@ ensure_user() {
 home_of() { getent passwd "$1" | cut -d: -f6; }
 
 # need_command CMD PACKAGE: install PACKAGE with apt-get (no Recommends: no compiler on a small
-# VM's first boot) when CMD is missing, as on a stock Debian image, which has no git.
+# VM's first boot) when CMD is missing, as on a stock Debian image, which has no git. The package
+# index is fetched once a boot, not once a package: on a real VM (Debian 12 under QEMU) each
+# `apt-get update` took most of a minute.
+APT_UPDATED=0
 need_command() {
   local cmd=$1 package=$2 t0 err
   command -v "$cmd" >/dev/null && return 0
@@ -208,8 +211,12 @@ need_command() {
     die "$cmd is not installed and cannot be installed here (not root, or no apt-get): install $package on the image"
   fi
   log INFO "$cmd is not installed: installing $package with apt-get"
-  if ! err=$( { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    --no-install-recommends "$package"; } 2>&1 >/dev/null); then
+  if ! err=$( { ((APT_UPDATED)) || apt-get update -qq; } 2>&1 >/dev/null); then
+    die "installing $package failed: apt-get update: ${err//$'\n'/ }"
+  fi
+  APT_UPDATED=1
+  if ! err=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "$package" 2>&1 >/dev/null); then
     die "installing $package failed: ${err//$'\n'/ }"
   fi
   command -v "$cmd" >/dev/null || die "$package was installed but $cmd cannot be found"

@@ -5,7 +5,8 @@ run [--config F] [--port P] -- CMD start it, run CMD with that environment, stop
                                    and the emulator, exit with CMD's status
 demo [--mode test] [--keep]        the whole flow on this machine: a VM booted with startup.sh,
      [--keep-running]              entrypoint.sh run against it (--keep-running: leave the VM up
-                                   for ./entrypoint.sh status and logs until Ctrl-C)
+     [--vm qemu]                   for ./entrypoint.sh status and logs until Ctrl-C; --vm qemu:
+                                   a real Debian 12 VM under QEMU, as root, minutes)
 
 docs/emulator.md has the configuration, what it answers and what it assumes.
 """
@@ -30,9 +31,11 @@ from pathlib import Path
 
 import uvicorn
 
+from gcp_emulator import vm_image
 from gcp_emulator.cloud import Cloud
 from gcp_emulator.config import ConfigError, EmulatorConfig, load_config
-from gcp_emulator.demo import REPO, demo_config, make_disk
+from gcp_emulator.demo import REPO, GitServer, demo_config, make_disk
+from gcp_emulator.qemu_guest import qemu_missing
 from gcp_emulator.server import EmulatorApp
 
 logger = logging.getLogger("gcp_emulator")
@@ -272,30 +275,53 @@ async def leave_running(base: Path, env: dict[str, str], stop: asyncio.Event) ->
     await stop.wait()
 
 
-async def run_demo(mode: str, keep: bool, keep_running: bool = False) -> int:
+def say(message: str) -> None:
+    print(f"demo: {message}", file=sys.stderr, flush=True)
+
+
+async def run_demo(mode: str, keep: bool, keep_running: bool = False, vm: str = "process") -> int:
     """The one-command local flow; the exit status is entrypoint.sh's."""
+    if vm == "qemu" and (why := qemu_missing()) is not None:
+        say(f"--vm qemu cannot run here: {why}")
+        return 2
     base = Path(tempfile.mkdtemp(prefix="vm-job-demo-"))
     if os.geteuid() == 0:  # the agent's user reaches the disk and the guest's poweroff
         (base / "emulator").mkdir()
         for p in (base, base / "emulator"):
             p.chmod(0o755)
     try:
-        demo = demo_config(make_disk(base / "vm"))
-        emu = Emulator(demo.config, state_dir=base / "emulator")
-        print(
-            f"demo: VM demo-vm boots startup.sh from a clone of {REPO} (origin: a local bare "
-            f"copy); its .env secret holds a generated token and a demo job; running "
-            f"./entrypoint.sh with MODE={mode}",
-            file=sys.stderr,
-            flush=True,
-        )
-        extra = {"KEEP_VM": "1"} if keep_running else {}
-        return await run(
-            emu,
-            ["bash", str(REPO / "entrypoint.sh")],
-            demo.entrypoint_env(MODE=mode, **extra),
-            linger=functools.partial(leave_running, base) if keep_running else None,
-        )
+        with contextlib.ExitStack() as stack:
+            disk = make_disk(base / "vm")
+            if vm == "qemu":
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                say(f"the VM image (Debian 12, {vm_image.cache_root()}): built once, about 90 s")
+                image = await asyncio.to_thread(vm_image.build)
+                say(f"the VM image is {image.dir} ({loop.time() - t0:.0f} s)")
+                git = stack.enter_context(GitServer(disk.base))
+                demo = demo_config(disk, repo_url=git.url(disk.origin))
+                say(
+                    f"VM demo-vm is Debian 12 under QEMU; at its first boot startup.sh clones "
+                    f"{git.url(disk.origin)} (a snapshot of {REPO}, served by git daemon on "
+                    f"127.0.0.1:{git.port}) and installs git and uv; its .env secret holds a "
+                    f"generated token and a demo job; running ./entrypoint.sh with MODE={mode}, "
+                    f"BOOT_TIMEOUT={demo.boot_timeout}"
+                )
+            else:
+                demo = demo_config(disk)
+                say(
+                    f"VM demo-vm boots startup.sh from a clone of {REPO} (origin: a local bare "
+                    f"copy); its .env secret holds a generated token and a demo job; running "
+                    f"./entrypoint.sh with MODE={mode}"
+                )
+            emu = Emulator(demo.config, state_dir=base / "emulator")
+            extra = {"KEEP_VM": "1"} if keep_running else {}
+            return await run(
+                emu,
+                ["bash", str(REPO / "entrypoint.sh")],
+                demo.entrypoint_env(MODE=mode, **extra),
+                linger=functools.partial(leave_running, base) if keep_running else None,
+            )
     finally:
         if keep:
             print(
@@ -322,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave the VM up after the run, for ./entrypoint.sh status and logs, until Ctrl-C",
     )
+    demo.add_argument(
+        "--vm",
+        choices=("process", "qemu"),
+        default="process",
+        help="process: the guest is a process group (seconds); qemu: a real Debian 12 VM "
+        "(root, qemu-system-x86, debootstrap; its first boot takes minutes)",
+    )
     demo.add_argument("-v", "--verbose", action="store_true", help="log lifecycle events")
     for name in ("serve", "run"):
         p = sub.add_parser(name)
@@ -344,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "demo":
-            return asyncio.run(run_demo(args.mode, args.keep, args.keep_running))
+            return asyncio.run(run_demo(args.mode, args.keep, args.keep_running, args.vm))
         emu = Emulator(
             load_config(args.config), port=args.port, host=args.host, state_dir=args.state_dir
         )

@@ -7,8 +7,13 @@ this repository (its `origin` a local bare copy of the working tree), with an `a
 holding a generated token and a demonstration JOB_COMMAND. Then entrypoint.sh attaches the IP,
 starts the VM, runs the job, prints its log and stops the VM; the demo exits with its status.
 
+With vm="qemu" (`demo --vm qemu`) the VM is a real one (gcp_emulator/qemu_guest.py): it has
+no clone of ours on its disk; startup.sh clones its repo-url at the first boot, as on Compute
+Engine, from a git daemon on this host's loopback (GitServer) that the VM reaches at
+169.254.169.1, with the settings' defaults for everything else.
+
 The tests and benchmarks boot VMs the same way: snapshot_repo, make_disk, guest_access,
-demo_config. This module imports nothing of the CLI: the dependency goes cli -> demo.
+GitServer, demo_config. This module imports nothing of the CLI: the dependency goes cli -> demo.
 """
 
 from __future__ import annotations
@@ -20,16 +25,21 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from gcp_emulator.cloud import SYSTEMD_PATH
 from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig, SecretConfig
+from gcp_emulator.qemu_guest import HOST_IP
 
 REPO = Path(__file__).resolve().parent.parent
+# A systemd service has no HOSTNAME in its environment (a real VM's agent runs the job with
+# none; the process guest sets it): the VM's name is uname's there.
 DEMO_JOB = (
-    'echo "demo job: hello from $HOSTNAME, DRY_RUN=${DRY_RUN:-0}, EXAMPLE=$EXAMPLE";'
-    ' sleep 1; echo "demo job: done"'
+    'echo "demo job: hello from ${HOSTNAME:-$(uname -n)}, DRY_RUN=${DRY_RUN:-0},'
+    ' EXAMPLE=$EXAMPLE"; sleep 1; echo "demo job: done"'
 )
 
 
@@ -173,12 +183,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class GitServer:
+    """`git daemon` serving the repositories under base, read-only, on 127.0.0.1 at a free
+    port: the URL a real VM clones from (a QEMU guest reaches this host's loopback at
+    169.254.169.1). Stopped on leaving the `with`."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, repo: Path) -> str:
+        """The repository's URL as a QEMU guest reaches it."""
+        return f"git://{HOST_IP}:{self.port}/{repo.relative_to(self.base)}"
+
+    def __enter__(self) -> GitServer:
+        self.port = free_port()
+        log = (self.base / "git-daemon.log").open("wb")
+        argv = ["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={self.port}"]
+        argv += ["--export-all", "--informative-errors", f"--base-path={self.base}"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                text = (self.base / "git-daemon.log").read_text(errors="replace").strip()
+                raise RuntimeError(f"git daemon did not listen on 127.0.0.1:{self.port}: {text}")
+            time.sleep(0.05)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# seconds for the agent to answer: the process guest boots in seconds; a real VM under TCG
+# boots in about 40 s, and its first boot installs git, pip and uv and syncs the dependencies
+BOOT_TIMEOUTS = {"process": 180, "qemu": 900}
+
+
 @dataclass
 class Demo:
     config: EmulatorConfig
     token: str
     port: int
     disk: Disk
+    boot_timeout: int = BOOT_TIMEOUTS["process"]
 
     def entrypoint_env(self, **extra: str) -> dict[str, str]:
         inst, addr = self.config.instances[0], self.config.addresses[0]
@@ -190,7 +250,7 @@ class Demo:
             "STATIC_NAME": addr.name,
             "AGENT_TOKEN": self.token,
             "AGENT_PORT": str(self.port),
-            "BOOT_TIMEOUT": "180",
+            "BOOT_TIMEOUT": str(self.boot_timeout),
             **extra,
         }
 
@@ -207,10 +267,21 @@ def demo_config(
     missing_commands: list[str] | None = None,
     script_runner: str = "guest-agent",
     idle_shutdown: str | None = "600",
+    repo_url: str | None = None,
 ) -> Demo:
     """One VM booting startup.sh over disk, one static address, the app-env secret. Its
     addresses are 127.NET.77.7 (static) and 127.NET.100.2 (internal) for a NET of its own, so
-    demos and tests running at once never share one."""
+    demos and tests running at once never share one. With repo_url the VM is a real one (a QEMU
+    guest) that clones repo_url at its first boot, with startup.sh's defaults for its
+    directories; else a process guest over disk.app."""
+    vm = "qemu" if repo_url is not None else "process"
+    boot_timeout = BOOT_TIMEOUTS[vm]
+    if repo_url is not None:
+        where = {"repo-url": repo_url}
+        guest_env: dict[str, str] = {}
+    else:
+        where = {"app-dir": str(disk.app), "tls-dir": str(disk.tls)}
+        guest_env = guest_access(disk)
     net = secrets.randbelow(254) + 1
     address = address or f"127.{net}.77.7"
     token = secrets.token_urlsafe(24)
@@ -224,19 +295,19 @@ def demo_config(
             network_ip=f"127.{net}.100.2",
             boot_delay=boot_delay,
             # the guard docs/deploy.md sets: BOOT_TIMEOUT + RUN_TIMEOUT + STOP_TIMEOUT + 60 s
-            max_run_duration=180 + 3600 + 180 + 60,
+            max_run_duration=boot_timeout + 3600 + 180 + 60,
             metadata={
                 "startup-script": (REPO / "startup.sh").read_text(),
-                "app-dir": str(disk.app),
+                **where,
                 "env-secret": "app-env",
                 "agent-port": str(port),
-                "tls-dir": str(disk.tls),
                 "enable-guest-attributes": "TRUE",
                 **(metadata or {}),
             },
-            env={**guest_access(disk), **(env or {})},
+            env={**guest_env, **(env or {})},
             missing_commands=list(missing_commands or []),
             script_runner=script_runner,
+            guest=vm,
         )
     )
     cfg.addresses.append(AddressConfig(name="demo-ip", region=cfg.region, address=address))
@@ -245,4 +316,4 @@ def demo_config(
             f"IDLE_SHUTDOWN={idle_shutdown}\n" if idle_shutdown is not None else ""
         )
     cfg.secrets.append(SecretConfig(name="app-env", versions=[secret.encode()]))
-    return Demo(cfg, token, port, disk)
+    return Demo(cfg, token, port, disk, boot_timeout)

@@ -6,14 +6,23 @@ missing."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from gcp_emulator.config import dump_config
+from gcp_emulator.demo import DEMO_JOB, Demo, GitServer, demo_config, make_disk, push_commit
 from gcp_emulator.qemu_guest import qemu_missing
 from gcp_emulator.vm_image import build
-from tests.conftest import wait_until
-from tests.harness import needs_gcloud
+from tests.conftest import REPO, wait_until
+from tests.harness import EmulatorProcess, needs_gcloud
 
 pytestmark = [
     pytest.mark.e2e,  # never in the fast tier (-m "not e2e")
@@ -78,3 +87,187 @@ value = "s3cret-from-secret-manager"
     events = [e.get("event") for e in emu.journal() if e["kind"] == "event"]
     assert "guest_poweroff" in events, "the VM ended by its own poweroff"
     print(f"real VM: start to TERMINATED by its own poweroff in {took:.0f}s")
+
+
+# -- the whole flow on a real VM ---------------------------------------------------------------
+
+# the demo's job, and what the checkout holds (a deploy between two runs changes it)
+FLOW_JOB = DEMO_JOB + '; echo "deployed: $(cat DEPLOYED.txt 2>/dev/null || echo nothing)"'
+BOOT_TIMEOUT = "900"  # a first boot installs git, pip and uv and syncs under TCG: 5 to 7 min
+PIN_RE = re.compile(r"the agent's key matches the pin demo-vm published \((sha256//[^)]+)\)")
+
+
+class RealDemo:
+    """The demo VM (startup.sh, its repo-url a git daemon on this host) as a real VM, on an
+    emulator process."""
+
+    def __init__(self, demo: Demo, emu: EmulatorProcess) -> None:
+        self.demo = demo
+        self.emu = emu
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.emu.instance("demo-vm")["dir"])
+
+    def serial(self) -> str:
+        return (self.dir / "serial-port-1.log").read_text(errors="replace")
+
+    def arrival(self, needle: str, after: float = 0) -> float | None:
+        """When the first console line holding needle, arrived after the time `after`, came."""
+        data = (self.dir / "serial-port-1.log").read_bytes()
+        for row in (self.dir / "serial-port-1.times").read_text().splitlines():
+            when, offset = row.split()
+            line = data[int(offset) : data.find(b"\n", int(offset))]
+            if float(when) > after and needle.encode() in line:
+                return float(when)
+        return None
+
+    def entrypoint_env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            **self.emu.env,
+            **self.demo.entrypoint_env(**{"BOOT_TIMEOUT": BOOT_TIMEOUT, **extra}),
+        }
+
+    def entrypoint(self, **extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        """entrypoint.sh's result and how long it took."""
+        t0 = time.monotonic()
+        r = subprocess.run(
+            ["bash", str(REPO / "entrypoint.sh")],
+            env=self.entrypoint_env(**extra),
+            capture_output=True,
+            text=True,
+            timeout=int(BOOT_TIMEOUT) + 600,
+            stdin=subprocess.DEVNULL,
+        )
+        return r, time.monotonic() - t0
+
+    def assert_cleaned_up(self) -> None:
+        inst = self.emu.instance("demo-vm")
+        assert inst["status"] == "TERMINATED", inst["status"]
+        assert inst["access_configs"] == []
+        assert "vm-job-owner" not in inst["labels"]
+
+
+@pytest.fixture
+def real_demo(image, tmp_path):
+    """make(**demo_config arguments) -> a RealDemo; its git daemon and emulator stopped after."""
+    base = Path(tempfile.mkdtemp(prefix="vm-job-real-"))
+    base.chmod(0o755)  # make_disk's check: as root, another user could have to reach it
+    made: list[EmulatorProcess] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, base, ignore_errors=True)
+
+        def make(**kwargs) -> RealDemo:
+            disk = make_disk(base / "vm")
+            git = stack.enter_context(GitServer(disk.base))
+            demo = demo_config(disk, repo_url=git.url(disk.origin), **kwargs)
+            config = tmp_path / "emulator.toml"
+            config.write_text(dump_config(demo.config))
+            made.append(EmulatorProcess(config, tmp_path / "emulator"))
+            stack.callback(made[-1].stop)
+            return RealDemo(demo, made[-1])
+
+        yield make
+
+
+@needs_gcloud
+@pytest.mark.timeout(2400)
+def test_the_whole_flow_on_a_real_vm_then_a_warm_run_then_its_idle_shutdown(real_demo):
+    """entrypoint.sh against a Debian 12 VM: Google's runner runs startup.sh, which installs
+    git, pip and uv as on a stock image, clones the repo-url, publishes its pin with a real
+    metadata-server PUT and starts the agent under systemd; the orchestrator verifies the pin
+    over the forwarded port, runs the job, relays the boot as [vm] lines and stops the VM. A
+    second run boots the same disk: the key kept (same pin), the deploy in between fetched,
+    nothing installed again, faster. Left running (KEEP_VM=1), the agent's idle shutdown powers
+    the VM off through sudo -n /usr/sbin/poweroff."""
+    vm = real_demo(job=FLOW_JOB, idle_shutdown="45")
+
+    first, first_took = vm.entrypoint()
+    assert first.returncode == 0, first.stderr
+    assert "demo job: hello from demo-vm, DRY_RUN=0, EXAMPLE=from-secret-manager" in first.stdout
+    assert "deployed: nothing" in first.stdout
+    for line in (
+        "[vm",  # the boot's lines, relayed from the console
+        "startup.sh INFO    git is not installed: installing git with apt-get",
+        "boot 3/6 code: first boot: cloned git://169.254.169.1:",
+        "boot 5/6 dependencies: uv sync --frozen",
+        "cleanup: demo-vm is TERMINATED",
+    ):
+        assert line in first.stderr, line
+    pin = PIN_RE.search(first.stderr)
+    assert pin is not None, first.stderr
+    vm.assert_cleaned_up()
+    serial = vm.serial()
+    assert "google_metadata_script_runner[" in serial and "startup-script exit status 0" in serial
+    assert "Started vm-job-agent.service" in serial or "vm-job-agent" in serial
+
+    push_commit(vm.demo.disk.origin, {"DEPLOYED.txt": "v2\n"}, "deploy v2")
+    second, second_took = vm.entrypoint(KEEP_VM="1")
+    assert second.returncode == 0, second.stderr
+    assert "deployed: v2" in second.stdout, "the warm boot did not fetch the deploy"
+    again = PIN_RE.search(second.stderr)
+    assert again is not None and again.group(1) == pin.group(1), "the key was not kept"
+    assert "is not installed" not in second.stderr, "the warm boot installed something again"
+    assert second_took < first_took, f"warm {second_took:.0f} s, first {first_took:.0f} s"
+    assert vm.emu.instance("demo-vm")["status"] == "RUNNING", "KEEP_VM=1 left it up"
+
+    kept = time.monotonic()
+    vm.emu.wait_status("demo-vm", "TERMINATED", timeout=45 + 120)
+    events = [e.get("event") for e in vm.emu.journal() if e["kind"] == "event"]
+    assert events[-2:] == ["guest_poweroff", "guest_stop"], events
+    assert "IDLE SHUTDOWN: no run and no authenticated request" in vm.serial()
+    print(
+        f"real VM: first run {first_took:.0f} s, warm run {second_took:.0f} s, idle shutdown "
+        f"{time.monotonic() - kept:.0f} s after the warm run (IDLE_SHUTDOWN=45)"
+    )
+
+
+@needs_gcloud
+@pytest.mark.timeout(2400)
+def test_a_failed_real_boot_powers_itself_off_and_is_exit_4_within_15_s_under_the_orchestrator(
+    real_demo,
+):
+    """The .env secret missing. Started by hand with nobody watching, the VM fails its boot and
+    its boot watchdog powers it off (TERMINATED, its line on the console). Started again by the
+    orchestrator, the failure is exit 4 with startup.sh's reason, within 15 s of startup.sh's
+    ERROR line reaching the console."""
+    vm = real_demo(metadata={"env-secret": "no-such-secret", "boot-watchdog": "300"})
+    started = time.time()
+    r = vm.emu.gcloud("compute", "instances", "start", "demo-vm", f"--zone={vm.demo.config.zone}")
+    assert r.returncode == 0, r.stderr
+    vm.emu.wait_status("demo-vm", "RUNNING", timeout=60)
+    vm.emu.wait_status("demo-vm", "TERMINATED", timeout=300 + 300)
+    failed = vm.arrival("startup.sh ERROR", after=started)
+    assert failed is not None, "startup.sh logged no ERROR: " + vm.serial()[-3000:]
+    assert "boot 4/6 .env" in vm.serial() and "no-such-secret" in vm.serial()
+    watchdog = vm.arrival("boot watchdog: the agent did not answer within 300s", after=failed)
+    assert watchdog is not None, "the boot watchdog did not say it powers off"
+    events = [e.get("event") for e in vm.emu.journal() if e["kind"] == "event"]
+    assert "guest_poweroff" in events, "the VM did not power itself off"
+
+    second = time.time()
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "entrypoint.sh")],
+        env=vm.entrypoint_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    detected = None
+    assert proc.stderr is not None
+    err = []
+    for line in proc.stderr:
+        err.append(line)
+        if detected is None and "boot failed" in line.lower():
+            detected = time.time()
+    proc.wait(120)
+    err_text = "".join(err)
+    assert proc.returncode == 4, err_text
+    assert "no-such-secret" in err_text, "startup.sh's reason is not in the orchestrator's log"
+    failed = vm.arrival("startup.sh ERROR", after=second)
+    assert failed is not None and detected is not None, err_text
+    assert detected - failed < 15, f"the failure took {detected - failed:.1f} s to be seen"
+    vm.assert_cleaned_up()
+    print(f"real VM: failed boot seen {detected - failed:.1f} s after startup.sh's ERROR line")
