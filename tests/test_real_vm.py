@@ -77,16 +77,19 @@ value = "s3cret-from-secret-manager"
 
     wait_until(lambda: "vm-job-agent/probe" in attributes(), 600, "the script's guest attribute")
     assert attributes()["vm-job-agent/probe"] == "s3cret-from-secret-manager"
-    assert "guest-agent/sshable" in attributes(), "Google's guest agent ran and wrote its own"
     emu.wait_status("vm-real", "TERMINATED", timeout=300)
     took = time.monotonic() - started
     serial = (emu.state_dir / "instances" / ZONE / "vm-real" / "serial-port-1.log").read_text()
     for line in ("real-vm: to stdout", "real-vm: to stderr", "real-vm: powering off"):
         assert "google_metadata_script_runner[" in serial and line in serial, line
     assert "Linux version" in serial, "the kernel's console is the serial port"
+    assert "google_guest_agent[" in serial and "GCE Agent Started" in serial
+    # the guest agent's own attribute, written after its OS Login setup, did not come in one
+    # run of three (docs/emulator.md, "Real VMs"): said, not asserted
+    sshable = "guest-agent/sshable" in emu.instance("vm-real")["guest_attributes"]
     events = [e.get("event") for e in emu.journal() if e["kind"] == "event"]
     assert "guest_poweroff" in events, "the VM ended by its own poweroff"
-    print(f"real VM: start to TERMINATED by its own poweroff in {took:.0f}s")
+    print(f"real VM: start to TERMINATED by its own poweroff in {took:.0f}s; sshable: {sshable}")
 
 
 # -- the whole flow on a real VM ---------------------------------------------------------------
@@ -214,7 +217,8 @@ def test_the_whole_flow_on_a_real_vm_then_a_warm_run_then_its_idle_shutdown(real
 
     kept = time.monotonic()
     vm.emu.wait_status("demo-vm", "TERMINATED", timeout=45 + 120)
-    events = [e.get("event") for e in vm.emu.journal() if e["kind"] == "event"]
+    # the journal's events but its status changes: the guest's own
+    events = [e["event"] for e in vm.emu.journal() if e.get("event") not in (None, "status")]
     assert events[-2:] == ["guest_poweroff", "guest_stop"], events
     assert "IDLE SHUTDOWN: no run and no authenticated request" in vm.serial()
     print(
@@ -247,22 +251,22 @@ def test_a_failed_real_boot_powers_itself_off_and_is_exit_4_within_15_s_under_th
     assert "guest_poweroff" in events, "the VM did not power itself off"
 
     second = time.time()
-    proc = subprocess.Popen(
+    detected = None
+    err = []
+    with subprocess.Popen(
         ["bash", str(REPO / "entrypoint.sh")],
         env=vm.entrypoint_env(),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    detected = None
-    assert proc.stderr is not None
-    err = []
-    for line in proc.stderr:
-        err.append(line)
-        if detected is None and "boot failed" in line.lower():
-            detected = time.time()
-    proc.wait(120)
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # each line as it comes: when the failure was seen
+            err.append(line)
+            if detected is None and "boot failed" in line:
+                detected = time.time()
+        proc.wait(120)
     err_text = "".join(err)
     assert proc.returncode == 4, err_text
     assert "no-such-secret" in err_text, "startup.sh's reason is not in the orchestrator's log"
