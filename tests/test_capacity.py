@@ -31,7 +31,9 @@ def test_a_stockout_that_outlasts_the_boot_timeout_is_exit_9_no_capacity(make_fl
     assert f"({code}, " in r.stderr
     assert "not started within BOOT_TIMEOUT" not in r.stderr, "a stockout is not a boot timeout"
     starts = flow.emu.calls(STARTS)
-    assert len(starts) >= 3, f"the start was tried {len(starts)} times: backoff within 20 s"
+    # tried again, not taken for final: how often within 20 s depends on how long each gcloud
+    # call takes (up to 7 s each on a loaded machine: CI saw 2 tries)
+    assert len(starts) >= 2, f"the start was tried {len(starts)} times: backoff within 20 s"
     assert took < 20 + 20, f"{took:.0f} s"
     assert flow.runs() == []
     flow.assert_cleaned_up()
