@@ -432,20 +432,25 @@ class Cloud:
             self._begin_stop(inst)
         return op
 
-    def _begin_stop(self, inst: Instance) -> None:
+    def _begin_stop(self, inst: Instance, preempted: bool = False) -> None:
         booting = inst.task
         self.set_status(inst, "STOPPING")
-        inst.task = asyncio.get_running_loop().create_task(self._shutdown(inst, booting))
+        inst.task = asyncio.get_running_loop().create_task(self._shutdown(inst, booting, preempted))
 
-    async def _shutdown(self, inst: Instance, booting: asyncio.Task[None] | None) -> None:
+    async def _shutdown(
+        self, inst: Instance, booting: asyncio.Task[None] | None, preempted: bool = False
+    ) -> None:
         if booting is not None and not booting.done():
             booting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await booting
         if inst.guest is not None:
-            # a real VM gets what Compute Engine gives a guest (90 s); the process guest less
-            qemu = isinstance(inst.guest, QemuGuest)
-            await inst.guest.shutdown(qemu_guest.GRACE if qemu else inst.cfg.shutdown_grace)
+            # a real VM gets what Compute Engine gives a guest (90 s, 30 s when it is
+            # preempted); the process guest its shutdown_grace
+            grace = inst.cfg.shutdown_grace
+            if isinstance(inst.guest, QemuGuest):
+                grace = qemu_guest.PREEMPT_GRACE if preempted else qemu_guest.GRACE
+            await inst.guest.shutdown(grace)
             self.record("event", event="guest_stop", instance=f"{inst.zone}/{inst.name}")
             inst.guest = None
         await asyncio.sleep(inst.cfg.stop_delay)
@@ -488,13 +493,14 @@ class Cloud:
 
     def preempt(self, inst: Instance) -> None:
         """Test hook: Compute Engine takes a RUNNING Spot VM back: an operation of type
-        compute.instances.preempted, then what a stop does (ACPI soft-off: SIGTERM to the
-        guest, SIGKILL after shutdown_grace; TERMINATED)."""
+        compute.instances.preempted, then ACPI soft-off with a shorter grace than a stop's
+        (the process guest: SIGTERM, SIGKILL after shutdown_grace; a real VM: the power
+        button, a hard stop after 30 s); TERMINATED."""
         if inst.status != "RUNNING":
             raise ApiError(400, "invalid", f"only a RUNNING VM is preempted, not {inst.status}")
         self.done_operation(inst, "compute.instances.preempted")
         self.record("event", event="preempted", instance=f"{inst.zone}/{inst.name}")
-        self._begin_stop(inst)
+        self._begin_stop(inst, preempted=True)
 
     async def close(self) -> None:
         """Stop every guest (the emulator is exiting)."""

@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 NET = "169.254.169.0/24"
 HOST_IP = "169.254.169.1"  # the host's loopback, seen from the VM
 GRACE = 90.0  # seconds Compute Engine gives a guest to shut down before it is powered off
+PREEMPT_GRACE = 30.0  # the same for a preempted Spot VM
 ACCELS = ("tcg", "kvm")
 
 

@@ -1,9 +1,16 @@
-"""Emulator details that need no server: checksums and fingerprints."""
+"""Emulator details that need no server: checksums, fingerprints, a real VM's stop grace."""
 
 from __future__ import annotations
 
-from gcp_emulator.cloud import same_fingerprint
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from gcp_emulator import qemu_guest
+from gcp_emulator.cloud import Cloud, Instance, same_fingerprint
+from gcp_emulator.config import default_config
 from gcp_emulator.crc32c import crc32c
+from gcp_emulator.qemu_guest import QemuGuest
 
 
 def test_crc32c_is_castagnoli():
@@ -21,3 +28,38 @@ def test_a_different_or_malformed_fingerprint_does_not_match():
     assert not same_fingerprint("AAAAAAAAAAA=", "AQAAAAAAAAA=")
     assert not same_fingerprint("not base64!", "AQAAAAAAAAA=")
     assert not same_fingerprint(None, "AQAAAAAAAAA=")
+
+
+class PowerButtonRecorder(QemuGuest):
+    """A real VM's stand-in: records the grace each shutdown gives, powers off at once."""
+
+    def __init__(self) -> None:  # no QEMU behind it
+        self.proc = None
+        self.graces: list[float] = []
+
+    async def shutdown(self, grace: float = qemu_guest.GRACE) -> None:
+        self.graces.append(grace)
+
+
+def shut_down_real_vm(tmp_path: Path, how: Callable[[Cloud, Instance], object]) -> list[float]:
+    """A RUNNING VM with a real-VM guest, stopped through `how`: the graces its guest got."""
+    cloud = Cloud(default_config(), tmp_path, "http://127.0.0.1:9", tmp_path)
+    inst = cloud.instances[("us-central1-a", "vm-1")]
+    guest = PowerButtonRecorder()
+
+    async def scenario() -> None:
+        inst.status, inst.guest = "RUNNING", guest
+        how(cloud, inst)
+        assert inst.task is not None
+        await inst.task
+
+    asyncio.run(scenario())
+    assert inst.status == "TERMINATED"
+    return guest.graces
+
+
+def test_a_preempted_real_vm_is_hard_stopped_after_30_s_a_stopped_one_after_90(tmp_path):
+    # Compute Engine: ACPI soft-off, then power off after 30 s for a preempted Spot VM and
+    # after 90 s for a stop
+    assert shut_down_real_vm(tmp_path / "p", Cloud.preempt) == [30.0]
+    assert shut_down_real_vm(tmp_path / "s", Cloud.stop) == [90.0]
