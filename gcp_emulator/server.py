@@ -766,7 +766,13 @@ class EmulatorApp:
         return JSONResponse({"error": f"no such test hook: {method} {hook}"}, status_code=404)
 
     async def _set_instance(self, inst: Instance, body: dict[str, Any]) -> dict[str, Any]:
-        """Put an instance in a state directly: leftovers of a dead run, slow boots, ..."""
+        """Put an instance in a state directly: leftovers of a dead run, slow boots, ...
+        With "if_status", nothing changes unless the instance is in that status now (409
+        otherwise): a test ends a repair only if nothing has stopped the VM meanwhile."""
+        if "if_status" in body and inst.status != body["if_status"]:
+            raise ApiError(
+                409, "conflict", f"{inst.name} is {inst.status}, not {body['if_status']}"
+            )
         for key in (
             "provision_delay",
             "staging_delay",

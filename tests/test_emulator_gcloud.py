@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 
+import httpx
 import pytest
 
 from gcp_emulator.crc32c import crc32c
@@ -128,6 +129,19 @@ def test_start_while_stopping_is_not_ready(emu):
     started = emu.gcloud("compute", "instances", "start", "vm-a", Z)
     assert started.returncode == 1
     assert "is not ready" in started.stderr
+
+
+def test_the_state_hook_changes_nothing_when_its_precondition_does_not_hold(emu):
+    # a test ending a repair must not boot a VM that its run's cleanup stopped meanwhile
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        emu.set_instance(ZONE, "vm-a", status="RUNNING", if_status="REPAIRING")
+    assert refused.value.response.status_code == 409
+    assert "vm-a is TERMINATED, not REPAIRING" in refused.value.response.text
+    assert emu.instance("vm-a")["status"] == "TERMINATED"
+    emu.set_instance(ZONE, "vm-a", status="RUNNING")
+    emu.set_instance(ZONE, "vm-a", status="REPAIRING", if_status="RUNNING")
+    emu.set_instance(ZONE, "vm-a", status="RUNNING", if_status="REPAIRING")
+    assert emu.instance("vm-a")["status"] == "RUNNING"
 
 
 def test_unknown_instance_is_a_not_found_error(emu):

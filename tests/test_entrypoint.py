@@ -626,8 +626,8 @@ def test_a_vm_under_repair_is_waited_for_not_taken_for_gone(make_flow):
         flow.emu.set_instance(ZONE, "vm-0", status="REPAIRING")
         os.kill(agent_pid(flow), signal.SIGTERM)  # the agent is gone while the host is repaired
         time.sleep(4)
-        try:
-            flow.emu.set_instance(ZONE, "vm-0", status="RUNNING")
+        try:  # the repair ends, unless something stopped the VM meanwhile
+            flow.emu.set_instance(ZONE, "vm-0", status="RUNNING", if_status="REPAIRING")
         except httpx.HTTPStatusError as e:
             # the restarted agent answered during the repair and the run ended first: its
             # cleanup's stop came before the repair's end, which no longer applies
