@@ -12,19 +12,22 @@ import logging
 import os
 import re
 import secrets
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, StringConstraints, ValidationError
+from pydantic import AwareDatetime, BaseModel, StringConstraints, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.runner import BusyError, JobRunner, KeyConflict, StoreError
+from agent.runner import BusyError, JobRunner, KeyConflict, StoreError, TooLate
 from agent.settings import MAX_WAIT_SECONDS, Settings, project_version
 from agent.store import (
     RunRecord,
@@ -64,6 +67,9 @@ class RunCreate(BaseModel):
     # a key whose earlier run failed, was cancelled or interrupted starts the job again only
     # with this (the orchestrator's RERUN_FAILED=1: the job is safe to run twice)
     rerun_failed: bool = False
+    # the latest time a new run may start (the slot's START_DEADLINE): after it, 412 and no
+    # run; a run given back for the key is answered as ever
+    start_by: AwareDatetime | None = None
 
 
 class RunPublic(BaseModel):
@@ -247,6 +253,7 @@ def health(request: Request, runner: RunnerDep) -> Health:
     responses={
         200: {"model": RunPublic, "description": "replay of an earlier run"},
         409: {"description": "another run is in progress"},
+        412: {"description": "a new run would start after start_by"},
     },
 )
 async def create_run(
@@ -271,10 +278,16 @@ async def create_run(
         )
     try:
         rec, created = await runner.start(
-            body.mode, idempotency_key, run_slot=body.run_slot, rerun_failed=body.rerun_failed
+            body.mode,
+            idempotency_key,
+            run_slot=body.run_slot,
+            rerun_failed=body.rerun_failed,
+            start_by=body.start_by,
         )
     except BusyError as exc:
         return busy_response(exc)
+    except TooLate as exc:
+        raise HTTPException(status.HTTP_412_PRECONDITION_FAILED, str(exc)) from None
     except KeyConflict as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except StoreError as exc:
@@ -406,6 +419,32 @@ async def test_sync(runner: RunnerDep) -> Any:
 # -- the app ---------------------------------------------------------------------------------
 
 
+def stop_job_on_sigterm(runner: JobRunner) -> Callable[[], None]:
+    """On the agent's SIGTERM (the VM's shutdown: systemd stops the unit, KillMode=mixed, so only
+    the agent gets it), a run still going is ended at once, with the job's one SIGTERM and its
+    KILL_GRACE, while uvicorn closes its connections, not after them. Chained in front of
+    uvicorn's own handler (installed before the lifespan starts); returns what undoes it. A no-op
+    off the main thread (a TestClient), where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def end_the_run() -> None:
+        task = loop.create_task(runner.shutdown())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(end_the_run)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def create_app(
     settings: Settings, job_env: dict[str, str] | None = None, job_argv: list[str] | None = None
 ) -> FastAPI:
@@ -424,6 +463,7 @@ def create_app(
         runner.prune()
         app.state.store, app.state.runner = store, runner
         watchdog = asyncio.create_task(runner.idle_watchdog())
+        undo_sigterm = stop_job_on_sigterm(runner)
         logger.info(
             "agent %s ready: state in %s, idle shutdown %s",
             app.state.version,
@@ -436,6 +476,7 @@ def create_app(
         try:
             yield
         finally:
+            undo_sigterm()
             watchdog.cancel()
             await runner.shutdown()
             store.close()

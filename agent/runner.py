@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.settings import APP_DIR, Settings
@@ -61,6 +62,17 @@ class KeyConflict(Exception):
             " use a new key for another mode"
         )
         self.earlier = earlier
+
+
+class TooLate(Exception):
+    """A new run was asked for after the time its caller gave as the latest (start_by)."""
+
+    def __init__(self, start_by: datetime) -> None:
+        late = (datetime.now(UTC) - start_by).total_seconds()
+        super().__init__(
+            f"not starting a new run {late:.0f} s after start_by"
+            f" ({start_by.isoformat().replace('+00:00', 'Z')})"
+        )
 
 
 class BusyError(Exception):
@@ -121,28 +133,45 @@ def run_processes(run_id: str) -> list[int]:
     return found
 
 
+def process_group(pid: int) -> int | None:
+    """The process group of pid, or None when it is gone."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def _signal_run(run_id: str, pgid: int | None, sig: signal.Signals) -> None:
-    """sig to the run's process group and to every process of the run outside it."""
+    """sig to the run's process group and to every process of the run outside it, once each: a
+    job's SIGTERM handler (closing positions) must run once, not once per way it is reached."""
     if pgid is not None:
         _signal_group(pgid, sig)
     for pid in run_processes(run_id):
+        if pgid is not None and process_group(pid) == pgid:
+            continue  # the group's signal reached it
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
 
 
 async def end_run_processes(
-    run_id: str, pgid: int | None, grace: float, main: asyncio.subprocess.Process | None = None
+    run_id: str,
+    pgid: int | None,
+    grace: float,
+    main: asyncio.subprocess.Process | None = None,
+    term: bool = True,
 ) -> int:
-    """SIGTERM every process of the run, SIGKILL what is left after grace seconds; returns how
-    many were still there for SIGKILL."""
-    _signal_run(run_id, pgid, signal.SIGTERM)
+    """SIGTERM every process of the run (unless term is False: they had theirs), SIGKILL what
+    is left after grace seconds; returns how many were still there for SIGKILL."""
+    if term:
+        _signal_run(run_id, pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if (main is None or main.returncode is not None) and not run_processes(run_id):
             return 0
         await asyncio.sleep(0.05)
     left = len(run_processes(run_id))
-    _signal_run(run_id, pgid, signal.SIGKILL)
+    if left:
+        _signal_run(run_id, pgid, signal.SIGKILL)
     return left
 
 
@@ -234,10 +263,12 @@ class JobRunner:
         idempotency_key: str | None,
         run_slot: str | None = None,
         rerun_failed: bool = False,
+        start_by: datetime | None = None,
     ) -> tuple[RunRecord, bool]:
         """Start a run; returns (record, created). Raises BusyError while another one runs. An
         Idempotency-Key used before returns its latest run, unless that run failed, was
-        cancelled or interrupted and rerun_failed says the job may run again."""
+        cancelled or interrupted and rerun_failed says the job may run again. A new run is not
+        started after start_by (TooLate): a run given back is not new."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         async with self._start_lock:
@@ -254,6 +285,8 @@ class JobRunner:
                     return earlier, False
             if self._active is not None:
                 raise BusyError(self._active.run_id)
+            if start_by is not None and datetime.now(UTC) > start_by:
+                raise TooLate(start_by)
             try:
                 record = self.store.create(new_run_id(), mode, idempotency_key)
             except (sqlite3.Error, OSError) as exc:
@@ -306,9 +339,10 @@ class JobRunner:
             await active.stopped.wait()
         rc = active.proc.returncode
         # The job is over: whatever it left running (in its group or not) goes with it, with the
-        # same grace (a stop we asked for has given it already).
-        grace = 0.0 if active.stop_reason else self.settings.kill_grace
-        killed = await end_run_processes(active.run_id, active.proc.pid, grace)
+        # same grace; after a stop we asked for, they had their SIGTERM and their grace: SIGKILL.
+        stopped = active.stop_reason is not None
+        grace = 0.0 if stopped else self.settings.kill_grace
+        killed = await end_run_processes(active.run_id, active.proc.pid, grace, term=not stopped)
         if killed:
             logger.warning("run %s: %d leftover processes killed", active.run_id, killed)
         capper.cancel()

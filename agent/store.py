@@ -176,7 +176,10 @@ class RunStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(state_dir / "runs.sqlite3", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: each commit is on the disk before it returns, so a run the agent has accepted
+        # (202) survives a hard reset right after; NORMAL could lose the last commits, and a
+        # retry would start the job again
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ import sqlite3
 import textwrap
 import time
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -266,3 +267,110 @@ def test_old_runs_and_their_logs_are_pruned_by_count_and_age(agent, tmp_path):
     assert listed == ids[::-1][:3], "the newest KEEP_RUNS runs are kept, newest first"
     logs = sorted(p.stem for p in (tmp_path / "state" / "logs").iterdir())
     assert logs == sorted(ids[1:]), "the logs of pruned runs are gone too"
+
+
+# -- one SIGTERM per process, whoever stops the job (issue 26, item 3) --------------------------
+
+COUNT_SIGTERMS = textwrap.dedent("""\
+    import os, pathlib, signal, subprocess, sys, time
+    handled, ready = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+    def close(*_):
+        with handled.open("a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(0.3)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, close)
+    if len(sys.argv) == 3:  # the job starts a helper in a session of its own, as some do
+        subprocess.Popen([sys.executable, *sys.argv, "helper"], start_new_session=True)
+    ready.write_text(ready.read_text() + "x" if ready.exists() else "x")
+    while True:
+        time.sleep(1)
+    """)
+
+
+def sigterms_by_process(handled) -> dict[str, int]:
+    lines = handled.read_text().splitlines() if handled.exists() else []
+    return {pid: lines.count(pid) for pid in set(lines)}
+
+
+def test_each_process_of_a_cancelled_job_gets_one_sigterm_every_time(agent, tmp_path):
+    """The cancel signals the run's process group, then the run's processes outside it: a
+    process in the group is not signalled twice (seen: [1, 2, 2, 2, 2] over five cancels)."""
+    script = tmp_path / "job.py"
+    script.write_text(COUNT_SIGTERMS)
+    client = agent(job_command=f"python3 -u {script} {tmp_path}/handled {tmp_path}/ready")
+    for n in range(5):
+        handled, ready = tmp_path / "handled", tmp_path / "ready"
+        handled.unlink(missing_ok=True)
+        ready.unlink(missing_ok=True)
+        run_id = client.post("/runs", json={"mode": "run"}, headers=AUTH).json()["id"]
+        wait_until(lambda r=ready: r.exists() and r.read_text() == "xx", 20, "job and helper")
+        assert client.post(f"/runs/{run_id}/cancel", headers=AUTH).json()["status"] == "cancelled"
+        counts = sigterms_by_process(handled)
+        assert len(counts) == 2 and set(counts.values()) == {1}, f"cancel {n + 1}: {counts}"
+
+
+def test_a_stopped_agent_gives_its_jobs_processes_one_sigterm(live_agent, tmp_path):
+    """The VM's shutdown: systemd (KillMode=mixed) sends SIGTERM to the agent alone, which ends
+    its run at once: one SIGTERM to each process of the job, none twice."""
+    script = tmp_path / "job.py"
+    script.write_text(COUNT_SIGTERMS)
+    handled, ready = tmp_path / "handled", tmp_path / "ready"
+    live = live_agent(JOB_COMMAND=f"python3 -u {script} {handled} {ready}")
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        assert http.post("/runs", json={"mode": "run"}, headers=AUTH).status_code == 202
+        wait_until(lambda: ready.exists() and ready.read_text() == "xx", 20, "job and helper")
+        live.stop()
+    counts = sigterms_by_process(handled)
+    assert len(counts) == 2 and set(counts.values()) == {1}, counts
+
+
+# -- start_by: no new run past the slot's deadline (issue 26, item 4) ---------------------------
+
+
+def test_a_new_run_after_start_by_is_refused_with_412_and_nothing_starts(agent, tmp_path):
+    marker = tmp_path / "runs"
+    client = agent(job_command=f"echo x >> {marker}")
+    late = {"mode": "run", "start_by": "2026-01-01T00:05:00Z"}
+    r = client.post("/runs", json=late, headers={"Idempotency-Key": "2026-01-01T00:00Z/0", **AUTH})
+    assert r.status_code == 412, r.text
+    assert "not starting a new run" in r.json()["detail"] and "start_by" in r.json()["detail"]
+    assert client.get("/runs", headers=AUTH).json()["count"] == 0
+    assert not marker.exists()
+
+
+def test_start_by_gives_back_a_run_the_key_has_but_starts_no_new_one(agent, tmp_path):
+    marker, once = tmp_path / "runs", tmp_path / "failed-once"
+    client = agent(job_command=f"echo x >> {marker}; [ -e {once} ] || {{ touch {once}; exit 1; }}")
+    failed_key = {"Idempotency-Key": "slot-a/0", **AUTH}
+    first = client.post("/runs", json={"mode": "run"}, headers=failed_key).json()
+    assert finished(client, first["id"])["status"] == "failed"
+    past = "2026-01-01T00:05:00Z"
+    given_back = client.post("/runs", json={"mode": "run", "start_by": past}, headers=failed_key)
+    assert given_back.status_code == 200 and given_back.json()["id"] == first["id"]
+    rerun = {"mode": "run", "start_by": past, "rerun_failed": True}
+    refused = client.post("/runs", json=rerun, headers=failed_key)
+    assert refused.status_code == 412, "a rerun of a failed run is a new run: refused too late"
+    future = {"mode": "run", "start_by": "2999-01-01T00:00:00Z", "rerun_failed": True}
+    again = client.post("/runs", json=future, headers=failed_key)
+    assert again.status_code == 202
+    assert finished(client, again.json()["id"])["status"] == "succeeded"
+    assert count_runs(marker) == 2
+
+
+def count_runs(marker) -> int:
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+# -- an accepted run survives a hard reset (issue 26, item 13) -----------------------------------
+
+
+def test_the_run_store_commits_to_the_disk_before_the_agent_answers(agent):
+    """WAL with synchronous=NORMAL can lose the last commits on a power loss: a run accepted
+    (202) just before a hard reset would be forgotten, and a retry would start the job again.
+    FULL (2) syncs each commit before it returns."""
+    client = agent(job_command="true")
+    assert client.post("/runs", json={"mode": "run"}, headers=AUTH).status_code == 202
+    store = client.app.state.store
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
