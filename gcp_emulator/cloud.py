@@ -33,6 +33,7 @@ ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes 
 # an operation's httpErrorMessage for its httpErrorStatusCode
 HTTP_ERROR_MESSAGES = {403: "FORBIDDEN", 412: "PRECONDITION FAILED", 503: "SERVICE UNAVAILABLE"}
 OPERATION_SECONDS = 0.05  # how long a quick operation (setLabels) stays RUNNING
+MAX_LABELS = 64  # labels a resource may have (Compute Engine's documented limit)
 _ids = itertools.count(1000000000000000001)
 Guest = ProcessGuest | QemuGuest
 
@@ -711,6 +712,13 @@ class Cloud:
         labels = body.get("labels") or {}
         if not isinstance(labels, dict):
             raise ApiError(400, "invalid", "Invalid value for field 'labels'.")
+        if len(labels) > MAX_LABELS:  # documented limit; the message is assumed
+            raise ApiError(
+                400,
+                "invalid",
+                f"Invalid value for field 'labels': a resource can have at most {MAX_LABELS}"
+                f" labels, not {len(labels)}.",
+            )
         inst.labels = {str(k): str(v) for k, v in labels.items()}
         inst.label_fingerprint = fingerprint()
         return self.finishing_operation(inst, "setLabels")

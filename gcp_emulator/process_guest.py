@@ -19,8 +19,10 @@ output goes to the serial port in the runner's format (`runner`):
   journal's through syslog (`google_metadata_script_runner[PID]: …`).
 
 Every process of a boot carries GCP_EMULATOR_GUEST=<boot token> in its environment, so a stop
-finds them all, including those that started their own session (the agent's jobs do): SIGTERM
-to all, SIGKILL to what is left after the grace period, as a VM's shutdown would.
+finds them all, including those that started their own session (the agent's jobs do). A stop
+goes as a VM's shutdown does (`shutdown`): SIGTERM to the startup script's process group (the
+agent's unit, KillMode=mixed), then to whatever got none, SIGKILL to what is left after the
+grace period: one SIGTERM a process.
 """
 
 from __future__ import annotations
@@ -197,11 +199,28 @@ class ProcessGuest:
             self._second_copy = None
 
     async def shutdown(self, grace: float) -> None:
-        """SIGTERM every process of this boot, SIGKILL what is left after grace seconds."""
+        """A VM's shutdown, as systemd goes through it: the services first, the startup script's
+        process group here (the agent it runs in the foreground is what systemd stops with the
+        agent's unit, KillMode=mixed: SIGTERM to it alone, and it ends its job), until it is gone
+        or grace seconds pass; then SIGTERM to every process that has had none (systemd's last
+        round), and SIGKILL to what is left when the grace is over (at least a second later).
+        Each process gets one SIGTERM at most: a job's handler runs once, however the VM stops."""
         self._flush_second_copy()
         self.serial.write("systemd[1]: Stopping google-startup-scripts.service...")
-        self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace
+        termed: set[int] = set()
+        if self.proc is not None:
+            group = self._group_members(self.proc.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            termed.update(group)
+            while set(self.pids()) & group and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        rest = [pid for pid in self.pids() if pid not in termed]
+        for pid in rest:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = max(deadline, time.monotonic() + 1) if rest else deadline
         while self.pids() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         left = self.pids()
@@ -221,6 +240,15 @@ class ProcessGuest:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._pump, 5)
         self.serial.write("systemd[1]: Reached target power-off.")
+
+    def _group_members(self, pgid: int) -> set[int]:
+        """This boot's processes in the process group pgid."""
+        members = set()
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(pid) == pgid:
+                    members.add(pid)
+        return members
 
     def _signal_all(self, sig: signal.Signals) -> None:
         if self.proc is not None:

@@ -697,6 +697,9 @@ class EmulatorApp:
             if fault.count > 0:
                 fault.count -= 1
             if fault.delay:
+                # the request is whole at the server before it is slow to act on it: a caller
+                # that gives up meanwhile does not stop it (its answer is lost, not the call)
+                await request.body()
                 await asyncio.sleep(fault.delay)
             if fault.status is not None:
                 raise fault_error(fault.status, fault.message)
