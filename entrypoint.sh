@@ -13,8 +13,8 @@
 # Optional (defaults in docs/orchestrator.md, "Settings"): AGENT_PORT MODE BOOT_TIMEOUT
 #   RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT HEALTH_INTERVAL KEEP_VM ACCESS_CONFIG_NAME
 #   NETWORK_INTERFACE AGENT_TLS AGENT_ADDRESS PIN_WAIT FALLBACK_MACHINE_TYPES SCHEDULE TIME_ZONE
-#   START_DEADLINE RERUN_FAILED; from Cloud Run: CLOUD_RUN_JOB
-#   CLOUD_RUN_EXECUTION CLOUD_RUN_TASK_INDEX.
+#   START_DEADLINE RERUN_FAILED; from Cloud Run: CLOUD_RUN_JOB CLOUD_RUN_EXECUTION
+#   CLOUD_RUN_TASK_INDEX CLOUD_RUN_TASK_ATTEMPT CLOUD_RUN_TASK_COUNT.
 # Exit codes: 0 the run succeeded; 1 it failed, was cancelled or interrupted; 2 configuration;
 #   3 the VM is busy (another execution holds its claim, or a run is in progress on it);
 #   4 boot failed, or boot or run timeout; 5 Cloud API error;

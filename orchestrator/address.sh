@@ -3,7 +3,8 @@
 # access config (unless it already is), and detach it again in the cleanup.
 #
 # Sets (results of read_address): STATIC_IP, ADDRESS_USERS (who uses it, "" when nobody).
-# Private: OWN_IP (1 once this execution attached the address, or found it on its VM).
+# Private: OWN_IP (1 once this execution attached the address, found it on its VM, or took it
+#   over from the claim's earlier holder).
 # Reads: the settings. Needs: logging.sh, compute.sh.
 
 OWN_IP=0
@@ -76,6 +77,13 @@ replace_access_config() {
   add_access_config "$deadline" || die "$EX_CLOUD" "attaching $STATIC_IP to $INSTANCE: $(last_error)"
 }
 
+# address_adopt IP: the claim's earlier holder left IP attached as the access config: this
+# execution's cleanup detaches it (claim.sh's takeover).
+address_adopt() {
+  STATIC_IP=$1
+  OWN_IP=1
+}
+
 # address_owned: true while the cleanup has the address to detach.
 address_owned() { ((OWN_IP)); }
 
@@ -84,7 +92,8 @@ address_disown() { OWN_IP=0; }
 
 # detach_static_ip DEADLINE: the cleanup's step: the access config off the VM's interface
 # (deleteAccessConfig with curl, its operation followed: a fraction of a second, where a gcloud
-# call costs one: the cleanup after a SIGTERM has 10 s in all); false if that failed.
+# call costs one: the cleanup after a SIGTERM has 10 s in all, and each call is bounded by what
+# is left of it); false if that failed.
 detach_static_ip() {
   local t0 deadline=$1 delay=1 rc error
   t0=$(now)
@@ -102,6 +111,19 @@ detach_static_ip() {
     log INFO "cleanup: detached $STATIC_IP from $INSTANCE ($(since "$t0")s)"
     return 0
   fi
-  log ERROR "cleanup: could not detach $STATIC_IP from $INSTANCE: ${error:-$API_ERROR}"
+  error=${error:-$API_ERROR}
+  if access_config_gone; then # an earlier, slower detach of the same config got there first
+    OWN_IP=0
+    log INFO "cleanup: $STATIC_IP is no longer attached to $INSTANCE (the detach said: $error)"
+    return 0
+  fi
+  log ERROR "cleanup: could not detach $STATIC_IP from $INSTANCE: $error"
   return 1
+}
+
+# access_config_gone: true when the instance, read now, has no access config ACCESS_CONFIG_NAME.
+access_config_gone() {
+  local named="\"name\":[[:space:]]*\"$ACCESS_CONFIG_NAME\""
+  compute_api GET "zones/$ZONE/instances/$INSTANCE?fields=networkInterfaces"
+  [[ $API_CODE == 200 && ! $API_BODY =~ $named ]]
 }

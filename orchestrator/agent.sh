@@ -43,7 +43,7 @@ agent() {
 
 # call_agent [--raw] METHOD PATH MAX_TIME [CURL ARGS...]: sets HTTP_CODE and BODY; HTTP_CODE 000
 # when the agent could not be reached, with curl's reason in CURL_ERROR and its exit code in
-# CURL_RC. --raw: a 200's body stays in its file only (answer_bytes), as a log chunk must. (An
+# CURL_RC. MAX_TIME is cut to what is left of a signal's cleanup budget (none left: no call). --raw: a 200's body stays in its file only (answer_bytes), as a log chunk must. (An
 # option, not a variable set for the call: a signal's cleanup runs inside the interrupted call,
 # where such a variable would still hold for the cleanup's own calls.)
 call_agent() {
@@ -56,6 +56,11 @@ call_agent() {
   CURL_ERROR=""
   CURL_RC=0
   rm -f "$WORK_DIR/body"
+  max_time=$(max_time "$max_time") # within the budget a signal's cleanup has
+  if [[ $max_time == 0 ]]; then
+    CURL_ERROR="no time left for the call (the cleanup after a signal has 10 s)" CURL_RC=28
+    return 0
+  fi
   in_background "$WORK_DIR/code" "$WORK_DIR/curl.err" \
     curl -sS -X "$method" --connect-timeout 3 --max-time "$max_time" \
     -o "$WORK_DIR/body" -w '%{http_code}' "$@" "$AGENT_URL$path" || CURL_RC=$?

@@ -3,22 +3,30 @@
 # what this execution took on, once, and the signals (TERM, INT) that lead to it.
 #
 # Private: IN_CLEANUP (1 once the cleanup has begun), SIGNALLED (1 when a signal started it),
-#   CRITICAL and DEFERRED (a signal that came while the log's lines were printed, taken when
-#   they are).
+#   SIGNAL_AT (when it arrived, in microseconds), CRITICAL and DEFERRED (a signal that came while
+#   the log's lines were printed, taken when they are).
 # Reads: the settings, START (logging.sh), STATIC_IP (address.sh). Needs: every module whose
-#   steps it runs: children.sh, watcher.sh, vm.sh, run.sh, job_log.sh, address.sh, claim.sh.
+#   steps it runs: children.sh, watcher.sh, vm.sh, capacity.sh, run.sh, job_log.sh, address.sh,
+#   slot.sh, claim.sh.
 
 IN_CLEANUP=0
-SIGNALLED=0
+SIGNALLED=0 SIGNAL_AT=0
 CRITICAL=0
 DEFERRED=""
+# Cloud Run sends SIGKILL 10 s after its SIGTERM: the whole cleanup after a signal ends within
+# this many seconds of the signal's arrival, each call bounded by what is left of them.
+readonly SIGNAL_BUDGET=9
 
-# Runs once, on any exit. Asks the API to stop the VM first (a Cloud Run task has 10 s between
-# SIGTERM and SIGKILL), then cancels a run still going, waits for TERMINATED within
-# STOP_TIMEOUT, detaches the address, and last gives back the VM's claim. A failing step does not
-# stop the next one.
+# Runs once, on any exit, and undoes what this execution took on, in this order: cancel a run
+# still going (the agent answers once the job has ended: its SIGTERM, then SIGKILL after
+# KILL_GRACE), print what the job wrote until then, stop the VM (waited for until TERMINATED
+# within STOP_TIMEOUT, or, after a signal, only asked), move it back to its own machine type,
+# detach the address, record how the slot's run ended, and last give the VM's claim back. A
+# failing step does not stop the next one. After a signal every step is bounded by what is left
+# of SIGNAL_BUDGET, the later steps' time kept back; what could not be finished then leaves the
+# claim lapsed, for the next execution to finish.
 cleanup() {
-  local rc=$? t0
+  local rc=$? t0 done=1
   trap - EXIT
   trap '' INT TERM
   set +e
@@ -32,19 +40,50 @@ cleanup() {
     claim_keep
   fi
   t0=$(now)
+  ((!SIGNALLED)) || budget_start "$SIGNAL_BUDGET" "$SIGNAL_AT"
   if vm_owned || address_owned; then
-    local stop_for=$STOP_TIMEOUT async="" cancel_for=8 detach_for=$API_TIMEOUT
-    if ((SIGNALLED)); then # 10 s until SIGKILL: the stop asked, not waited for
-      stop_for=6 async=--async cancel_for=4 detach_for=2
+    budget_keep 3 # the stop, the detach and the claim need about a second each
+    cancel_run_if_active 15
+    log_to_end # what the job printed until it ended (its closing lines after a cancel)
+    budget_keep 2
+    if ((SIGNALLED)); then
+      stop_vm "$(($(date +%s) + STOP_TIMEOUT))" --async || { rc=$(failed "$rc") && done=0; }
+    elif stop_vm "$(($(date +%s) + STOP_TIMEOUT))"; then
+      restore_home_type "$(($(date +%s) + API_TIMEOUT))" || rc=$(failed "$rc")
+    else
+      rc=$(failed "$rc")
     fi
-    stop_vm_begin $(($(date +%s) + stop_for)) ${async:+"$async"} # asked first, followed in the background
-    cancel_run_if_active "$cancel_for"
-    log_catch_up # what the job printed since the last fetch
-    stop_vm_wait "$t0" || { ((rc == 0)) && rc=$EX_CLEANUP; }
-    detach_static_ip $(($(date +%s) + detach_for)) || { ((rc == 0)) && rc=$EX_CLEANUP; }
+    budget_keep 1
+    detach_static_ip "$(($(date +%s) + API_TIMEOUT))" || { rc=$(failed "$rc") && done=0; }
   fi
-  release_claim || { ((rc == 0)) && rc=$EX_CLEANUP; } # last: the VM is free again
+  budget_keep 0
+  slot_ended "$(run_end_word "$rc")"
+  if ((SIGNALLED && !done)); then
+    release_claim --lapse || rc=$(failed "$rc")
+  else
+    release_claim || rc=$(failed "$rc") # last: the VM is free again
+  fi
+  log INFO "cleanup: done ($(since "$t0")s)"
   finish "$rc"
+}
+
+# failed RC: the exit code once a cleanup step failed: RC, or 7 when RC was 0.
+failed() { if (($1 == 0)); then printf '%s' "$EX_CLEANUP"; else printf '%s' "$1"; fi; }
+
+# run_end_word RC: how the run ended, when the cleanup is what ended it (the run's record says so
+# when the run ended by itself): the cancel's answer, or this execution's exit code in a word.
+run_end_word() {
+  local cancelled
+  cancelled=$(cancelled_status)
+  if [[ -n $cancelled ]]; then
+    if (($1 == EX_TIMEOUT)); then printf timed-out; else printf '%s' "$cancelled"; fi
+    return
+  fi
+  case $1 in
+    "$EX_VM_GONE") printf vm-gone ;;
+    130 | 143) printf interrupted ;;
+    *) printf unknown ;;
+  esac
 }
 
 # in_cleanup: true once the cleanup has begun.
@@ -53,6 +92,7 @@ in_cleanup() { ((IN_CLEANUP)); }
 # on_signal CODE NAME: SIGTERM or SIGINT: exit through the cleanup, at once, unless the log's
 # lines are being printed (then at the end of that, so no line is printed twice or lost).
 on_signal() {
+  ((SIGNAL_AT)) || SIGNAL_AT=$(now)
   if ((CRITICAL)); then
     DEFERRED="$1 $2"
     return

@@ -11,6 +11,7 @@
 # gcloud exits 1 for every error; these are the ones worth another try (HTTP 429 and 5xx,
 # connection trouble, a VM still on its way to TERMINATED).
 # A start refused for capacity says "try again later" too: start_vm waits for capacity itself.
+readonly NO_TIME_LEFT="no time left for the call (the cleanup after a signal has 10 s)"
 readonly NO_CAPACITY_RE='ZONE_RESOURCE_POOL_EXHAUSTED(_WITH_DETAILS)?'
 readonly TRANSIENT_RE='HTTPError (429|5[0-9][0-9])|[Rr]ate [Ll]imit|[Qq]uota exceeded|[Ii]nternal error|[Bb]ackend ?[Ee]rror|[Uu]navailable|[Tt]ry again|[Cc]onnection (refused|reset|aborted)|ConnectionError|[Tt]imed? ?out|[Tt]emporary failure|is not ready|resourceNotReady'
 
@@ -57,18 +58,24 @@ gcloud_stderr() { cat "$WORK_DIR/gcloud.err"; }
 # compute_api METHOD PATH [CURL ARGS...]: one Compute API call (PATH is under
 # projects/PROJECT_ID/) with curl and the access token, as gcloud would make it: a few ms, where
 # a gcloud call costs half a second of start-up. Sets API_CODE, API_BODY (on one line) and
-# API_CURL_ERROR. An expired token (401) is renewed once. Its files are this process's own: the
+# API_CURL_ERROR. Bounded by the cleanup's budget (children.sh's max_time): with none left, no
+# call, and API_CODE 000. An expired token (401) is renewed once. Its files are this process's own: the
 # guest-attribute watcher calls it too.
 compute_api() {
-  local method=$1 path=$2 try f=$WORK_DIR/api.$BASHPID
+  local method=$1 path=$2 try max f=$WORK_DIR/api.$BASHPID
   shift 2
   # A POST with no body still says so: Google's front end answers 411 to one without
   # Content-Length (curl sends none when it is given no data).
   [[ $method != POST || " $* " == *" --data "* ]] || set -- -H 'Content-Length: 0' "$@"
   for try in 1 2; do
     rm -f "$f.json"
+    max=$(max_time 30) # within the budget a signal's cleanup has
+    if [[ $max == 0 ]]; then
+      API_CODE=000 API_BODY="" API_CURL_ERROR=$NO_TIME_LEFT
+      return 0
+    fi
     in_background "$f.code" "$f.err" \
-      curl -sS -X "$method" --connect-timeout 5 --max-time 30 -o "$f.json" \
+      curl -sS -X "$method" --connect-timeout 5 --max-time "$max" -o "$f.json" \
       -w '%{http_code}' -H @"$WORK_DIR/api-auth" "$@" "${COMPUTE_API%/}/projects/$PROJECT_ID/$path" || true
     API_CODE=$(<"$f.code")
     [[ $API_CODE =~ ^[0-9]{3}$ ]] || API_CODE=000
@@ -112,11 +119,13 @@ urlencode() {
 }
 
 # api_outcome: 0 for HTTP 200; else API_ERROR says what, and 2 for a stale fingerprint (412),
-# 3 for what is worth another try (no answer, 429, 5xx), 1 for the rest.
+# 3 for what is worth another try (no answer, 429, 5xx), 1 for the rest (a call the budget had no
+# time left for among them: the retry loops end with it).
 api_outcome() {
   [[ $API_CODE == 200 ]] && return 0
   if [[ $API_CODE == 000 ]]; then
     API_ERROR="no answer from the Compute API: ${API_CURL_ERROR:0:300}"
+    [[ $API_CURL_ERROR != "$NO_TIME_LEFT" ]] || return 1
     return 3
   fi
   API_ERROR="HTTP $API_CODE: $(api_message)"

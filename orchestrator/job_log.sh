@@ -75,11 +75,17 @@ log_end() {
   LOG_DONE=1
 }
 
-# log_catch_up: the cleanup's step: what the job printed since the last fetch (a run cut off by
-# a signal, RUN_TIMEOUT or an error), once.
-log_catch_up() {
+# log_to_end: the cleanup's step: what the job printed since the last fetch (a run cut off by a
+# signal, RUN_TIMEOUT or an error), followed until the run has ended and its log is all here, or
+# the time is spent (a signal's budget; else 15 s), once.
+log_to_end() {
+  local deadline=$((SECONDS + 15))
   [[ -n $LOG_RUN ]] && ((LOG_DONE == 0)) || return 0
-  fetch_log 0 3
+  while ((SECONDS < deadline)); do
+    fetch_log 2 5
+    [[ $HTTP_CODE == 200 ]] || break
+    ((LOG_GOT)) || [[ $LOG_STATUS == running ]] || break
+  done
   log_end
 }
 

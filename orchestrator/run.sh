@@ -3,24 +3,27 @@
 # end, cancel it, and tell a VM that went away from an agent that does not answer.
 #
 # Sets (results): RUN_ID (the run this execution started or got back).
-# Private: RUN_ACTIVE (1 while that run may still be going).
+# Private: RUN_ACTIVE (1 while that run may still be going), CANCELLED (the run's status as the
+#   cancel answered it, "" before a cancel went through).
 # Reads: the settings, LOG_STATUS and LOG_GOT (job_log.sh's fetch_log), VM_STATUS (vm.sh),
 #   RUN_KEY and RUN_SLOT (slot.sh). Needs: logging.sh, json.sh, children.sh, agent.sh,
 #   job_log.sh, vm.sh, address.sh, slot.sh.
 
 RUN_ID=""
 RUN_ACTIVE=0
+CANCELLED=""
 
 # 5. Start the run. The Idempotency-Key (RUN_KEY: the slot, or the execution) makes a retried
 # Cloud Run task, or a duplicate, get its earlier run back, however it ended (RERUN_FAILED=1:
 # one that failed runs again).
 start_run() {
-  local t0 key=$RUN_KEY deadline delay=1 status body
+  local t0 key=$RUN_KEY deadline delay=1 status body start_by
   t0=$(now)
   slot_window_open 5 # the boot may have taken the job past START_DEADLINE
   body="{\"mode\":\"$MODE\"${RUN_SLOT:+,\"run_slot\":\"$RUN_SLOT\"}"
   ((!RERUN_FAILED)) || body+=',"rerun_failed":true'
-  body+="}"
+  start_by=$(slot_start_by) # the agent starts no new run after it, a retry's neither
+  body+="${start_by:+,\"start_by\":\"$start_by\"}}"
   deadline=$(($(date +%s) + API_TIMEOUT))
   while :; do
     agent POST /runs 30 -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
@@ -46,7 +49,10 @@ start_run() {
       else
         log WARNING "step 5/6: key $key already has run $RUN_ID, which $status after the job had started: not starting the job again (RERUN_FAILED=1 says it is safe to)"
       fi
-      slot_started "$RUN_ID"
+      if [[ $HTTP_CODE == 202 || $status == running ]]; then slot_started "$RUN_ID"; else slot_started "$RUN_ID" "$status"; fi
+      ;;
+    412)
+      die "$EX_TOO_LATE" "step 5/6: too late for slot $RUN_SLOT: the agent starts no new run after $start_by (START_DEADLINE=${START_DEADLINE}s after the slot): $(json_field detail); the job is not started"
       ;;
     409)
       vm_disown
@@ -133,10 +139,11 @@ final_record() {
 # cancel_run [MAX_TIME]: the run cancelled (the agent answers once the job has ended: SIGTERM,
 # then SIGKILL after its KILL_GRACE).
 cancel_run() {
-  agent POST "/runs/$RUN_ID/cancel" "${1:-8}"
+  agent POST "/runs/$RUN_ID/cancel" "${1:-15}"
   if [[ $HTTP_CODE == 200 ]]; then
     RUN_ACTIVE=0
-    log WARNING "run $RUN_ID cancelled (its record says $(json_field status))"
+    CANCELLED=$(json_field status)
+    log WARNING "run $RUN_ID cancelled (its record says $CANCELLED)"
   else
     log ERROR "could not cancel run $RUN_ID: $(last_agent_error)"
   fi
@@ -146,3 +153,6 @@ cancel_run() {
 cancel_run_if_active() {
   ((RUN_ACTIVE == 0)) || cancel_run "$@"
 }
+
+# cancelled_status: the run's status as the cancel answered it ("" when there was none).
+cancelled_status() { printf '%s' "$CANCELLED"; }

@@ -104,9 +104,22 @@ check_token() {
   [[ -z $problem ]] || die "$EX_CONFIG" "configuration: $problem"
 }
 
+# pick_instance: this task's instance and address (INSTANCES: the one at its index). A Cloud Run
+# job with more tasks than instances would run the job more than once on one VM: exit 2.
 pick_instance() {
   local -a names addresses
-  local index=${CLOUD_RUN_TASK_INDEX:-0}
+  local index=${CLOUD_RUN_TASK_INDEX:-0} count=${CLOUD_RUN_TASK_COUNT:-1} vms=1
+  is_uint "$count" || die "$EX_CONFIG" "configuration: CLOUD_RUN_TASK_COUNT must be a number, not '$count'"
+  if [[ -n ${INSTANCES:-} ]]; then
+    IFS=, read -r -a names <<<"$INSTANCES"
+    vms=${#names[@]}
+  fi
+  if ((count > vms)); then
+    if [[ -n ${INSTANCES:-} ]]; then
+      die "$EX_CONFIG" "configuration: the job has $count tasks (CLOUD_RUN_TASK_COUNT) but INSTANCES names $vms VMs: each task needs a VM of its own; deploy the job with --tasks=$vms, or name $count VMs in INSTANCES"
+    fi
+    die "$EX_CONFIG" "configuration: the job has $count tasks (CLOUD_RUN_TASK_COUNT) but INSTANCE names one VM: each task needs a VM of its own; deploy the job with --tasks=1, or name $count VMs in INSTANCES"
+  fi
   if [[ -n ${INSTANCES:-} ]]; then
     [[ -z ${INSTANCE:-} ]] || die "$EX_CONFIG" "configuration: set INSTANCE or INSTANCES, not both"
     is_uint "$index" || die "$EX_CONFIG" "configuration: CLOUD_RUN_TASK_INDEX must be a number, not '$index'"

@@ -1,24 +1,23 @@
 # shellcheck shell=bash
 # orchestrator/vm.sh: the VM itself: start it (gcloud returns once it is RUNNING), read its
-# status, and stop it in the cleanup (bounded by STOP_TIMEOUT).
+# status, and stop it in the cleanup (the Compute API with curl, bounded by STOP_TIMEOUT, or only
+# asked after a signal).
 #
 # Sets (results): BOOT_DEADLINE (start_vm: when the boot must be done, BOOT_TIMEOUT from the
 #   start), AGENT_IP (vm_agent_address), VM_STATUS (read_vm_status, describe_vm), VM_INTERNAL
 #   and VM_NAT (describe_vm; VM_INTERNAL also from the start, for nic0), RUN_LIMIT and
 #   RUN_LIMIT_ACTION (note_run_limit: the VM's scheduling.maxRunDuration in seconds, "" when
-#   unset, and its instanceTerminationAction).
-# Private: OWN_VM (1 once this execution asked the VM to start), STOP_PID and STOP_ASYNC (the
-#   cleanup's stop, and whether it waits for TERMINATED).
+#   unset, and its instanceTerminationAction), LAST_START_ID (note_last_start).
+# Private: OWN_VM (1 once this execution asked the VM to start, or took it over from the claim's
+#   earlier holder).
 # Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, capacity.sh
-#   (start_refused_for_capacity, wait_for_capacity, no_capacity_if_refused_before, started_as),
-#   watcher.sh
+#   (start_refused_for_capacity, wait_for_capacity, no_capacity_if_refused_before, started_as,
+#   start_on_home_type), watcher.sh
 #   (console_from_start before the start, start_watcher once it is RUNNING), agent.sh
 #   (agent_url_of).
 
 OWN_VM=0
-RUN_LIMIT="" RUN_LIMIT_ACTION=""
-STOP_PID=""
-STOP_ASYNC=""
+RUN_LIMIT="" RUN_LIMIT_ACTION="" LAST_START_ID=""
 VM_INTERNAL=""
 
 # 3. Start the VM (a running one is fine); gcloud returns once it is RUNNING. The watcher of its
@@ -29,6 +28,7 @@ start_vm() {
   t0=$(now)
   BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
   check_run_limit
+  start_on_home_type # moved to a fallback type by an earlier run: back to its own first
   log INFO "step 3/6: starting $INSTANCE (its boot follows as [vm] lines)"
   console_from_start
   OWN_VM=1
@@ -44,10 +44,22 @@ start_vm() {
   done
   VM_INTERNAL=$(gcloud_stderr | sed -n 's/^Instance internal IP is \([0-9.]*\)$/\1/p')
   log INFO "step 3/6: $INSTANCE is RUNNING ($(since "$t0")s)"
+  note_last_start
   started_as
   start_watcher "$BOOT_DEADLINE" # from here: nothing of the boot to read before RUNNING
   vm_agent_address
   agent_url_of "$AGENT_IP"
+}
+
+# note_last_start: LAST_START_ID, when the VM's current boot was started (its lastStartTimestamp,
+# as UTC to the millisecond, the form of startup.sh's boot ids): the watcher takes no earlier
+# boot's state for this one's. "" when it cannot be read (the watcher then goes by progress).
+note_last_start() {
+  local re='"lastStartTimestamp":[[:space:]]*"([^"]+)"'
+  LAST_START_ID=""
+  compute_api GET "zones/$ZONE/instances/$INSTANCE?fields=lastStartTimestamp"
+  [[ $API_CODE == 200 && $API_BODY =~ $re ]] || return 0
+  LAST_START_ID=$(date -u -d "${BASH_REMATCH[1]}" +%Y-%m-%dT%H:%M:%S.%3NZ 2>/dev/null) || LAST_START_ID=""
 }
 
 # note_run_limit: from the instance in API_BODY (read_labels' answer), its guard that does not
@@ -154,35 +166,43 @@ vm_went_away() {
 # vm_owned: true while the cleanup has the VM to stop.
 vm_owned() { ((OWN_VM)); }
 
+# vm_adopt: the claim's earlier holder left the VM up: this execution's cleanup stops it
+# (claim.sh's takeover).
+vm_adopt() { OWN_VM=1; }
+
 # vm_disown: leave the VM as it is (KEEP_VM=1, or the VM is another run's).
 vm_disown() { OWN_VM=0; }
 
-# stop_vm_begin DEADLINE [--async]: the cleanup's stop, asked at once and followed in the
-# background (the cleanup cancels the run meanwhile); stop_vm_wait T0 then says how it ended
-# (false: maybe still running). With --async (a signal's cleanup: Cloud Run's SIGKILL comes 10 s
-# after its SIGTERM, and a stop takes tens of seconds), it ends once Compute has the stop: the VM
-# stops by itself, and the next execution's start waits for it.
-stop_vm_begin() {
+# stop_vm DEADLINE [--async]: the cleanup's stop, with the Compute API (curl: a gcloud start-up
+# would cost a second of the 10 s a signal leaves): followed until TERMINATED by DEADLINE, or,
+# with --async (a signal's cleanup: Cloud Run's SIGKILL comes 10 s after its SIGTERM, and a stop
+# takes tens of seconds), only until Compute has it: the VM stops by itself, and the next
+# execution's start waits for it. False when it was not accepted, or not TERMINATED in time.
+stop_vm() {
+  local deadline=$1 async=${2:-} t0 rc delay=1 error=""
   ((OWN_VM)) || return 0
+  t0=$(now)
   log INFO "cleanup: stopping $INSTANCE"
-  STOP_ASYNC=${2:-}
-  gcloud_call "$1" compute instances stop "$INSTANCE" --zone="$ZONE" ${STOP_ASYNC:+"$STOP_ASYNC"} &
-  STOP_PID=$!
-}
-
-stop_vm_wait() {
-  local rc=0
-  [[ -n $STOP_PID ]] || return 0
-  wait "$STOP_PID" || rc=$?
-  STOP_PID=""
-  if ((rc == 0)) && [[ -n $STOP_ASYNC ]]; then
-    log INFO "cleanup: $INSTANCE is stopping; not waiting for TERMINATED (SIGKILL comes 10 s after SIGTERM): the next execution's start waits for it ($(since "$1")s)"
+  while :; do # the stop asked; transient errors tried again
+    rc=0
+    compute_api POST "zones/$ZONE/instances/$INSTANCE/stop"
+    api_outcome || rc=$?
+    ((rc == 3 && $(date +%s) + delay <= deadline)) || break
+    nap "$delay"
+    delay=$((delay * 2 > 4 ? 4 : delay * 2))
+  done
+  if ((rc == 0)) && [[ -z $async ]]; then
+    follow_operation "$deadline" || rc=$?
+    [[ $API_CODE != 200 ]] || ! error=$(operation_error) || rc=1
+  fi
+  if ((rc == 0)) && [[ -n $async ]]; then
+    log INFO "cleanup: $INSTANCE is stopping; not waiting for TERMINATED (SIGKILL comes 10 s after SIGTERM): the next execution's start waits for it ($(since "$t0")s)"
   elif ((rc == 0)); then
-    log INFO "cleanup: $INSTANCE is TERMINATED ($(since "$1")s)"
-  elif [[ -n $STOP_ASYNC ]]; then
-    log ERROR "cleanup: the stop of $INSTANCE was not accepted: $(last_error). Stop it: gcloud compute instances stop $INSTANCE --zone=$ZONE"
+    log INFO "cleanup: $INSTANCE is TERMINATED ($(since "$t0")s)"
+  elif [[ -n $async ]]; then
+    log ERROR "cleanup: the stop of $INSTANCE was not accepted: ${error:-$API_ERROR}. Stop it: gcloud compute instances stop $INSTANCE --zone=$ZONE"
   else
-    log ERROR "cleanup: $INSTANCE may still be running (not TERMINATED within STOP_TIMEOUT=${STOP_TIMEOUT}s): check it with gcloud compute instances describe $INSTANCE --zone=$ZONE"
+    log ERROR "cleanup: $INSTANCE may still be running (not TERMINATED within STOP_TIMEOUT=${STOP_TIMEOUT}s: ${error:-$API_ERROR}): check it with gcloud compute instances describe $INSTANCE --zone=$ZONE"
   fi
   return "$((rc == 0 ? 0 : 1))"
 }

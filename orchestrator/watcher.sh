@@ -8,16 +8,20 @@
 #
 # Every WATCH_INTERVAL s, with curl and the one access token (a gcloud start-up per read would cost
 # 0.5 s of CPU each, and lag): on no critical path. A pin from an earlier boot is the same key unless the
-# VM made a new one (agent.sh's reread_pin); a boot state counts once this boot has written one
-# that is not a failure (an earlier boot's `failed:` is not this one's).
+# VM made a new one (agent.sh's reread_pin). A boot state names its boot (startup.sh's start,
+# UTC to the millisecond: `2026-12-02T06:00:01.234Z boot 3/6 code`) and counts when that is at
+# or after the VM's lastStartTimestamp: a fresh failure is known at the next read, whatever came
+# before it, and an earlier boot's `failed:` is never this one's. (A state without a boot id,
+# from an older startup.sh, counts once this boot has written one that is not a failure.)
 #
 # The watcher is a subshell: what it learns reaches the orchestrator through files in WORK_DIR
 # (pin, boot-state, serial-next), read by the functions below.
-# Sets (results): PIN_READ, BOOT_READ (read_attributes), PUBLISHED_PIN (published_pin);
-#   PIN_ATTRIBUTE (constant).
+# Sets (results): PIN_READ, BOOT_READ and BOOT_READ_ID (read_attributes: the boot's state, and
+#   the boot it names, "" for none), PUBLISHED_PIN (published_pin); PIN_ATTRIBUTE (constant).
 # Private: WATCHER_PID, SERIAL_NEXT (where the next read of the console begins), CONSOLE_SINCE
 #   (startup.sh's stamp from which the console's lines are this boot's).
-# Reads: the settings. Needs: logging.sh, children.sh, compute.sh.
+# Reads: the settings, LAST_START_ID (vm.sh: this boot's start, in the form of a boot id).
+# Needs: logging.sh, children.sh, compute.sh.
 
 readonly GUEST_NAMESPACE=vm-job-agent
 readonly PIN_ATTRIBUTE=$GUEST_NAMESPACE/tls-pin
@@ -40,7 +44,7 @@ start_watcher() {
       if (($(now) >= read_at)) && read_attributes; then
         keep_pin
         [[ -z $BOOT_READ || $BOOT_READ == failed:* ]] || : >"$WORK_DIR/boot-progress"
-        if [[ -n $BOOT_READ && -f $WORK_DIR/boot-progress && $BOOT_READ != "$last" ]]; then
+        if [[ -n $BOOT_READ && $BOOT_READ != "$last" ]] && this_boots_state; then
           last=$BOOT_READ
           printf '%s' "$BOOT_READ" >"$WORK_DIR/boot-state.tmp"
           mv -f "$WORK_DIR/boot-state.tmp" "$WORK_DIR/boot-state"
@@ -104,7 +108,8 @@ boot_failed() {
   [[ $state == failed:* ]] || return 0
   stop_watcher
   # the console's failure line came first: the state startup.sh published, read once more
-  if [[ ! -e $WORK_DIR/failure-logged ]] && read_attributes && [[ $BOOT_READ == failed:* ]]; then
+  if [[ ! -e $WORK_DIR/failure-logged ]] && read_attributes && [[ $BOOT_READ == failed:* ]] &&
+    this_boots_state; then
     log INFO "[vm] boot $BOOT_READ"
     state=$BOOT_READ
   fi
@@ -243,13 +248,26 @@ console_refused() {
   fi
 }
 
+# this_boots_state: true when the boot state read (BOOT_READ) is this boot's: its boot id is at or
+# after the VM's last start; without an id (an older startup.sh), once this boot has shown
+# progress (then an earlier boot's `failed:` is not taken for this one's).
+this_boots_state() {
+  if [[ -n $BOOT_READ_ID && -n $LAST_START_ID ]]; then
+    [[ ! $BOOT_READ_ID < $LAST_START_ID ]]
+  else
+    [[ -f $WORK_DIR/boot-progress ]]
+  fi
+}
+
 # read_attributes: one read of the VM's vm-job-agent/ guest attributes (GET
 # instances/NAME/getGuestAttributes?queryPath=vm-job-agent/, at the endpoint gcloud uses); true
-# when there are any, with the pin in PIN_READ and the boot's state in BOOT_READ ("" if absent).
+# when there are any, with the pin in PIN_READ, the boot's state in BOOT_READ and the boot it
+# names in BOOT_READ_ID ("" if absent).
 read_attributes() {
   local pin_re='"key":[[:space:]]*"tls-pin",[[:space:]]*"value":[[:space:]]*"(sha256//[A-Za-z0-9+/]{43}=)"'
   local boot_re='"key":[[:space:]]*"boot",[[:space:]]*"value":[[:space:]]*"(([^"\\]|\\.)*)"'
-  PIN_READ="" BOOT_READ=""
+  local id_re='^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z) (.*)$'
+  PIN_READ="" BOOT_READ="" BOOT_READ_ID=""
   compute_api GET "zones/$ZONE/instances/$INSTANCE/getGuestAttributes?queryPath=$GUEST_NAMESPACE/"
   if ! api_outcome; then
     printf '%s\n' "$API_ERROR" >"$WORK_DIR/pin.err"
@@ -257,6 +275,9 @@ read_attributes() {
   fi
   [[ $API_BODY =~ $pin_re ]] && PIN_READ=${BASH_REMATCH[1]}
   [[ $API_BODY =~ $boot_re ]] && BOOT_READ=${BASH_REMATCH[1]//\\\"/\"}
+  if [[ $BOOT_READ =~ $id_re ]]; then
+    BOOT_READ_ID=${BASH_REMATCH[1]} BOOT_READ=${BASH_REMATCH[2]}
+  fi
   [[ -n $PIN_READ ]] || printf 'no %s among the guest attributes\n' "$PIN_ATTRIBUTE" >"$WORK_DIR/pin.err"
   return 0
 }

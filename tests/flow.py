@@ -189,11 +189,17 @@ address = "{self.static_ip(i)}"
         return {k: v for k, v in env.items() if v is not None}
 
     def entrypoint(
-        self, *args: str, command: tuple[str, ...] = (), timeout: float = 180, **overrides: str
+        self,
+        *args: str,
+        command: tuple[str, ...] = (),
+        timeout: float = 180,
+        wrap: tuple[str, ...] = (),
+        **overrides: str,
     ) -> subprocess.CompletedProcess[str]:
-        """entrypoint.sh as an operator runs it: bash ARGS entrypoint.sh COMMAND."""
+        """entrypoint.sh as an operator runs it: WRAP bash ARGS entrypoint.sh COMMAND (WRAP: a
+        command that runs it, such as faketime's)."""
         return subprocess.run(
-            ["bash", *args, str(REPO / "entrypoint.sh"), *command],
+            [*wrap, "bash", *args, str(REPO / "entrypoint.sh"), *command],
             env=self.env(**overrides),
             capture_output=True,
             text=True,

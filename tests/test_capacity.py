@@ -52,7 +52,7 @@ def test_a_stockout_that_ends_within_the_boot_timeout_runs_the_job(make_flow):
     flow.assert_cleaned_up()
 
 
-def test_fallback_machine_types_are_tried_on_a_stockout_and_the_vm_keeps_the_one_that_starts(
+def test_fallback_machine_types_are_tried_on_a_stockout_and_the_vm_goes_back_to_its_own_type(
     make_flow,
 ):
     flow = make_flow()
@@ -62,9 +62,39 @@ def test_fallback_machine_types_are_tried_on_a_stockout_and_the_vm_keeps_the_one
     assert r.returncode == 0, r.stderr
     assert "moving vm-0 from e2-small to e2-medium (FALLBACK_MACHINE_TYPES)" in r.stderr
     assert "moving vm-0 from e2-medium to n2-standard-2" in r.stderr
-    assert "vm-0 started as n2-standard-2, not e2-small, and keeps that type" in r.stderr
-    assert flow.emu.instance("vm-0")["machine_type"] == "n2-standard-2"
+    assert "WARNING step 3/6: vm-0 runs as n2-standard-2, not its own type e2-small" in r.stderr
+    assert "cleanup: moved vm-0 back to its own type e2-small" in r.stderr
+    inst = flow.emu.instance("vm-0")
+    assert inst["machine_type"] == "e2-small", "the next start tries the VM's own type"
+    assert "vm-job-machine-type" not in inst["labels"], "back on its type: the label goes"
     assert len(flow.runs()) == 1
+    flow.assert_cleaned_up()
+
+
+def test_a_vm_left_on_a_fallback_type_is_moved_back_before_the_next_start(make_flow):
+    """An execution cut off by a signal asks for the stop and cannot wait to move the VM back:
+    the label vm-job-machine-type says what its own type is, and the next start uses it."""
+    flow = make_flow()
+    flow.emu.set_instance(ZONE, "vm-0", labels={"vm-job-machine-type": "e2-small"})
+    moved = flow.emu.gcloud(
+        "compute", "instances", "set-machine-type", "vm-0", f"--zone={ZONE}",
+        "--machine-type=e2-medium",
+    )  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    flow.emu.clear_journal()
+    r = flow.entrypoint(FALLBACK_MACHINE_TYPES="e2-medium")
+    assert r.returncode == 0, r.stderr
+    assert (
+        "vm-0 is on e2-medium, left there by an earlier run: moving it back to its own type "
+        "e2-small first" in r.stderr
+    )
+    sets = flow.emu.calls("compute.instances.setMachineType")
+    starts = flow.emu.calls(STARTS)
+    assert len(sets) == 1 and sets[0]["time"] < starts[0]["time"], "moved back before the start"
+    assert "runs as" not in r.stderr, "it ran on its own type"
+    inst = flow.emu.instance("vm-0")
+    assert inst["machine_type"] == "e2-small"
+    assert "vm-job-machine-type" not in inst["labels"]
     flow.assert_cleaned_up()
 
 
@@ -74,7 +104,11 @@ def test_fallback_machine_types_all_out_of_stock_is_exit_9_naming_each(make_flow
     r = flow.entrypoint(BOOT_TIMEOUT="20", FALLBACK_MACHINE_TYPES="e2-medium")
     assert r.returncode == 9, r.stderr
     assert "could not start vm-0 as e2-small or e2-medium within BOOT_TIMEOUT=20s" in r.stderr
-    assert "moving vm-0 from e2-medium to e2-small" in r.stderr, "each round starts at the first"
+    assert "moving vm-0 from e2-medium back to its own type e2-small" in r.stderr, (
+        "each round starts at the first"
+    )
+    inst = flow.emu.instance("vm-0")
+    assert inst["machine_type"] == "e2-small" and "vm-job-machine-type" not in inst["labels"]
     flow.assert_cleaned_up()
 
 

@@ -721,3 +721,49 @@ def test_help_lists_run_status_and_logs(make_flow):
     assert r.returncode == 0
     for word in ("run ", "status ", "logs "):
         assert word in r.stdout
+
+
+# -- which boot a boot state belongs to (issue 26, item 12) --------------------------------------
+
+PUBLISH_STATE = (
+    'curl -sS -X PUT --data "$1" -H "Metadata-Flavor: Google" '
+    '"http://$GCE_METADATA_HOST/computeMetadata/v1/instance/guest-attributes/vm-job-agent/boot"'
+)
+
+
+def test_a_boot_that_fails_before_the_first_read_is_known_at_once_without_the_console(make_flow):
+    """startup.sh's early steps take less than the 2 s between two reads, then `uv sync` fails:
+    the first state read is already `failed:`. With the console refused (no
+    getSerialPortOutput), only the boot id tells that failure from an earlier boot's: it must
+    end the wait at once, not at BOOT_TIMEOUT."""
+    from tests.test_iam import documented_role, settings
+
+    script = (
+        f"#!/bin/bash\npublish() {{ {PUBLISH_STATE}; }}\n"
+        'publish "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ) failed: boot 5/6 dependencies: uv sync '
+        'failed: no such package"\nsleep 300\n'
+    )
+    role = documented_role() - {"compute.instances.getSerialPortOutput"}
+    flow = make_flow(script=script, settings=settings(role))
+    t0 = time.monotonic()
+    r = flow.entrypoint(BOOT_TIMEOUT="60")
+    took = time.monotonic() - t0
+    assert r.returncode == 4, r.stderr
+    assert "vm-0's boot failed: boot 5/6 dependencies: uv sync failed" in r.stderr, r.stderr
+    assert took < 20, f"{took:.0f} s: a fresh failure is known at the next read"
+    flow.assert_cleaned_up()
+
+
+def test_a_boot_state_from_before_the_vms_start_is_not_taken_for_this_boots(make_flow):
+    """A state whose boot id is older than the VM's lastStartTimestamp (what Compute Engine
+    may keep across a stop) is an earlier boot's: a stale `failed:` does not end this one."""
+    stale = (
+        f"publish() {{ {PUBLISH_STATE}; }}\n"
+        'publish "$(date -u -d "-1 hour" +%Y-%m-%dT%H:%M:%S.%3NZ) failed: an earlier boot"'
+    )
+    flow = make_flow(script=agent_guest_script(stale))
+    r = flow.entrypoint()
+    assert r.returncode == 0, r.stderr
+    assert "an earlier boot" not in r.stderr
+    assert "job output line" in r.stdout
+    flow.assert_cleaned_up()
