@@ -32,6 +32,7 @@ readonly UNIT_FILE=/etc/systemd/system/$SERVICE.service
 readonly SUDOERS_FILE=/etc/sudoers.d/$SERVICE
 readonly GUEST_NAMESPACE=vm-job-agent # guest attributes: vm-job-agent/tls-pin
 GA_WARNED=0 BOOT_STATE_OFF=0
+BOOT_ID="" # this boot's id: when startup.sh began, UTC to the millisecond (main sets it)
 readonly GA_RETRY_SECONDS=8 # how long a guest-attribute write is retried through 503s
 readonly NOFILE=65536                 # the agent's open files: far above its MAX_CONNECTIONS
 readonly IDLE_SHUTDOWN_ON_VM=900       # the agent's idle shutdown here, unless .env sets its own
@@ -120,14 +121,16 @@ guest_attribute() {
   return 1
 }
 
-# boot_state STATE: where this boot is, as the guest attribute vm-job-agent/boot: the step,
-# `ready`, or `failed: <reason>`, so the orchestrator reports a failed boot at once instead of
-# at its BOOT_TIMEOUT. Best effort: after a refusal (guest attributes off) it stops trying.
+# boot_state STATE: where this boot is, as the guest attribute vm-job-agent/boot: this boot's id
+# (BOOT_ID: when startup.sh began, UTC to the millisecond), then the step, `ready`, or `failed:
+# <reason>`, so the orchestrator reports a failed boot at once instead of at its BOOT_TIMEOUT,
+# and never takes an earlier boot's state for this one's (it compares the id with the VM's
+# lastStartTimestamp). Best effort: after a refusal (guest attributes off) it stops trying.
 boot_state() {
   [[ $1 != boot\ * ]] || BOOT_STEP=$1
   ((BOOT_STATE_OFF)) && return 0
   local rc=0
-  guest_attribute boot "${1:0:500}" || rc=$?
+  guest_attribute boot "${BOOT_ID:+$BOOT_ID }${1:0:500}" || rc=$?
   ((rc != 2)) || BOOT_STATE_OFF=1 # refused: off for the rest of the boot; a lost write is not
   return 0
 }
@@ -151,26 +154,30 @@ setting() {
   SOURCES+=("$name=$value ($source)")
 }
 
-# 1. Settings.
-read_settings() {
+# 1. Settings: first those the boot watchdog needs, so that it is armed before anything that can
+# fail (an unreadable setting, useradd); a malformed one of them arms it with its default.
+watchdog_settings() {
   SOURCES=()
+  setting BOOT_WATCHDOG boot-watchdog 1200
+  setting AGENT_PORT agent-port 8000
+  setting AGENT_HOST agent-host 0.0.0.0
+  setting AGENT_TLS agent-tls 1
+}
+
+read_settings() {
   setting APP_DIR app-dir /opt/vm-job-runner
   setting REPO_URL repo-url ""
   setting REPO_KEY_SECRET repo-key-secret ""
   setting GIT_REF git-ref main
   setting ENV_SECRET env-secret app-env
   setting APP_USER app-user jobrunner
-  setting AGENT_PORT agent-port 8000
-  setting AGENT_HOST agent-host 0.0.0.0
   setting STATE_DIR state-dir "$APP_DIR/state"
-  setting AGENT_TLS agent-tls 1
-  setting BOOT_WATCHDOG boot-watchdog 1200
   if ((EUID == 0)); then
     setting TLS_DIR tls-dir "/var/lib/$SERVICE/tls"
   else
     setting TLS_DIR tls-dir "$(home_of "$(id -un)")/.local/state/$SERVICE/tls"
   fi
-  log INFO "boot 1/6 settings: ${SOURCES[*]}"
+  log INFO "boot 1/6 settings: $(redact "${SOURCES[*]}")"
   [[ $AGENT_TLS == 0 || $AGENT_TLS == 1 ]] || die "AGENT_TLS must be 0 or 1, not '$AGENT_TLS'"
   [[ $BOOT_WATCHDOG =~ ^[0-9]+$ ]] || die "BOOT_WATCHDOG must be seconds (0: off), not '$BOOT_WATCHDOG'"
   { [[ $AGENT_PORT =~ ^[0-9]+$ ]] && ((AGENT_PORT >= 1 && AGENT_PORT <= 65535)); } ||
@@ -197,6 +204,10 @@ ensure_user() {
 # home_of USER: the user's home directory from the password database (the script runner sets
 # no HOME).
 home_of() { getent passwd "$1" | cut -d: -f6; }
+
+# redact TEXT: TEXT with the user-info of every URL in it (https://USER:TOKEN@host/…) replaced
+# by ***: this log is the serial console, which Cloud Logging keeps.
+redact() { sed -E 's#(://)[^/@[:space:]]+@#\1***@#g' <<<"$1"; }
 
 # need_command CMD PACKAGE: install PACKAGE with apt-get (no Recommends: no compiler on a small
 # VM's first boot) when CMD is missing, as on a stock Debian image, which has no git. The package
@@ -229,6 +240,10 @@ need_command() {
 # days. It disarms itself once the agent answers. A background process: it outlives this
 # script, as the agent must.
 arm_watchdog() {
+  local BOOT_WATCHDOG=$BOOT_WATCHDOG AGENT_PORT=$AGENT_PORT AGENT_TLS=$AGENT_TLS name default
+  while read -r name default; do # a malformed one: its default here; read_settings stops the boot
+    [[ ${!name} =~ ^[0-9]+$ ]] || printf -v "$name" '%s' "$default"
+  done <<<$'BOOT_WATCHDOG 1200\nAGENT_PORT 8000\nAGENT_TLS 1'
   if ((BOOT_WATCHDOG == 0)); then
     log WARNING "boot 1/6 boot watchdog off (BOOT_WATCHDOG=0): a failed boot leaves the VM running"
     return
@@ -243,7 +258,7 @@ arm_watchdog() {
 # SIGPIPE's default in the processes it starts); the older runner would wait for it to let go of
 # them for the whole BOOT_WATCHDOG. SIGPIPE is ignored all the same: the poweroff comes first.
 watchdog() {
-  local deadline=$((SECONDS + BOOT_WATCHDOG)) host=$AGENT_HOST scheme=https
+  local deadline=$((SECONDS + BOOT_WATCHDOG)) host=${AGENT_HOST:-0.0.0.0} scheme=https
   trap - ERR
   trap '' PIPE
   set +e
@@ -352,7 +367,7 @@ update_code() {
     new=$(as_app git -C "$APP_DIR" rev-parse --short HEAD)
     log INFO "boot 3/6 code: $old -> $new (origin/$GIT_REF) ($(since "$t0")s)"
   else
-    log WARNING "boot 3/6 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)"
+    log WARNING "$(redact "boot 3/6 code: fetching origin/$GIT_REF failed, keeping $old: ${err//$'\n'/ } ($(since "$t0")s)")"
   fi
 }
 
@@ -387,9 +402,9 @@ first_clone() {
   if ! err=$(as_app env "${GIT_ENV[@]}" timeout 300 git clone --quiet --branch "$GIT_REF" \
     "$REPO_URL" "$APP_DIR" 2>&1); then
     rm -rf "${APP_DIR:?}/.git"
-    die "boot 3/6 cloning $REPO_URL ($GIT_REF) into $APP_DIR failed: ${err//$'\n'/ }"
+    die "$(redact "boot 3/6 cloning $REPO_URL ($GIT_REF) into $APP_DIR failed: ${err//$'\n'/ }")"
   fi
-  log INFO "boot 3/6 code: first boot: cloned $REPO_URL ($GIT_REF) into $APP_DIR ($(since "$t0")s)"
+  log INFO "$(redact "boot 3/6 code: first boot: cloned $REPO_URL ($GIT_REF) into $APP_DIR ($(since "$t0")s)")"
 }
 
 # fetch_secret SECRET DEST WHAT [MORE]: the secret's latest version into a temp file beside DEST
@@ -527,6 +542,10 @@ ExecStart=$APP_DIR/.venv/bin/uvicorn fastapi_app:app ${UVICORN_ARGS[*]} --host $
 LimitNOFILE=$NOFILE
 Restart=on-failure
 RestartSec=2
+# A stop (the VM's shutdown) sends SIGTERM to the agent alone, which gives a run's job its one
+# SIGTERM and KILL_GRACE; what is left after TimeoutStopSec gets SIGKILL (KillMode=control-group,
+# systemd's default, would also send the job SIGTERM directly: its handler would run twice).
+KillMode=mixed
 TimeoutStopSec=30
 
 [Install]
@@ -538,10 +557,12 @@ main() {
   local t0
   trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
   t0=$(now)
-  log INFO "starting (pid $$, user $(id -un))"
+  BOOT_ID="$(TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%S)T' "${t0:0:-6}").${t0: -6:3}Z"
+  log INFO "starting (pid $$, user $(id -un), boot $BOOT_ID)"
+  watchdog_settings # 1. settings: environment, metadata, defaults; the boot watchdog's first,
+  arm_watchdog      #    and the watchdog armed before anything else can fail
   boot_state "boot 1/6 settings"
-  read_settings   # 1. settings: environment, metadata, defaults
-  arm_watchdog    #    and the boot watchdog, first
+  read_settings
   ensure_tls_key  # 2. the agent's TLS key, its pin published as a guest attribute
   update_code     # 3. code at origin/GIT_REF
   write_env       # 4. .env from Secret Manager
