@@ -223,7 +223,7 @@ def test_a_test_run_takes_a_key_of_its_own_not_the_slots():
 
 
 def test_long_execution_names_each_get_a_label_value_of_their_own():
-    job = "a-trading-job-with-a-rather-long-name-for-its-own-good-x"  # 58 characters
+    job = "a-trading-job-with-a-rather-long-name-for-its-own-good-and-more"  # 63 characters
     names = set()
     for suffix in ("ab1cd", "zz9yy"):
         r = config_only("slot_execution", CLOUD_RUN_EXECUTION=f"{job}-{suffix}")
@@ -552,11 +552,11 @@ def test_a_retry_too_late_for_its_slot_cleans_up_what_its_killed_attempt_left(ma
 @pytest.mark.e2e
 @needs_gcloud
 def test_executions_of_a_job_with_a_long_name_each_run_their_own_slot(make_flow):
-    """Cloud Run names an execution after its job and adds 6 characters: with a job name of 57
-    or more, two executions cut to a label's 63 characters were one, and a new slot's execution
-    was taken for a retry of the last one (its slot never ran)."""
+    """Cloud Run names an execution after its job (up to 63 characters) and adds 6: with a job
+    name of 62 or more, two executions cut to a label's 63 characters were one, and a new slot's
+    execution was taken for a retry of the last one (its slot never ran)."""
     flow = make_flow(job='echo "ran $RUN_KEY"')
-    job = "nightly-rebalance-of-the-whole-trading-book-across-venues-x"  # 59 characters
+    job = "nightly-rebalance-of-the-whole-trading-book-across-all-venues-x"  # 63 characters
     first = flow.entrypoint(CLOUD_RUN_EXECUTION=f"{job}-ab1cd", SCHEDULE=YEARLY)
     assert first.returncode == 0, first.stderr
     second = flow.entrypoint(
