@@ -1,6 +1,6 @@
 """Benchmark of a real VM's boot (run by hand, as root: `uv run python bench/real_vm_boot.py`).
 
-The demo VM as a Debian 12 VM under QEMU (gcp_emulator/qemu_guest.py, TCG here): startup.sh
+The demo VM as a Debian 12 VM under QEMU (gcp_emulator/guests/qemu.py, TCG here): startup.sh
 is its startup-script and its repo-url a git daemon on this host, as in `demo --vm qemu`. The
 first boot is a stock image's (startup.sh installs git, pip and uv, clones, syncs, makes the
 key); each warm boot follows a commit pushed to origin, so its code step fetches. boot-to-ready
@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.boot import STEPS, boot_once, booted_vm, step_times, stock_first_boot  # noqa: E402
-from gcp_emulator import vm_image  # noqa: E402
 from gcp_emulator.config import dump_config  # noqa: E402
 from gcp_emulator.demo import GitServer, demo_config, make_disk, push_commit  # noqa: E402
-from gcp_emulator.qemu_guest import qemu_missing  # noqa: E402
+from gcp_emulator.guests import vm_image  # noqa: E402
+from gcp_emulator.guests.qemu import qemu_missing  # noqa: E402
 from tests.harness import EmulatorProcess  # noqa: E402
 
 ZONE = "asia-northeast3-c"

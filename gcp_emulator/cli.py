@@ -31,12 +31,12 @@ from pathlib import Path
 
 import uvicorn
 
-from gcp_emulator import vm_image
-from gcp_emulator.cloud import Cloud
 from gcp_emulator.config import ConfigError, EmulatorConfig, load_config
+from gcp_emulator.core.app import EmulatorApp
+from gcp_emulator.core.state import Cloud
 from gcp_emulator.demo import REPO, GitServer, demo_config, make_disk
-from gcp_emulator.qemu_guest import qemu_missing
-from gcp_emulator.server import EmulatorApp
+from gcp_emulator.guests import vm_image
+from gcp_emulator.guests.qemu import qemu_missing
 
 logger = logging.getLogger("gcp_emulator")
 

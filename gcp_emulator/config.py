@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gcp_emulator.capacity import MACHINE_TYPE
+from gcp_emulator.compute.capacity import MACHINE_TYPE
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 PERMISSION_RE = re.compile(r"[a-z]+\.[a-zA-Z]+\.[a-zA-Z]+")

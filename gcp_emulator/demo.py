@@ -7,7 +7,7 @@ this repository (its `origin` a local bare copy of the working tree), with an `a
 holding a generated token and a demonstration JOB_COMMAND. Then entrypoint.sh attaches the IP,
 starts the VM, runs the job, prints its log and stops the VM; the demo exits with its status.
 
-With vm="qemu" (`demo --vm qemu`) the VM is a real one (gcp_emulator/qemu_guest.py): it has
+With vm="qemu" (`demo --vm qemu`) the VM is a real one (gcp_emulator/guests/qemu.py): it has
 no clone of ours on its disk; startup.sh clones its repo-url at the first boot, as on Compute
 Engine, from a git daemon on this host's loopback (GitServer) that the VM reaches at
 169.254.169.1, with the settings' defaults for everything else.
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from gcp_emulator.cloud import SYSTEMD_PATH
+from gcp_emulator.compute.models import SYSTEMD_PATH
 from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig, SecretConfig
-from gcp_emulator.qemu_guest import HOST_IP
+from gcp_emulator.guests.qemu import HOST_IP
 
 REPO = Path(__file__).resolve().parent.parent
 # A systemd service has no HOSTNAME in its environment (a real VM's agent runs the job with

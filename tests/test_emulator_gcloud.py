@@ -8,7 +8,7 @@ import http.client
 import httpx
 import pytest
 
-from gcp_emulator.crc32c import crc32c
+from gcp_emulator.core.crc32c import crc32c
 from tests.harness import needs_gcloud
 
 pytestmark = [pytest.mark.e2e, needs_gcloud]

@@ -6,11 +6,13 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from gcp_emulator import qemu_guest
-from gcp_emulator.cloud import Cloud, Instance, same_fingerprint
+from gcp_emulator.compute.models import Compute, Instance
 from gcp_emulator.config import default_config
-from gcp_emulator.crc32c import crc32c
-from gcp_emulator.qemu_guest import QemuGuest
+from gcp_emulator.core.crc32c import crc32c
+from gcp_emulator.core.state import Cloud
+from gcp_emulator.core.util import same_fingerprint
+from gcp_emulator.guests import qemu as qemu_guest
+from gcp_emulator.guests.qemu import QemuGuest
 
 
 def test_crc32c_is_castagnoli():
@@ -41,15 +43,15 @@ class PowerButtonRecorder(QemuGuest):
         self.graces.append(grace)
 
 
-def shut_down_real_vm(tmp_path: Path, how: Callable[[Cloud, Instance], object]) -> list[float]:
+def shut_down_real_vm(tmp_path: Path, how: Callable[[Compute, Instance], object]) -> list[float]:
     """A RUNNING VM with a real-VM guest, stopped through `how`: the graces its guest got."""
-    cloud = Cloud(default_config(), tmp_path, "http://127.0.0.1:9", tmp_path)
-    inst = cloud.instances[("us-central1-a", "vm-1")]
+    compute = Cloud(default_config(), tmp_path, "http://127.0.0.1:9", tmp_path).compute
+    inst = compute.instances[("us-central1-a", "vm-1")]
     guest = PowerButtonRecorder()
 
     async def scenario() -> None:
         inst.status, inst.guest = "RUNNING", guest
-        how(cloud, inst)
+        how(compute, inst)
         assert inst.task is not None
         await inst.task
 
@@ -61,5 +63,5 @@ def shut_down_real_vm(tmp_path: Path, how: Callable[[Cloud, Instance], object]) 
 def test_a_preempted_real_vm_is_hard_stopped_after_30_s_a_stopped_one_after_90(tmp_path):
     # Compute Engine: ACPI soft-off, then power off after 30 s for a preempted Spot VM and
     # after 90 s for a stop
-    assert shut_down_real_vm(tmp_path / "p", Cloud.preempt) == [30.0]
-    assert shut_down_real_vm(tmp_path / "s", Cloud.stop) == [90.0]
+    assert shut_down_real_vm(tmp_path / "p", Compute.preempt) == [30.0]
+    assert shut_down_real_vm(tmp_path / "s", Compute.stop) == [90.0]

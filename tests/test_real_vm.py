@@ -1,5 +1,5 @@
 """The real-VM tier: an instance whose guest is a Debian 12 VM under QEMU (gcp_emulator/
-qemu_guest.py, its image from gcp_emulator/vm_image.py), with Debian's google-guest-agent and
+qemu_guest.py, its image from gcp_emulator/guests/vm_image.py), with Debian's google-guest-agent and
 its script runner, systemd and rsyslog. Slow (minutes under TCG): run with -m real_vm; .ci/run
 runs it after the other tiers. Skipped, with the reason, where QEMU, debootstrap or root are
 missing."""
@@ -19,8 +19,8 @@ import pytest
 
 from gcp_emulator.config import dump_config
 from gcp_emulator.demo import DEMO_JOB, Demo, GitServer, demo_config, make_disk, push_commit
-from gcp_emulator.qemu_guest import qemu_missing
-from gcp_emulator.vm_image import build
+from gcp_emulator.guests.qemu import qemu_missing
+from gcp_emulator.guests.vm_image import build
 from tests.conftest import REPO, wait_until
 from tests.harness import EmulatorProcess, needs_gcloud
 

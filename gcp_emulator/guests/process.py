@@ -38,7 +38,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gcp_emulator.serial_port import SerialPort
+from gcp_emulator.guests.serial_port import SerialPort
 
 logger = logging.getLogger(__name__)
 MARKER = "GCP_EMULATOR_GUEST"

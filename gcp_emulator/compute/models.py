@@ -1,81 +1,46 @@
-"""The emulated cloud's state and the instance lifecycle (docs/google-cloud.md, "Instances").
+"""Compute Engine's state and behaviour: instances and their lifecycle, static addresses, zone
+operations, the stockouts a test sets (docs/google-cloud.md, "Instances").
 
 start: TERMINATED -> PROVISIONING -> STAGING -> RUNNING (the operation is DONE here), then
-after `boot_delay` the guest's startup script starts. stop: -> STOPPING, the guest gets SIGTERM
-then SIGKILL, -> TERMINATED (DONE). start on RUNNING and stop on TERMINATED are no-op
+after `boot_delay` the guest's startup script starts. stop: -> STOPPING, the guest shut down as
+a VM's shutdown goes, -> TERMINATED (DONE). start on RUNNING and stop on TERMINATED are no-op
 operations. Every status change and guest event goes to the journal with the request log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gcp_emulator import qemu_guest, vm_image
-from gcp_emulator.capacity import MACHINE_TYPE, Stockout, refusal
-from gcp_emulator.config import AddressConfig, EmulatorConfig, InstanceConfig
-from gcp_emulator.process_guest import ProcessGuest
-from gcp_emulator.qemu_guest import QemuGuest
-from gcp_emulator.serial_port import SerialPort
+from gcp_emulator.compute.capacity import MACHINE_TYPE, Stockout, refusal
+from gcp_emulator.config import AddressConfig, InstanceConfig
+from gcp_emulator.core.errors import ApiError, not_found
+from gcp_emulator.core.util import fingerprint, now_rfc3339, same_fingerprint
+from gcp_emulator.guests import qemu, vm_image
+from gcp_emulator.guests.process import ProcessGuest
+from gcp_emulator.guests.qemu import QemuGuest
+from gcp_emulator.guests.serial_port import SerialPort
+
+if TYPE_CHECKING:
+    from gcp_emulator.config import EmulatorConfig
+    from gcp_emulator.core.state import Cloud
 
 logger = logging.getLogger(__name__)
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's default
-ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes any token)
+
 # an operation's httpErrorMessage for its httpErrorStatusCode
 HTTP_ERROR_MESSAGES = {403: "FORBIDDEN", 412: "PRECONDITION FAILED", 503: "SERVICE UNAVAILABLE"}
 OPERATION_SECONDS = 0.05  # how long a quick operation (setLabels) stays RUNNING
 MAX_LABELS = 64  # labels a resource may have (Compute Engine's documented limit)
 _ids = itertools.count(1000000000000000001)
 Guest = ProcessGuest | QemuGuest
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, Compute `reason` (or Secret Manager `status`), message."""
-
-    def __init__(self, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "-00:00")
-
-
-def fingerprint() -> str:
-    """A fresh base64 fingerprint, as Compute returns them (gcloud decodes them)."""
-    return base64.b64encode(os.urandom(8)).decode()
-
-
-def decode_bytes(value: str) -> bytes:
-    """A bytes field as protobuf's JSON mapping reads it: standard or URL-safe base64, padded or
-    not (gcloud sends the URL-safe alphabet). ValueError when it is neither."""
-    text = value.strip().replace("-", "+").replace("_", "/")
-    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-
-
-def same_fingerprint(given: object, current: str) -> bool:
-    """Fingerprints are bytes: gcloud may send back the URL-safe base64 of what it read."""
-    if not isinstance(given, str):
-        return False
-    try:
-        return decode_bytes(given) == base64.b64decode(current)
-    except ValueError:
-        return False
-
-
-def not_found(path: str) -> ApiError:
-    return ApiError(404, "notFound", f"The resource '{path}' was not found")
 
 
 @dataclass
@@ -165,62 +130,39 @@ class Address:
         return f"projects/{self.project}/regions/{self.cfg.region}/addresses/{self.cfg.name}"
 
 
-@dataclass
-class SecretVersion:
-    number: int
-    data: bytes
-    created: str = field(default_factory=now_rfc3339)
-    state: str = "ENABLED"
+class Compute:
+    """Compute Engine's backend: one method per API call, and the lifecycle behind them."""
 
-
-@dataclass
-class Secret:
-    name: str
-    created: str = field(default_factory=now_rfc3339)
-    labels: dict[str, str] = field(default_factory=dict)
-    replication: dict[str, Any] = field(default_factory=lambda: {"automatic": {}})
-    versions: list[SecretVersion] = field(default_factory=list)
-
-    def add(self, data: bytes) -> SecretVersion:
-        version = SecretVersion(len(self.versions) + 1, data)
-        self.versions.append(version)
-        return version
-
-
-class Cloud:
-    def __init__(self, cfg: EmulatorConfig, state_root: Path, base_url: str, bin_dir: Path) -> None:
-        self.cfg = cfg
-        self.project = cfg.project
-        self.state_root = state_root
-        self.base_url = base_url
-        self.bin_dir = bin_dir
-        self.journal: list[dict[str, Any]] = []
-        self._seq = itertools.count(1)
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
         self.operations: dict[tuple[str, str], Operation] = {}
         self.instances: dict[tuple[str, str], Instance] = {}
         self.addresses: dict[tuple[str, str], Address] = {}
-        self.secrets: dict[str, Secret] = {}
         self.stockouts: list[Stockout] = []
         self._ephemeral = (f"127.0.200.{n}" for n in itertools.count(1))
-        for n, ic in enumerate(cfg.instances, start=2):
+        for n, ic in enumerate(self.cfg.instances, start=2):
             self.add_instance(ic, ic.network_ip or f"127.0.100.{n}")
-        for ac in cfg.addresses:
+        for ac in self.cfg.addresses:
             self.addresses[(ac.region, ac.name)] = Address(ac, self.project, str(next(_ids)))
-        for sc in cfg.secrets:
-            secret = self.secrets[sc.name] = Secret(sc.name)
-            for data in sc.versions:
-                secret.add(data)
+
+    @property
+    def cfg(self) -> EmulatorConfig:
+        return self.cloud.cfg
+
+    @property
+    def project(self) -> str:
+        return self.cloud.project
+
+    def record(self, kind: str, **fields: Any) -> None:
+        self.cloud.record(kind, **fields)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
-    def record(self, kind: str, **fields: Any) -> None:
-        self.journal.append({"seq": next(self._seq), "time": time.time(), "kind": kind, **fields})
-
     def link(self, path: str) -> str:
-        return f"{self.base_url}/compute/v1/{path}"
+        return f"{self.cloud.base_url}/compute/v1/{path}"
 
     def add_instance(self, ic: InstanceConfig, network_ip: str) -> Instance:
-        inst_dir = self.state_root / "instances" / ic.zone / ic.name
+        inst_dir = self.cloud.state_root / "instances" / ic.zone / ic.name
         inst_dir.mkdir(parents=True, exist_ok=True)
         inst = Instance(
             cfg=ic,
@@ -409,7 +351,7 @@ class Cloud:
                 inst.serial,
                 inst.dir,
                 image,
-                emulator_port=int(self.base_url.rsplit(":", 1)[1]),
+                emulator_port=int(self.cloud.base_url.rsplit(":", 1)[1]),
                 zone=inst.zone,
                 instance=inst.name,
                 forwards=[(inst.external_ip() or inst.network_ip, int(port))],
@@ -450,7 +392,7 @@ class Cloud:
             # preempted); the process guest its shutdown_grace
             grace = inst.cfg.shutdown_grace
             if isinstance(inst.guest, QemuGuest):
-                grace = qemu_guest.PREEMPT_GRACE if preempted else qemu_guest.GRACE
+                grace = qemu.PREEMPT_GRACE if preempted else qemu.GRACE
             await inst.guest.shutdown(grace)
             self.record("event", event="guest_stop", instance=f"{inst.zone}/{inst.name}")
             inst.guest = None
@@ -541,15 +483,15 @@ class Cloud:
         )
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("UV_")}
         env["PATH"] = SYSTEMD_PATH
-        metadata_host = f"{self.base_url.removeprefix('http://')}/vm/{inst.zone}/{inst.name}"
+        metadata_host = f"{self.cloud.base_url.removeprefix('http://')}/vm/{inst.zone}/{inst.name}"
         config_dir = inst.dir / "gcloud"
         config_dir.mkdir(exist_ok=True)
-        env.update(self.gcloud_env(config_dir))
+        env.update(self.cloud.gcloud_env(config_dir))
         env.update(
             {
                 "GCE_METADATA_HOST": metadata_host,
                 "GCE_METADATA_ROOT": metadata_host,
-                "GCE_METADATA_IP": self.base_url.removeprefix("http://"),
+                "GCE_METADATA_IP": self.cloud.base_url.removeprefix("http://"),
                 # The guest's stand-in for NAT: it listens on the address callers use.
                 "AGENT_HOST": inst.external_ip() or inst.network_ip,
                 "HOSTNAME": inst.name,
@@ -566,7 +508,7 @@ class Cloud:
         image = self.image_bin(inst, env["PATH"])
         if image is not None:
             env["GCP_EMULATOR_IMAGE_BIN"] = str(image)
-        env["PATH"] = f"{self.bin_dir}{os.pathsep}{image or env['PATH']}"
+        env["PATH"] = f"{self.cloud.bin_dir}{os.pathsep}{image or env['PATH']}"
         return env
 
     def image_bin(self, inst: Instance, path: str) -> Path | None:
@@ -592,20 +534,6 @@ class Cloud:
                 if entry.is_file() and os.access(entry, os.X_OK):
                     link.symlink_to(entry)
         return image
-
-    def gcloud_env(self, config_dir: Path) -> dict[str, str]:
-        """What points the real gcloud at this emulator."""
-        return {
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": f"{self.base_url}/compute/v1/",
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER": f"{self.base_url}/",
-            "CLOUDSDK_AUTH_ACCESS_TOKEN": ACCESS_TOKEN,
-            "CLOUDSDK_CORE_PROJECT": self.project,
-            "CLOUDSDK_CONFIG": str(config_dir),
-            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-            "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
-            "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
-            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
-        }
 
     # -- network ---------------------------------------------------------------------------
 
@@ -827,7 +755,7 @@ class Cloud:
         return body
 
     def state_json(self) -> dict[str, Any]:
-        """Everything tests assert on, in one document."""
+        """Compute's part of the emulator's state (GET /_emulator/state)."""
         return {
             "instances": [
                 {
@@ -858,5 +786,4 @@ class Cloud:
                 }
                 for a in self.addresses.values()
             ],
-            "secrets": {s.name: len(s.versions) for s in self.secrets.values()},
         }

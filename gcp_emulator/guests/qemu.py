@@ -1,5 +1,5 @@
 """The QEMU guest: an emulated VM that is a real one, Debian 12 under QEMU with Google's guest
-environment (gcp_emulator/vm_image.py builds its image), chosen with `guest = "qemu"` in the
+environment (gcp_emulator/guests/vm_image.py builds its image), chosen with `guest = "qemu"` in the
 emulator's configuration (docs/emulator.md, "Real VMs").
 
 A start boots the VM from its own disk, a copy-on-write overlay on the shared image kept in the
@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gcp_emulator.serial_port import SerialPort
-from gcp_emulator.vm_image import METADATA_IP, Image
+from gcp_emulator.guests.serial_port import SerialPort
+from gcp_emulator.guests.vm_image import METADATA_IP, Image
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,5 @@
-"""IAM for the Compute calls, when the configuration names the caller's permissions.
+"""The permission each Compute method needs, checked when the configuration names the caller's
+permissions.
 
 Compute Engine checks a permission for each method (docs/google-cloud.md, "IAM: what each call
 needs") and answers a missing one with HTTP 403, reason `forbidden`, "Required 'PERMISSION'
@@ -10,7 +11,7 @@ job's, and are not checked.
 
 from __future__ import annotations
 
-from gcp_emulator.cloud import ApiError
+from gcp_emulator.core.errors import ApiError
 
 # The permissions each emulated Compute method needs (a method may need several: adding an
 # access config uses the address and the subnetwork's external IP too).

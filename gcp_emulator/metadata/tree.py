@@ -16,7 +16,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gcp_emulator.cloud import Cloud, Instance
+    from gcp_emulator.compute.models import Instance
+    from gcp_emulator.core.state import Cloud
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 TOKEN = {"access_token": "emulator-token", "expires_in": 3599, "token_type": "Bearer"}

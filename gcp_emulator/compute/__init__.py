@@ -1,0 +1,1 @@
+"""Compute Engine v1: instances and their lifecycle, addresses, operations, stockouts."""
