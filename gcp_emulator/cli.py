@@ -37,6 +37,7 @@ from gcp_emulator.core.state import Cloud
 from gcp_emulator.demo import REPO, GitServer, demo_config, make_disk
 from gcp_emulator.guests import vm_image
 from gcp_emulator.guests.qemu import qemu_missing
+from gcp_emulator.network import namespace, tls
 
 logger = logging.getLogger("gcp_emulator")
 
@@ -92,20 +93,57 @@ class Emulator:
         port: int = 0,
         host: str = "127.0.0.1",
         state_dir: Path | None = None,
+        private_network: bool = False,
     ) -> None:
         if not ipaddress.ip_address(host).is_loopback:
             raise ConfigError(f"--host {host}: the emulator listens on loopback addresses only")
+        if private_network and (why := namespace.unavailable()) is not None:
+            raise ConfigError(f"--private-network: {why}")
         self.cfg = cfg
         self.host = host
         self.port = port
+        self.private_network = private_network
         self._own_state = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="gcp-emulator-"))
         self.url = ""
         self.cloud: Cloud | None = None
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.net: namespace.PrivateNetwork | None = None
+        self._servers: list[tuple[_Server, asyncio.Task[None]]] = []
 
     async def __aenter__(self) -> Emulator:
+        sock = self._listen_here()
+        self.port = sock.getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        bin_dir = self.state_dir / "guest-bin"
+        bin_dir.mkdir(exist_ok=True)
+        for name, text in (("poweroff", POWEROFF), ("apt-get", APT_GET)):
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
+        plain, tls_sockets, certs = [sock], [], None
+        try:
+            if self.private_network:
+                certs = tls.make(self.state_dir / "tls")
+                self.net = namespace.PrivateNetwork(self.state_dir / "network", certs).start()
+                # the same port inside, so that one URL reaches the emulator from both sides
+                plain.append(self.net.listen(self.host, self.port))
+                plain.append(self.net.listen(namespace.METADATA_IP, 80))
+                tls_sockets.append(self.net.listen("127.0.0.1", 443))
+            self.cloud = Cloud(self.cfg, self.state_dir, self.url, bin_dir, self.net)
+            app = EmulatorApp(self.cloud)
+            await self._serve(app, plain)
+            if tls_sockets and certs is not None:
+                await self._serve(app, tls_sockets, certs)
+        except BaseException:
+            for s in plain + tls_sockets:
+                s.close()
+            await self.__aexit__()
+            raise
+        self.cloud.boot_configured()
+        logger.info("emulator ready on %s (state in %s)", self.url, self.state_dir)
+        return self
+
+    def _listen_here(self) -> socket.socket:
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it
         # every answer waits ~40 ms for a delayed ACK.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -117,32 +155,27 @@ class Emulator:
             if self._own_state:  # nothing was started: leave no empty temp dir behind
                 shutil.rmtree(self.state_dir, ignore_errors=True)
             raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
-        self.port = sock.getsockname()[1]
-        self.url = f"http://{self.host}:{self.port}"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        bin_dir = self.state_dir / "guest-bin"
-        bin_dir.mkdir(exist_ok=True)
-        for name, text in (("poweroff", POWEROFF), ("apt-get", APT_GET)):
-            (bin_dir / name).write_text(text)
-            (bin_dir / name).chmod(0o755)
-        self.cloud = Cloud(self.cfg, self.state_dir, self.url, bin_dir)
+        return sock
+
+    async def _serve(self, app: EmulatorApp, sockets: list[socket.socket], certs=None) -> None:
+        """One uvicorn server for these sockets (TLS with certs), started."""
         config = uvicorn.Config(
-            EmulatorApp(self.cloud),
+            app,
             log_level="warning",
             lifespan="off",
             access_log=False,
             timeout_graceful_shutdown=2,
+            ssl_keyfile=str(certs.key) if certs else None,
+            ssl_certfile=str(certs.cert) if certs else None,
         )
-        self._server = _Server(config)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
+        server = _Server(config)
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
+        self._servers.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
                 raise RuntimeError("the emulator's server stopped during start-up")
             await asyncio.sleep(0.005)
-        self.cloud.boot_configured()
-        logger.info("emulator ready on %s (state in %s)", self.url, self.state_dir)
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -151,20 +184,32 @@ class Emulator:
         finally:
             if self.cloud is not None:
                 self.cloud.kill_all_now()
-            if self._server is not None and self._task is not None:
-                self._server.should_exit = True
+            for server, task in self._servers:
+                server.should_exit = True
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                    await task
+            self._servers.clear()
+            if self.net is not None:
+                self.net.stop()
             if self._own_state:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
 
+    def command(self, argv: list[str]) -> list[str]:
+        """argv as it is run to reach this emulator: inside its private network, if it has one."""
+        return self.net.command(argv) if self.net is not None else argv
+
     def env(self) -> dict[str, str]:
-        """The variables that point gcloud (and our scripts) at this emulator."""
+        """The variables that point gcloud (and our scripts) at this emulator. In its private
+        network gcloud needs no endpoint override: only the CA it trusts, and a token."""
         if self.cloud is None:
             raise RuntimeError("start the emulator first")
         gcloud_dir = self.state_dir / "gcloud"
         gcloud_dir.mkdir(exist_ok=True)
         env = self.cloud.gcloud_env(gcloud_dir)
+        if self.net is not None:
+            env = {k: v for k, v in env.items() if "_ENDPOINT_OVERRIDES_" not in k}
+            env["CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE"] = str(tls.SYSTEM_BUNDLE)
+            env["GCP_EMULATOR_NETNS"] = str(self.net.pid)
         env["GCP_EMULATOR_URL"] = self.url
         env["GCE_METADATA_ROOT"] = env["GCE_METADATA_IP"] = f"{self.host}:{self.port}"
         env["PROJECT_ID"] = self.cfg.project
@@ -240,7 +285,9 @@ async def run(
                     env[key] = value
             env.update(extra_env or {})
             try:
-                child = await asyncio.create_subprocess_exec(*command, env=env, process_group=0)
+                child = await asyncio.create_subprocess_exec(
+                    *emu.command(command), env=env, process_group=0
+                )
             except OSError as exc:
                 print(f"gcp_emulator: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
                 return 127
@@ -367,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
             help="guest disks and serial logs (default: a temp dir, removed after)",
         )
         p.add_argument("-v", "--verbose", action="store_true", help="log lifecycle events")
+        p.add_argument(
+            "--private-network",
+            action="store_true",
+            help="as root: serve, and run CMD, in a network of the emulator's own, where "
+            "Google's host names reach the emulator over TLS and nothing else is reachable",
+        )
         if name == "run":
             p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     args = parser.parse_args(argv)
@@ -379,7 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return asyncio.run(run_demo(args.mode, args.keep, args.keep_running, args.vm))
         emu = Emulator(
-            load_config(args.config), port=args.port, host=args.host, state_dir=args.state_dir
+            load_config(args.config),
+            port=args.port,
+            host=args.host,
+            state_dir=args.state_dir,
+            private_network=args.private_network,
         )
         if args.command == "serve":
             return asyncio.run(serve(emu))

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gcp_emulator.network import namespace
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789abcdef"  # the agents' token in every test
 GCLOUD = shutil.which("gcloud")
@@ -25,14 +27,27 @@ needs_gcloud = pytest.mark.skipif(
 )
 
 
-class EmulatorProcess:
-    """`python -m gcp_emulator serve --config F --state-dir D` on a free loopback port."""
+PRIVATE_NETWORK_UNAVAILABLE = namespace.unavailable()
+needs_private_network = pytest.mark.skipif(
+    PRIVATE_NETWORK_UNAVAILABLE is not None,
+    reason=f"the emulator's private network cannot be made here: {PRIVATE_NETWORK_UNAVAILABLE} "
+    "(gcloud run and gcloud scheduler resolve names of Google's; they run only where nothing "
+    "can leave the machine)",
+)
 
-    def __init__(self, config: Path | None, state_dir: Path) -> None:
+
+class EmulatorProcess:
+    """`python -m gcp_emulator serve --config F --state-dir D` on a free loopback port; with
+    private, in a network of its own (`--private-network`), where `inside` runs commands."""
+
+    def __init__(self, config: Path | None, state_dir: Path, private: bool = False) -> None:
         self.state_dir = state_dir
+        self.private = private
         argv = [sys.executable, "-m", "gcp_emulator", "serve", "--state-dir", str(state_dir), "-v"]
         if config is not None:
             argv += ["--config", str(config)]
+        if private:
+            argv.append("--private-network")
         self.log = state_dir.parent / f"{state_dir.name}.log"
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
@@ -122,10 +137,29 @@ class EmulatorProcess:
     def gcloud(
         self, *args: str, timeout: float = 120, **env: str
     ) -> subprocess.CompletedProcess[str]:
+        return self.run([GCLOUD or "gcloud", *args], timeout=timeout, **env)
+
+    def inside(self, argv: list[str]) -> list[str]:
+        """argv as it runs to reach the emulator: in its private network when it has one."""
+        if not self.private:
+            return argv
+        return [
+            "nsenter",
+            f"--target={self.env['GCP_EMULATOR_NETNS']}",
+            "--net",
+            "--mount",
+            "--",
+            *argv,
+        ]
+
+    def run(
+        self, argv: list[str], timeout: float = 120, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """argv with the emulator's environment (and env), where it reaches the emulator."""
         full_env = {**os.environ, **self.env, **env}
         return subprocess.run(
-            [GCLOUD or "gcloud", *args],
-            env=full_env,
+            self.inside(argv),
+            env={k: v for k, v in full_env.items() if v is not None},
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -11,14 +11,23 @@ from typing import Any
 
 from gcp_emulator.compute.models import Compute
 from gcp_emulator.config import EmulatorConfig
+from gcp_emulator.network.namespace import PrivateNetwork
 from gcp_emulator.secretmanager.models import SecretManager
 
 ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes any token)
 
 
 class Cloud:
-    def __init__(self, cfg: EmulatorConfig, state_root: Path, base_url: str, bin_dir: Path) -> None:
+    def __init__(
+        self,
+        cfg: EmulatorConfig,
+        state_root: Path,
+        base_url: str,
+        bin_dir: Path,
+        net: PrivateNetwork | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.net = net  # the private network what it starts runs in, or None
         self.project = cfg.project
         self.state_root = state_root
         self.base_url = base_url
@@ -44,6 +53,10 @@ class Cloud:
             "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
             "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
         }
+
+    def command(self, argv: list[str]) -> list[str]:
+        """argv as a guest or a task is started: inside the private network, if there is one."""
+        return self.net.command(argv) if self.net is not None else argv
 
     def boot_configured(self) -> None:
         """At start-up: what the configuration declares running starts now."""
