@@ -99,6 +99,11 @@ class Emulator:
             raise ConfigError(f"--host {host}: the emulator listens on loopback addresses only")
         if private_network and (why := namespace.unavailable()) is not None:
             raise ConfigError(f"--private-network: {why}")
+        if private_network and any(ic.guest == "qemu" for ic in cfg.instances):
+            raise ConfigError(
+                "--private-network: a real VM (guest = qemu) cannot boot there: its first boot "
+                "needs Debian's mirror and PyPI, which nothing there reaches"
+            )
         self.cfg = cfg
         self.host = host
         self.port = port

@@ -364,6 +364,7 @@ class Compute:
             inst.dir,
             self.guest_env(inst),
             inst.cfg.script_runner,
+            wrap=self.cloud.command,  # nsenter keeps the pid: the group is the script's
         )
 
     def stop(self, inst: Instance) -> Operation:

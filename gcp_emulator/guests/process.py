@@ -35,6 +35,7 @@ import secrets
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,8 +78,10 @@ class ProcessGuest:
         script_dir: Path,
         env: dict[str, str],
         runner: str = "guest-agent",
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self.name = name
+        self.wrap = wrap or (lambda argv: argv)  # how it is started: in a private network
         self.serial = serial
         self.workdir = workdir
         self.script_dir = script_dir
@@ -136,9 +139,7 @@ class ProcessGuest:
         path.chmod(0o755)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = await asyncio.create_subprocess_exec(
-            "/bin/bash",
-            "-c",
-            str(path),
+            *self.wrap(["/bin/bash", "-c", str(path)]),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT if legacy else asyncio.subprocess.PIPE,
