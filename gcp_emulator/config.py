@@ -18,6 +18,7 @@ from gcp_emulator.compute.capacity import MACHINE_TYPE
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 PERMISSION_RE = re.compile(r"[a-z]+\.[a-zA-Z]+\.[a-zA-Z]+")
+SERVICE_RE = re.compile(r"[a-z][a-z0-9-]*\.googleapis\.com")
 SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 INSTANCE_TIMINGS = {
     # seconds; what a real VM spends in each step, shortened
@@ -88,6 +89,9 @@ class EmulatorConfig:
     label_conflict: str = "http"  # a stale labelFingerprint: HTTP 412, or "operation" error
     # the caller's Compute permissions (IAM enforced), or None: any token may do anything
     permissions: frozenset[str] | None = None
+    # the APIs enabled in the project (a new project: []), or None: every API the emulator
+    # answers is enabled
+    services: list[str] | None = None
     guest: str = "process"  # every instance's guest unless it names its own (GUESTS)
     instances: list[InstanceConfig] = field(default_factory=list)
     addresses: list[AddressConfig] = field(default_factory=list)
@@ -237,6 +241,14 @@ def parse_config(data: dict[str, Any], base: Path) -> EmulatorConfig:
                     f"permissions: {p!r} is not a permission like compute.instances.get"
                 )
         cfg.permissions = frozenset(permissions)
+    services = _take(t, "", "services", list, None)
+    if services is not None:
+        for name in services:
+            if not isinstance(name, str) or not SERVICE_RE.fullmatch(name):
+                raise ConfigError(
+                    f"services: {name!r} is not a service like compute.googleapis.com"
+                )
+        cfg.services = list(services)
 
     raw_defaults = dict(_take(t, "", "defaults", dict, {}))
     defaults = {
@@ -340,6 +352,8 @@ def dump_config(cfg: EmulatorConfig) -> str:
     ]
     if cfg.permissions is not None:
         lines.append(f"permissions = {json.dumps(sorted(cfg.permissions))}")
+    if cfg.services is not None:
+        lines.append(f"services = {json.dumps(sorted(cfg.services))}")
     for inst in cfg.instances:
         lines += ["", "[[instances]]"]
         lines += [

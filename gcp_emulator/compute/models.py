@@ -92,6 +92,10 @@ class Instance:
     # scheduling set with setScheduling: maxRunDuration {"seconds"}, instanceTerminationAction
     scheduling: dict[str, Any] = field(default_factory=dict)
     running_since: int = 0  # counts the entries to RUNNING (the run-duration limit's timer)
+    # the service account it runs as (email, scopes) when it was created with one; None: the
+    # project's default account of a configured VM, whose token is the operator's
+    account: tuple[str, list[str]] | None = None
+    has_account: bool = True  # False: created with --no-service-account
 
     @property
     def name(self) -> str:

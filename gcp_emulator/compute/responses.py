@@ -13,13 +13,10 @@ from starlette.responses import JSONResponse, Response
 
 from gcp_emulator.compute.models import Instance
 from gcp_emulator.core.errors import ApiError
-from gcp_emulator.core.routing import json_body
-from gcp_emulator.core.routing import route as _route
+from gcp_emulator.core.routing import json_body, service_route
 from gcp_emulator.core.state import Cloud
 
-
-def route(method: str, path: str, api: str):
-    return _route("compute", method, path, api)
+route = service_route("compute")
 
 
 C = "/compute/v1/projects/{project}"

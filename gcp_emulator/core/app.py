@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,14 +26,20 @@ from gcp_emulator.compute import responses as _compute  # noqa: F401
 from gcp_emulator.compute.capacity import CODES as CAPACITY_CODES
 from gcp_emulator.compute.capacity import Stockout
 from gcp_emulator.compute.models import Instance
+from gcp_emulator.compute.permissions import REQUIRED as COMPUTE_REQUIRED
 from gcp_emulator.compute.permissions import check as compute_permissions
-from gcp_emulator.core.errors import ApiError, api_family, error_response, fault_error
+from gcp_emulator.compute.permissions import resource_of
+from gcp_emulator.core.errors import ApiError, error_response, fault_error
 from gcp_emulator.core.routing import RouteDef, json_body, match
 from gcp_emulator.core.state import Cloud
 from gcp_emulator.core.util import fingerprint, now_rfc3339
+from gcp_emulator.iam import responses as _iam  # noqa: F401
+from gcp_emulator.logging import responses as _logging  # noqa: F401
 from gcp_emulator.metadata import responses as _metadata  # noqa: F401
+from gcp_emulator.run import responses as _run  # noqa: F401
 from gcp_emulator.secretmanager import responses as _secretmanager  # noqa: F401
 from gcp_emulator.secretmanager.models import Secret
+from gcp_emulator.serviceusage import responses as _serviceusage  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -111,21 +118,20 @@ class EmulatorApp:
                 404, "notFound", f"The emulator does not answer {request.method} {request.url.path}"
             )
         rdef, params = found
-        family = api_family(rdef.api)
-        if family in ("compute", "secretmanager"):
+        if rdef.service != "metadata":  # one of Google's APIs, behind Google's front end
             if request.method == "POST" and not (
                 "content-length" in request.headers or "transfer-encoding" in request.headers
             ):
                 raise LengthRequired()
-            if not request.headers.get("authorization", "").startswith("Bearer "):
+            authorization = request.headers.get("authorization", "")
+            if not authorization.startswith("Bearer "):
                 raise ApiError(
                     401,
                     "required",
                     "Request is missing required authentication "
                     "credential. Expected OAuth 2 access token.",
                 )
-        if family == "compute":
-            compute_permissions(rdef.api, request.url.path, self.cloud.cfg.permissions)
+            self.authorize(rdef, params, request.url.path, authorization)
         fault = self.faults.get(rdef.api)
         if fault is not None and fault.count != 0:
             if fault.count > 0:
@@ -138,6 +144,28 @@ class EmulatorApp:
             if fault.status is not None:
                 raise fault_error(fault.status, fault.message)
         return await rdef.handler(self.cloud, request, params)
+
+    def authorize(
+        self, rdef: RouteDef, params: dict[str, str], path: str, authorization: str
+    ) -> None:
+        """A call's API must be enabled (serviceusage/models.py), and a service account's call
+        needs the route's permission on its resource (iam/models.py): the project's, a
+        secret's, a job's, ... Compute's permissions are its table (compute/permissions.py),
+        checked against the configured `permissions` too, whoever calls."""
+        cloud = self.cloud
+        cloud.serviceusage.require(rdef.service)
+        principal = cloud.iam.principal_of(authorization)
+        if rdef.service == "compute":
+            compute_permissions(rdef.api, path, cloud.cfg.permissions)
+            for permission in COMPUTE_REQUIRED.get(rdef.api, ()):
+                cloud.iam.require(principal, permission, (resource_of(path), None), rdef.api)
+        elif rdef.permission is not None:
+            resource = (
+                rdef.resource(cloud, params)
+                if rdef.resource is not None
+                else (f"projects/{cloud.project}", None)
+            )
+            cloud.iam.require(principal, rdef.permission, resource, rdef.api)
 
     async def hooks(self, request: Request) -> Response:
         hook = request.path_params["hook"]
@@ -195,6 +223,12 @@ class EmulatorApp:
                 secret = secrets.get(hit[1]) or secrets.setdefault(hit[1], Secret(hit[1]))
                 secret.add(str(body["value"]).encode())
                 return JSONResponse({"versions": len(secret.versions)})
+            if hook == "images" and method == "POST":
+                body = await json_body(request)
+                image = await cloud.builds.build_local(
+                    str(body["name"]), Path(str(body["context"])), create_repository=True
+                )
+                return JSONResponse({"name": body["name"], "digest": image.digest})
         except (KeyError, ValueError, TypeError) as exc:
             return JSONResponse({"error": f"bad test-hook request: {exc}"}, status_code=400)
         except ApiError as err:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from gcp_emulator.core.state import Cloud
 
 Handler = Callable[["Cloud", Request, dict[str, str]], Awaitable[Response]]
+# the resource a call is about, for IAM: its name and its own IAM policy (None: none of its own)
+Resource = Callable[["Cloud", dict[str, str]], tuple[str, Any]]
 
 
 @dataclass
@@ -33,6 +35,8 @@ class RouteDef:
     pattern: re.Pattern[str]
     api: str
     handler: Handler
+    permission: str | None = None  # what a service account needs for it (iam/models.py)
+    resource: Resource | None = None
 
 
 ROUTES: list[RouteDef] = []
@@ -57,17 +61,41 @@ REGIONAL_RUN = re.compile(r"[a-z]+-[a-z]+\d+-(run\.googleapis\.com|[0-9.]+|local
 ROOT_SERVICES = ("compute", "secretmanager", "metadata")  # answered at the root as well
 
 
-def route(service: str, method: str, path: str, api: str) -> Callable[[Handler], Handler]:
+def route(
+    service: str,
+    method: str,
+    path: str,
+    api: str,
+    permission: str | None = None,
+    resource: Resource | None = None,
+) -> Callable[[Handler], Handler]:
     """Register a handler of `service` for METHOD PATH (`{name}` segments are its parameters;
-    `{rest}` takes the rest of the path), named `api` in the journal and for faults."""
+    `{rest}` takes the rest of the path), named `api` in the journal and for faults; a service
+    account's call needs `permission` on `resource` (the project's, when none is given)."""
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/:]+)", path)
     regex = regex.replace("(?P<rest>[^/:]+)", "(?P<rest>.*)")
 
     def register(fn: Handler) -> Handler:
-        ROUTES.append(RouteDef(service, method, re.compile(f"^{regex}$"), api, fn))
+        compiled = re.compile(f"^{regex}$")
+        ROUTES.append(RouteDef(service, method, compiled, api, fn, permission, resource))
         return fn
 
     return register
+
+
+def service_route(service: str) -> Callable[..., Callable[[Handler], Handler]]:
+    """`route` with its service given: each service's responses.py registers with one."""
+
+    def bound(
+        method: str,
+        path: str,
+        api: str,
+        permission: str | None = None,
+        resource: Resource | None = None,
+    ) -> Callable[[Handler], Handler]:
+        return route(service, method, path, api, permission, resource)
+
+    return bound
 
 
 def service_of(host: str, path: str) -> tuple[str | None, str]:

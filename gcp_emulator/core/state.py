@@ -9,12 +9,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gcp_emulator.artifactregistry.models import ArtifactRegistry
+from gcp_emulator.cloudbuild.models import CloudBuild
 from gcp_emulator.compute.models import Compute
 from gcp_emulator.config import EmulatorConfig
+from gcp_emulator.iam.models import Iam
+from gcp_emulator.logging.models import Logging
+from gcp_emulator.monitoring.models import Monitoring
 from gcp_emulator.network.namespace import PrivateNetwork
+from gcp_emulator.run.models import Run
 from gcp_emulator.secretmanager.models import SecretManager
+from gcp_emulator.serviceusage.models import ServiceUsage
 
-ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the emulator takes any token)
+ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the operator's, any token will do)
+# the services whose endpoint override carries a prefix of their name (core/routing.py)
+PREFIXED = (
+    "iam", "cloudresourcemanager", "serviceusage", "run", "cloudscheduler", "cloudbuild",
+    "artifactregistry", "monitoring", "logging",
+)  # fmt: skip
 
 
 class Cloud:
@@ -34,15 +46,30 @@ class Cloud:
         self.bin_dir = bin_dir
         self.journal: list[dict[str, Any]] = []
         self._seq = itertools.count(1)
+        self.iam = Iam(self)
+        self.serviceusage = ServiceUsage(self)
         self.compute = Compute(self)
         self.secretmanager = SecretManager(self)
+        self.images = ArtifactRegistry(self)
+        self.builds = CloudBuild(self)
+        self.logging = Logging(self)
+        self.monitoring = Monitoring(self)
+        self.run = Run(self)
 
     def record(self, kind: str, **fields: Any) -> None:
         self.journal.append({"seq": next(self._seq), "time": time.time(), "kind": kind, **fields})
 
     def gcloud_env(self, config_dir: Path) -> dict[str, str]:
-        """What points the real gcloud at this emulator."""
+        """What points the real gcloud at this emulator, with endpoint overrides (in its private
+        network gcloud needs none). gcloud run puts the region before the override's host: its
+        regional calls resolve only where the private network maps that name."""
+        overrides = {
+            f"CLOUDSDK_API_ENDPOINT_OVERRIDES_{name.upper()}": f"{self.base_url}/{name}/"
+            for name in PREFIXED
+        }
         return {
+            **overrides,
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE": f"{self.base_url}/storage/storage/v1/",
             "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": f"{self.base_url}/compute/v1/",
             "CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER": f"{self.base_url}/",
             "CLOUDSDK_AUTH_ACCESS_TOKEN": ACCESS_TOKEN,
@@ -63,7 +90,8 @@ class Cloud:
         self.compute.boot_configured()
 
     async def close(self) -> None:
-        """Stop every guest (the emulator is exiting)."""
+        """Stop every guest and task (the emulator is exiting)."""
+        await self.run.close()
         await self.compute.close()
 
     def kill_all_now(self) -> None:
@@ -71,4 +99,10 @@ class Cloud:
 
     def state_json(self) -> dict[str, Any]:
         """Everything tests assert on, in one document."""
-        return {**self.compute.state_json(), **self.secretmanager.state_json()}
+        out: dict[str, Any] = {}
+        for backend in (
+            self.compute, self.secretmanager, self.iam, self.serviceusage, self.images,
+            self.builds, self.run, self.logging, self.monitoring,
+        ):  # fmt: skip
+            out.update(backend.state_json())
+        return out

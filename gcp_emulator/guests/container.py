@@ -1,7 +1,8 @@
 """A container for a Cloud Run task, or for a build's RUN step, as root on this host: a mount
 namespace of its own whose root is the image's files over this machine's system (its /usr, /etc,
-/opt, /var and /home stand in for the image's base: bash, gcloud, curl, python3), a private /tmp
-in memory, /proc, /dev and /sys; entered with chroot as the image's user, in its WORKDIR.
+/opt and /var stand in for the image's base: bash, gcloud, curl, python3), a private /tmp and
+/home in memory (HOME, the user's, made there), /proc, /dev and /sys; entered with chroot as
+the image's user, in its WORKDIR.
 
 Started with `unshare --mount` (and, in the private network, under its nsenter), it keeps its
 pid through every exec to the command itself: a signal to that pid is a signal to the image's
@@ -14,13 +15,14 @@ a build's RUN step writes into the image's root itself, which is what the build 
 from __future__ import annotations
 
 import contextlib
+import pwd
 from pathlib import Path
 
 # The machine's directories that stand in for the image's base, bound into every container,
 # and the merged-/usr links beside them; an image's own files may not be in them.
-SYSTEM_DIRS = ("usr", "etc", "opt", "var", "home")
+SYSTEM_DIRS = ("usr", "etc", "opt", "var")
 SYSTEM_LINKS = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
-KERNEL_DIRS = ("proc", "dev", "sys", "tmp", "run")
+KERNEL_DIRS = ("proc", "dev", "sys", "tmp", "run", "home")
 RESERVED = frozenset(SYSTEM_DIRS + SYSTEM_LINKS + KERNEL_DIRS)
 
 SETUP = r"""
@@ -37,7 +39,7 @@ if [ "$image" != - ]; then # a task: the image's directories over an empty root,
     mount -o remount,bind,ro "$root/$name"
   done
 fi
-for d in usr etc opt var home; do
+for d in usr etc opt var; do
   [ -d "/$d" ] || continue
   mkdir -p "$root/$d"
   mount --rbind "/$d" "$root/$d"
@@ -50,12 +52,16 @@ for l in bin sbin lib lib64 lib32 libx32; do
     mount --rbind "/$l" "$root/$l"
   fi
 done
-mkdir -p "$root/proc" "$root/dev" "$root/sys" "$root/tmp" "$root/run"
+mkdir -p "$root/proc" "$root/dev" "$root/sys" "$root/tmp" "$root/run" "$root/home"
 mount --rbind /proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount --rbind /sys "$root/sys"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+mount -t tmpfs -o mode=0755 tmpfs "$root/home"
+if [ -n "${HOME:-}" ] && [ "$HOME" != / ] && [ "$HOME" != /root ]; then # the user's, in memory
+  mkdir -p "$root$HOME" && chown "$user" "$root$HOME"
+fi
 mkdir -p "$root$workdir"
 chroot=$(PATH=/usr/sbin:/sbin:/usr/bin:/bin command -v chroot)
 exec "$chroot" --userspec="$user" "$root" /usr/bin/env --chdir="$workdir" "$@"
@@ -71,6 +77,17 @@ def argv(root: Path, image: Path | None, user: str, workdir: str, command: list[
         "/bin/bash", "-c", SETUP, "container",
         str(root), str(image) if image is not None else "-", user, workdir or "/", *command,
     ]  # fmt: skip
+
+
+def home_of(user: str) -> str:
+    """The home of the image's USER ("UID[:GID]" or a name) in the image's /etc/passwd (this
+    machine's), as Docker sets HOME; "/" for a user it does not know."""
+    name = user.split(":", 1)[0]
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        return "/"
+    return entry.pw_dir
 
 
 def forget_mountpoints(root: Path) -> None:

@@ -7,25 +7,30 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gcp_emulator.compute.models import Instance
-from gcp_emulator.core.routing import route as _route
+from gcp_emulator.core.routing import service_route
 from gcp_emulator.core.state import Cloud
 from gcp_emulator.metadata import tree as metadata_tree
 
-
-def route(method: str, path: str, api: str):
-    return _route("metadata", method, path, api)
+route = service_route("metadata")
 
 
 GUEST_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 MAX_GUEST_ATTRIBUTE_BYTES = 100 * 1024  # the documented limit per value
 
 
-async def metadata(cloud: Cloud, request: Request, inst: Instance | None, key: str) -> Response:
+async def metadata(
+    cloud: Cloud,
+    request: Request,
+    inst: Instance | None,
+    key: str,
+    task: dict[str, Any] | None = None,
+) -> Response:
     """A read of the metadata server (metadata/tree.py): text, a listing or JSON, with
     its ETag; with wait_for_change=true, once the value's ETag is no longer last_etag (or, with
     no last_etag, once it changes), or at timeout_sec."""
@@ -35,7 +40,7 @@ async def metadata(cloud: Cloud, request: Request, inst: Instance | None, key: s
         )
     q = request.query_params
     recursive = q.get("recursive", "").lower() == "true"
-    value = metadata_tree.lookup(cloud, inst, key)
+    value = metadata_tree.lookup(cloud, inst, key, task)
     if q.get("wait_for_change", "").lower() == "true" and value is not None:
         try:
             timeout = min(float(q.get("timeout_sec", "300")), 3600.0)
@@ -45,14 +50,18 @@ async def metadata(cloud: Cloud, request: Request, inst: Instance | None, key: s
         deadline = time.monotonic() + timeout
         while metadata_tree.etag(value) == last and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            value = metadata_tree.lookup(cloud, inst, key)
+            value = metadata_tree.lookup(cloud, inst, key, task)
             if value is None:
                 break
     if value is None:
         return PlainTextResponse("Not Found", 404, headers={"Metadata-Flavor": "Google"})
     headers = {"Metadata-Flavor": "Google", "ETag": metadata_tree.etag(value)}
     alt = q.get("alt", "json" if recursive else "text")
-    if isinstance(value, (dict, list)) and not recursive and value is not metadata_tree.TOKEN:
+    if (
+        isinstance(value, (dict, list))
+        and not recursive
+        and not isinstance(value, metadata_tree.Token)
+    ):
         attributes = key.rstrip("/").endswith("attributes")
         if alt == "json":
             entries = value if isinstance(value, list) else sorted(value)
@@ -123,6 +132,15 @@ async def guest_metadata(cloud: Cloud, request: Request, m: dict[str, str]) -> R
 @route("GET", "/computeMetadata/v1/{rest}", "metadata.get")
 async def plain_metadata(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     return await metadata(cloud, request, None, m["rest"])
+
+
+@route("GET", "/run-task/{key}/computeMetadata/v1/{rest}", "metadata.get")
+async def task_metadata(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    """A Cloud Run task's metadata server (it reaches it by GCE_METADATA_ROOT: run/models.py)."""
+    task = cloud.run.task_metadata(m["key"])
+    if task is None:
+        return PlainTextResponse("Not Found", 404, headers={"Metadata-Flavor": "Google"})
+    return await metadata(cloud, request, None, m["rest"], task)
 
 
 @route("POST", "/vm/{zone}/{instance}/emulator/poweroff", "guest.poweroff")

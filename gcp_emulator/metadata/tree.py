@@ -1,5 +1,11 @@
-"""What the metadata server knows of a VM, as a tree, and how a path reads it
-(docs/google-cloud.md, "The metadata server").
+"""What the metadata server knows of a VM (or of a Cloud Run task: its project, region and
+service account), as a tree, and how a path reads it (docs/google-cloud.md, "The metadata
+server").
+
+A VM created with a service account (instances.insert's serviceAccounts), and a Cloud Run task,
+get a token that is that account (iam/models.py): their calls are checked against its roles. A VM
+of the emulator's configuration has the project's default compute account, whose token is the
+operator's (the emulator as it always was).
 
 A path's segments are the text API's names (`network-interfaces/0/access-configs/0/external-ip`);
 a recursive read answers the JSON tree, whose keys are camelCase (`networkInterfaces`,
@@ -20,7 +26,24 @@ if TYPE_CHECKING:
     from gcp_emulator.core.state import Cloud
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-TOKEN = {"access_token": "emulator-token", "expires_in": 3599, "token_type": "Bearer"}
+
+
+class Token(dict):
+    """An access token's answer (JSON, never listed as a directory)."""
+
+
+def token_of(cloud: Cloud, email: str | None) -> Token:
+    """The token for a VM's or a task's account (None: the operator's, any token will do)."""
+    if email is None:
+        access = "emulator-token"
+    else:
+        access = cloud.iam.token_for(f"serviceAccount:{email}")
+    return Token(access_token=access, expires_in=3599, token_type="Bearer")  # noqa: S106
+
+
+def accounts_tree(email: str, scopes: list[str]) -> dict[str, Any]:
+    account = {"aliases": ["default"], "email": email, "scopes": scopes}
+    return {"default": account, email: account}
 
 
 def mac_of(inst: Instance) -> str:
@@ -38,8 +61,7 @@ def project_tree(cloud: Cloud) -> dict[str, Any]:
 
 def instance_tree(cloud: Cloud, inst: Instance) -> dict[str, Any]:
     number = cloud.cfg.project_number
-    email = f"{number}-compute@developer.gserviceaccount.com"
-    account = {"aliases": ["default"], "email": email, "scopes": SCOPES}
+    email, scopes = inst.account or (f"{number}-compute@developer.gserviceaccount.com", SCOPES)
     external = inst.external_ip()
     return {
         "attributes": dict(inst.metadata),
@@ -66,10 +88,21 @@ def instance_tree(cloud: Cloud, inst: Instance) -> dict[str, Any]:
         ],
         "preempted": "FALSE",
         "scheduling": {"automaticRestart": "TRUE", "onHostMaintenance": "MIGRATE"},
-        "serviceAccounts": {"default": account, email: account},
+        "serviceAccounts": accounts_tree(email, scopes) if inst.has_account else {},
         "tags": [],
         "virtualClock": {"driftToken": "0"},
         "zone": f"projects/{number}/zones/{inst.zone}",
+    }
+
+
+def task_tree(cloud: Cloud, region: str, instance_id: str, email: str) -> dict[str, Any]:
+    """What a Cloud Run task's metadata server says of it (its account, region and id)."""
+    number = cloud.cfg.project_number
+    return {
+        "id": instance_id,
+        "region": f"projects/{number}/regions/{region}",
+        "zone": f"projects/{number}/zones/{region}-1",
+        "serviceAccounts": accounts_tree(email, SCOPES),
     }
 
 
@@ -82,17 +115,27 @@ def hyphen(key: str) -> str:
     return "".join(f"-{c.lower()}" if c.isupper() else c for c in key)
 
 
-def lookup(cloud: Cloud, inst: Instance | None, path: str) -> Any:
-    """The value at path ('' is the root), or None where there is nothing."""
+def lookup(
+    cloud: Cloud, inst: Instance | None, path: str, task: dict[str, Any] | None = None
+) -> Any:
+    """The value at path ('' is the root), or None where there is nothing; for a VM (inst), a
+    Cloud Run task (task: its instance tree, task_tree), or neither (the project alone)."""
     segments = [s for s in path.split("/") if s]
-    if segments[:2] == ["instance", "service-accounts"] and segments[3:] == ["token"]:
-        return TOKEN if inst is not None and len(segments) == 4 else None
     tree: dict[str, Any] = {
         "project": project_tree(cloud),
         "universe": {"universeDomain": "googleapis.com"},
     }
     if inst is not None:
         tree["instance"] = instance_tree(cloud, inst)
+    elif task is not None:
+        tree["instance"] = task
+    if segments[:2] == ["instance", "service-accounts"] and segments[3:] == ["token"]:
+        accounts = tree.get("instance", {}).get("serviceAccounts", {})
+        account = accounts.get(segments[2]) if len(segments) == 4 else None
+        if account is None:
+            return None
+        legacy = inst is not None and inst.account is None  # a configured VM: the operator's
+        return token_of(cloud, None if legacy else account["email"])
     node: Any = tree
     in_attributes = False
     for segment in segments:

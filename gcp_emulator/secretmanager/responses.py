@@ -12,15 +12,12 @@ from starlette.responses import JSONResponse, Response
 
 from gcp_emulator.core.crc32c import crc32c
 from gcp_emulator.core.errors import ApiError
-from gcp_emulator.core.routing import json_body
-from gcp_emulator.core.routing import route as _route
+from gcp_emulator.core.routing import json_body, service_route
 from gcp_emulator.core.state import Cloud
 from gcp_emulator.core.util import decode_bytes
 from gcp_emulator.secretmanager.models import Secret
 
-
-def route(method: str, path: str, api: str):
-    return _route("secretmanager", method, path, api)
+route = service_route("secretmanager")
 
 
 S = "/v1/projects/{project}/secrets"
@@ -89,7 +86,17 @@ def _version(cloud: Cloud, m: dict[str, str]) -> tuple[Secret, int]:
     )
 
 
-@route("GET", S + "/{secret}/versions/{version}:access", "secretmanager.versions.access")
+def secret_resource(cloud: Cloud, m: dict[str, str]) -> tuple[str, Any]:
+    return cloud.secretmanager.resource(m["secret"])
+
+
+@route(
+    "GET",
+    S + "/{secret}/versions/{version}:access",
+    "secretmanager.versions.access",
+    "secretmanager.versions.access",
+    secret_resource,
+)
 async def versions_access(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     secret, number = _version(cloud, m)
     data = secret.versions[number - 1].data
@@ -99,6 +106,30 @@ async def versions_access(cloud: Cloud, request: Request, m: dict[str, str]) -> 
             "payload": {"data": base64.b64encode(data).decode(), "dataCrc32c": str(crc32c(data))},
         }
     )
+
+
+@route(
+    "GET",
+    S + "/{secret}:getIamPolicy",
+    "secretmanager.secrets.getIamPolicy",
+    "secretmanager.secrets.getIamPolicy",
+    secret_resource,
+)
+async def secrets_get_policy(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return JSONResponse(_secret(cloud, m).policy.json())
+
+
+@route(
+    "POST",
+    S + "/{secret}:setIamPolicy",
+    "secretmanager.secrets.setIamPolicy",
+    "secretmanager.secrets.setIamPolicy",
+    secret_resource,
+)
+async def secrets_set_policy(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    secret = _secret(cloud, m)
+    body = await json_body(request)
+    return JSONResponse(secret.policy.set(body.get("policy") or {}).json())
 
 
 @route("GET", S + "/{secret}/versions/{version}", "secretmanager.versions.get")

@@ -1,0 +1,1 @@
+"""Cloud Monitoring: time series the services write, notification channels, alert policies."""

@@ -1,0 +1,1 @@
+"""Cloud Run jobs: jobs, executions and their tasks, run in containers on this machine."""

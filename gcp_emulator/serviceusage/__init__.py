@@ -1,0 +1,1 @@
+"""Service Usage: which APIs the project has enabled."""
