@@ -93,6 +93,9 @@ class EmulatorConfig:
     # answers is enabled
     services: list[str] | None = None
     guest: str = "process"  # every instance's guest unless it names its own (GUESTS)
+    # Cloud Scheduler's clock: "real" (a fire time that passes fires) or "test" (only what a
+    # test asks through /_emulator/scheduler/fire fires)
+    scheduler_clock: str = "real"
     instances: list[InstanceConfig] = field(default_factory=list)
     addresses: list[AddressConfig] = field(default_factory=list)
     secrets: list[SecretConfig] = field(default_factory=list)
@@ -233,6 +236,9 @@ def parse_config(data: dict[str, Any], base: Path) -> EmulatorConfig:
     cfg.guest = _take(t, "", "guest", str, cfg.guest)
     if cfg.guest not in GUESTS:
         raise ConfigError(f"guest: must be one of {', '.join(GUESTS)}")
+    cfg.scheduler_clock = _take(t, "", "scheduler_clock", str, cfg.scheduler_clock)
+    if cfg.scheduler_clock not in ("real", "test"):
+        raise ConfigError("scheduler_clock: must be real or test")
     permissions = _take(t, "", "permissions", list, None)
     if permissions is not None:
         for p in permissions:

@@ -183,16 +183,17 @@ def live_agent(tmp_path: Path) -> Iterator[Callable[..., LiveAgent]]:
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[Callable[..., EmulatorProcess]]:
-    """start(toml_text) -> the emulator serving that configuration; stopped after the test."""
+    """start(toml_text, private=False) -> the emulator serving that configuration (in its
+    private network with private); stopped after the test."""
     started: list[EmulatorProcess] = []
 
-    def start(config: str | None = None) -> EmulatorProcess:
+    def start(config: str | None = None, private: bool = False) -> EmulatorProcess:
         n = len(started)
         path = None
         if config is not None:
             path = tmp_path / f"emulator-{n}.toml"
             path.write_text(textwrap.dedent(config))
-        emu = EmulatorProcess(path, tmp_path / f"emulator-{n}")
+        emu = EmulatorProcess(path, tmp_path / f"emulator-{n}", private=private)
         started.append(emu)
         return emu
 
@@ -207,7 +208,7 @@ def make_flow(emulator, tmp_path):
 
     def make(**kwargs) -> Flow:
         flow = Flow(tmp_path, **kwargs)
-        flow.emu = emulator(flow.config())
+        flow.emu = emulator(flow.config(), private=flow.private)
         return flow
 
     return make

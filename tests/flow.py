@@ -107,6 +107,7 @@ class Flow:
     settings: str = ""  # more top-level emulator settings (TOML lines)
     runner: str = "guest-agent"  # the script runner's serial format, or "legacy"
     console_after_stop: str = "kept"  # the serial console at a start after a stop, or "cleared"
+    private: bool = False  # the emulator in its private network (tests/chain.py)
 
     def static_ip(self, i: int = 0) -> str:
         """The address of ip-i."""

@@ -37,6 +37,7 @@ from gcp_emulator.iam import responses as _iam  # noqa: F401
 from gcp_emulator.logging import responses as _logging  # noqa: F401
 from gcp_emulator.metadata import responses as _metadata  # noqa: F401
 from gcp_emulator.run import responses as _run  # noqa: F401
+from gcp_emulator.scheduler import responses as _scheduler  # noqa: F401
 from gcp_emulator.secretmanager import responses as _secretmanager  # noqa: F401
 from gcp_emulator.secretmanager.models import Secret
 from gcp_emulator.serviceusage import responses as _serviceusage  # noqa: F401
@@ -72,6 +73,7 @@ class EmulatorApp:
 
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
+        cloud.app = self
         self.faults: dict[str, Fault] = {}
         self.app = Starlette(
             routes=[
@@ -223,6 +225,12 @@ class EmulatorApp:
                 secret = secrets.get(hit[1]) or secrets.setdefault(hit[1], Secret(hit[1]))
                 secret.add(str(body["value"]).encode())
                 return JSONResponse({"versions": len(secret.versions)})
+            if hook == "scheduler/clock" and method == "POST":
+                body = await json_body(request)
+                cloud.scheduler.set_clock(str(body["mode"]))
+                return JSONResponse({"mode": body["mode"]})
+            if hook == "scheduler/fire" and method == "POST":
+                return JSONResponse(await cloud.scheduler.fire_hook(await json_body(request)))
             if hook == "images" and method == "POST":
                 body = await json_body(request)
                 image = await cloud.builds.build_local(

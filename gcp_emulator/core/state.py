@@ -18,6 +18,7 @@ from gcp_emulator.logging.models import Logging
 from gcp_emulator.monitoring.models import Monitoring
 from gcp_emulator.network.namespace import PrivateNetwork
 from gcp_emulator.run.models import Run
+from gcp_emulator.scheduler.models import Scheduler
 from gcp_emulator.secretmanager.models import SecretManager
 from gcp_emulator.serviceusage.models import ServiceUsage
 
@@ -55,6 +56,8 @@ class Cloud:
         self.logging = Logging(self)
         self.monitoring = Monitoring(self)
         self.run = Run(self)
+        self.scheduler = Scheduler(self)
+        self.app: Any = None  # the HTTP front (core/app.py): what Cloud Scheduler calls
 
     def record(self, kind: str, **fields: Any) -> None:
         self.journal.append({"seq": next(self._seq), "time": time.time(), "kind": kind, **fields})
@@ -91,6 +94,7 @@ class Cloud:
 
     async def close(self) -> None:
         """Stop every guest and task (the emulator is exiting)."""
+        await self.scheduler.close()
         await self.run.close()
         await self.compute.close()
 
@@ -102,7 +106,7 @@ class Cloud:
         out: dict[str, Any] = {}
         for backend in (
             self.compute, self.secretmanager, self.iam, self.serviceusage, self.images,
-            self.builds, self.run, self.logging, self.monitoring,
+            self.builds, self.run, self.scheduler, self.logging, self.monitoring,
         ):  # fmt: skip
             out.update(backend.state_json())
         return out

@@ -96,6 +96,7 @@ class Attempt:
     why: str = ""  # a failure's reason as Cloud Run words it
     proc: asyncio.subprocess.Process | None = None
     marker: str = field(default_factory=lambda: secrets.token_hex(8))
+    execution: str = ""  # its execution's name
 
 
 @dataclass
@@ -344,7 +345,7 @@ class Run:
             for attempt_no in range(execution.spec.max_retries + 1):
                 if execution.cancelled:
                     return
-                attempt = Attempt(index, attempt_no)
+                attempt = Attempt(index, attempt_no, execution=execution.name)
                 execution.attempts.setdefault(index, []).append(attempt)
                 await self._attempt(execution, attempt)
                 if attempt.outcome != "failed" or execution.cancelled:
@@ -474,10 +475,23 @@ class Run:
             attempt.why = "The configured timeout was reached."
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
+        self._signalled(attempt, "SIGTERM", why)
         try:
             await asyncio.wait_for(proc.wait(), KILL_AFTER)
         except TimeoutError:
             self._kill_rest(attempt)
+            self._signalled(attempt, "SIGKILL", why)
+
+    def _signalled(self, attempt: Attempt, sig: str, why: str) -> None:
+        self.cloud.record(
+            "event",
+            event="run.signal",
+            execution=attempt.execution,
+            index=attempt.index,
+            attempt=attempt.attempt,
+            signal=sig,
+            why=why,
+        )
 
     def _kill_rest(self, attempt: Attempt) -> None:
         """SIGKILL to every process of the attempt (the container is gone with its main one)."""

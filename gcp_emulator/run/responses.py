@@ -1,7 +1,9 @@
 """Cloud Run Admin API v1's HTTP surface for jobs, as gcloud 528 calls it: the Knative-style
 `apis/run.googleapis.com/v1/namespaces/NS/{jobs,executions,tasks}` on the regional host
 (`REGION-run.googleapis.com`), and the jobs' IAM policy on the global one
-(`v1/projects/P/locations/R/jobs/J:getIamPolicy`). gcloud never calls v2 for jobs.
+(`v1/projects/P/locations/R/jobs/J:getIamPolicy`). gcloud never calls v2 for jobs; Cloud
+Scheduler may: v2's `jobs.run` (`v2/projects/P/locations/R/jobs/J:run`, a long-running operation
+whose metadata is the execution) and `operations.get` are answered too.
 
 NS is the project's id or number; answers name the project by its number (`metadata.namespace`),
 and gcloud follows an execution under that. Conditions always carry a string `status`; an
@@ -33,6 +35,7 @@ from gcp_emulator.run.models import (
 route = service_route("run")
 V1 = "/apis/run.googleapis.com/v1/namespaces/{namespace}"
 IAM = "/v1/projects/{project}/locations/{region}/jobs/{job}"
+V2 = "/v2/projects/{project}/locations/{region}"
 API_VERSION = "run.googleapis.com/v1"
 LOCATION = "cloud.googleapis.com/location"
 
@@ -577,3 +580,84 @@ async def jobs_set_policy(cloud: Cloud, request: Request, m: dict[str, str]) -> 
     job = cloud.run.job(m["region"], m["job"])
     body = await json_body(request)
     return JSONResponse(job.policy.set(body.get("policy") or {}).json())
+
+
+# -- v2: what a scheduler job in v2's form calls -----------------------------------------------
+
+
+def execution_v2(cloud: Cloud, e: Execution) -> dict[str, Any]:
+    """An execution in v2's shape (google.cloud.run.v2.Execution), its main fields."""
+    parent = f"projects/{cloud.project}/locations/{e.region}"
+    counts = e.counts()
+    body: dict[str, Any] = {
+        "@type": "type.googleapis.com/google.cloud.run.v2.Execution",
+        "name": f"{parent}/jobs/{e.job}/executions/{e.name}",
+        "uid": e.uid,
+        "job": e.job,
+        "createTime": e.created,
+        "launchStage": "GA",
+        "taskCount": e.spec.task_count,
+        "parallelism": e.spec.parallelism,
+        "runningCount": counts["running"],
+        "succeededCount": counts["succeeded"],
+        "failedCount": counts["failed"],
+        "cancelledCount": counts["cancelled"],
+        "retriedCount": counts["retried"],
+        "reconciling": e.completed is None,
+    }
+    if e.started:
+        body["startTime"] = e.started
+    if e.completed:
+        body["completionTime"] = e.completed
+    return body
+
+
+def operation_v2(cloud: Cloud, e: Execution) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "name": f"projects/{cloud.project}/locations/{e.region}/operations/{e.uid}",
+        "metadata": execution_v2(cloud, e),
+        "done": e.completed is not None,
+    }
+    if e.completed is not None:
+        if e.result == "succeeded":
+            op["response"] = execution_v2(cloud, e)
+        else:
+            op["error"] = {
+                "code": 2 if e.result == "failed" else 1,
+                "message": f"Execution {e.name} {e.result}.",
+            }
+    return op
+
+
+@route(
+    "POST", V2 + "/jobs/{job}:run", "run.projects.locations.jobs.run", "run.jobs.run", job_resource
+)
+async def jobs_run_v2(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    check_namespace(cloud, m["project"])
+    body = await json_body(request)
+    overrides = body.get("overrides") or None
+    if overrides:
+        principal = cloud.iam.principal_of(request.headers.get("authorization", ""))
+        cloud.iam.require(
+            principal, "run.jobs.runWithOverrides", job_resource(cloud, m), "run.jobs.run"
+        )
+    if body.get("validateOnly"):
+        cloud.run.job(m["region"], m["job"])
+        return JSONResponse({"name": "", "done": True})
+    # v2's overrides have v1's names: containerOverrides (args, env, clearArgs), taskCount, timeout
+    execution = cloud.run.run(m["region"], m["job"], overrides)
+    return JSONResponse(operation_v2(cloud, execution))
+
+
+@route(
+    "GET",
+    V2 + "/operations/{operation}",
+    "run.projects.locations.operations.get",
+    "run.operations.get",
+)
+async def operations_get_v2(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    check_namespace(cloud, m["project"])
+    for e in cloud.run.executions.values():
+        if e.uid == m["operation"] and e.region == m["region"]:
+            return JSONResponse(operation_v2(cloud, e))
+    raise ApiError(404, "notFound", f"Operation {m['operation']} not found.")

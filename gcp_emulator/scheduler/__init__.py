@@ -1,0 +1,1 @@
+"""Cloud Scheduler: HTTP jobs on a cron in a time zone, their deliveries, a test clock."""
