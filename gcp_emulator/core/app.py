@@ -225,6 +225,11 @@ class EmulatorApp:
                 secret = secrets.get(hit[1]) or secrets.setdefault(hit[1], Secret(hit[1]))
                 secret.add(str(body["value"]).encode())
                 return JSONResponse({"versions": len(secret.versions)})
+            if hook == "iam/token" and method == "POST":
+                # a token that acts as a service account (what its metadata server would give)
+                body = await json_body(request)
+                member = f"serviceAccount:{cloud.iam.account(str(body['account'])).email}"
+                return JSONResponse({"access_token": cloud.iam.token_for(member)})
             if hook == "scheduler/clock" and method == "POST":
                 body = await json_body(request)
                 cloud.scheduler.set_clock(str(body["mode"]))

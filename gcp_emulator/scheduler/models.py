@@ -182,12 +182,18 @@ class Scheduler:
             await asyncio.sleep(0.5)
             if self.test_clock:
                 continue
-            now = time.time()
-            for job in list(self.jobs.values()):
-                if job.state == "ENABLED" and job.next_fire and job.next_fire <= now:
-                    schedule_time = job.next_fire
-                    job.next_fire = self.next_after(job, now)
-                    self.spawn(self.deliver(job, schedule_time))
+            for job, schedule_time in self.due(time.time()):
+                self.spawn(self.deliver(job, schedule_time))
+
+    def due(self, now: float) -> list[tuple[SchedulerJob, float]]:
+        """The enabled jobs whose fire time has come, with it; each then waits for its next
+        fire time after now (fire times missed meanwhile are not caught up)."""
+        out = []
+        for job in list(self.jobs.values()):
+            if job.state == "ENABLED" and job.next_fire and job.next_fire <= now:
+                out.append((job, job.next_fire))
+                job.next_fire = self.next_after(job, now)
+        return out
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -321,15 +327,23 @@ class Scheduler:
         job.last_attempt = stamp()
         started = time.time()
         status, text = 0, ""
+        deadline = seconds(job.attempt_deadline, 180)
         try:
             async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=self.cloud.app),
-                timeout=seconds(job.attempt_deadline, 180),
+                transport=httpx.ASGITransport(app=self.cloud.app), timeout=deadline
             ) as client:
-                r = await client.request(
-                    target.get("httpMethod") or "POST", target["uri"], headers=headers, content=body
+                r = await asyncio.wait_for(
+                    client.request(
+                        target.get("httpMethod") or "POST",
+                        target["uri"],
+                        headers=headers,
+                        content=body,
+                    ),
+                    deadline,
                 )
                 status, text = r.status_code, r.text[:500]
+        except TimeoutError:
+            text = f"no answer within the attempt deadline ({job.attempt_deadline})"
         except httpx.HTTPError as exc:
             text = f"{type(exc).__name__}: {exc}"
         ok = 200 <= status < 300
