@@ -124,11 +124,16 @@ class Chain:
         )  # fmt: skip
 
     def build(self) -> None:
-        """The job's image from this repository's Dockerfile, pushed under IMAGE."""
-        r = self.emu.http.post(
-            "/_emulator/images", json={"name": IMAGE, "context": str(REPO)}, timeout=600
+        """docs/deploy.md's image: a repository, and `gcloud builds submit --tag` of this
+        repository (its Dockerfile, the files gcloud uploads)."""
+        self.gcloud(
+            "artifacts", "repositories", "create", "jobs", "--repository-format=docker",
+            f"--location={REGION}",
+        )  # fmt: skip
+        r = self.emu.run(
+            ["bash", "-c", f'cd "{REPO}" && gcloud builds submit --tag "{IMAGE}" .'], timeout=300
         )
-        assert r.status_code == 200, r.text
+        assert r.returncode == 0, f"gcloud builds submit: {r.stdout}\n{r.stderr}"
 
     def fire(self, **how: Any) -> dict[str, Any]:
         """The test clock fires the scheduler job's slot of now (HOW: copies, delay, drop)."""

@@ -20,7 +20,8 @@ from starlette.routing import Route
 
 from gcp_emulator.config import default_config
 from gcp_emulator.core.state import Cloud
-from gcp_emulator.scheduler.models import SchedulerJob, stamp
+from gcp_emulator.core.util import stamp
+from gcp_emulator.scheduler.models import SchedulerJob
 from tests.harness import EmulatorProcess, needs_gcloud, needs_private_network
 
 REGION = "us-central1"

@@ -5,8 +5,12 @@ the emulator's Artifact Registry under their tag."""
 from __future__ import annotations
 
 import asyncio
+import io
 import secrets
 import shutil
+import tarfile
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +29,7 @@ class Build:
     id: str
     tag: str
     source: str
-    status: str = "QUEUED"  # QUEUED, WORKING, SUCCESS, FAILURE
+    status: str = "QUEUED"  # QUEUED, WORKING, SUCCESS, FAILURE, CANCELLED, TIMEOUT
     created: str = field(default_factory=now_rfc3339)
     started: str | None = None
     finished: str | None = None
@@ -33,6 +37,21 @@ class Build:
     digest: str = ""
     failure: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # a build submitted through the API: where, what was asked, where its log goes
+    location: str = "global"
+    request: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    dockerfile: str = "Dockerfile"
+    context_dir: str = "."
+    timeout: float = 600.0
+    log_bucket: str = ""
+    write: Callable[[str], None] | None = None  # each log line, as it comes
+    task: asyncio.Task[None] | None = None
+
+    def say(self, line: str) -> None:
+        self.log.append(line)
+        if self.write is not None:
+            self.write(line)
 
 
 class CloudBuild:
@@ -66,22 +85,30 @@ class CloudBuild:
         return image
 
     async def run(self, build: Build, context: Path) -> None:
-        """Carry the build out: its log in build.log, its image pushed, its status set."""
+        """Carry the build out: its log in build.log, its images pushed, its status set."""
         build.status, build.started = "WORKING", now_rfc3339()
         out = self.cloud.state_root / "images" / build.id
+        tags = build.tags or [build.tag]
         try:
             house = await asyncio.to_thread(self.wheelhouse)
             image = await asyncio.to_thread(
-                dockerfile.build, context, out, house, self.cloud.command, build.log.append
+                dockerfile.build,
+                context / build.context_dir,
+                out,
+                house,
+                self.cloud.command,
+                build.say,
+                build.dockerfile,
             )
-            build.log.append(f"Pushing {build.tag}")
-            self.cloud.images.push(build.tag, image)
+            for tag in tags:
+                build.say(f"Pushing {tag}")
+                self.cloud.images.push(tag, image)
             build.digest = image.digest
-            build.log.append(f"latest: digest: {image.digest}")
+            build.say(f"latest: digest: {image.digest}")
             build.status = "SUCCESS"
         except (dockerfile.BuildError, ApiError, OSError) as exc:
             build.failure = str(exc)
-            build.log.append(f"ERROR: {exc}")
+            build.say(f"ERROR: {exc}")
             build.status = "FAILURE"
             shutil.rmtree(out, ignore_errors=True)
         finally:
@@ -89,5 +116,154 @@ class CloudBuild:
             build.done.set()
             self.cloud.record("event", event="cloudbuild.build", id=build.id, status=build.status)
 
+    # -- builds submitted through the API (gcloud builds submit) ------------------------------
+
+    def logs_bucket(self) -> str:
+        """The project's default logs bucket (Google's, not the project's own)."""
+        return f"{self.cloud.cfg.project_number}.cloudbuild-logs.googleusercontent.com"
+
+    def submit(self, location: str, body: dict[str, Any]) -> Build:
+        """builds.create: a build of a `docker build` step from a Cloud Storage source, pushed
+        to its `images`; it runs at once (queued only while it starts)."""
+        source = (body.get("source") or {}).get("storageSource") or {}
+        if not source.get("bucket") or not source.get("object"):
+            raise ApiError(
+                400,
+                "invalid",
+                "The emulator's Cloud Build takes its source from Cloud Storage "
+                "(source.storageSource: bucket and object).",
+            )
+        steps = body.get("steps") or []
+        if len(steps) != 1 or not str(steps[0].get("name", "")).startswith(
+            ("gcr.io/cloud-builders/docker", "docker")
+        ):
+            raise ApiError(
+                400,
+                "invalid",
+                "The emulator's Cloud Build runs one `docker build` step (what `gcloud builds "
+                "submit --tag` sends); not these steps.",
+            )
+        args = [str(a) for a in steps[0].get("args") or []]
+        tags, dockerfile_name, context_dir = docker_build_args(args)
+        images = [str(i) for i in body.get("images") or []]
+        missing = [i for i in images if i not in tags]
+        if missing:
+            raise ApiError(400, "invalid", f"images {missing} are not built by any step.")
+        timeout = seconds_of(body.get("timeout"), 600.0)
+        build = Build(
+            str(uuid.uuid4()),
+            images[0] if images else tags[0],
+            f"gs://{source['bucket']}/{source['object']}",
+            location=location,
+            request=body,
+            tags=images,
+            dockerfile=dockerfile_name,
+            context_dir=context_dir,
+            timeout=timeout,
+            log_bucket=self.logs_bucket(),
+        )
+        storage = self.cloud.storage
+        if build.log_bucket not in storage.buckets:
+            storage.create_bucket(build.log_bucket)
+        log_object = f"log-{build.id}.txt"
+        build.write = lambda line: storage.append(
+            build.log_bucket, log_object, (line + "\n").encode()
+        )
+        self.builds[build.id] = build
+        build.task = asyncio.get_running_loop().create_task(self._submitted(build, source))
+        return build
+
+    async def _submitted(self, build: Build, source: dict[str, Any]) -> None:
+        build.say(f'starting build "{build.id}"')
+        build.say("")
+        build.say("FETCHSOURCE")
+        where = self.cloud.state_root / "builds" / build.id
+        try:
+            blob = self.cloud.storage.blob(str(source["bucket"]), str(source["object"]))
+            build.say(f"Fetching storage object: {build.source}#{blob.generation}")
+            where.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(extract, bytes(blob.data), where)
+        except (ApiError, tarfile.TarError, OSError) as exc:
+            build.failure = f"failed to fetch the source: {exc}"
+            build.say(f"ERROR: {build.failure}")
+            build.status, build.finished = "FAILURE", now_rfc3339()
+            build.done.set()
+            return
+        build.say("BUILD")
+        try:
+            await asyncio.wait_for(self.run(build, where), build.timeout)
+        except TimeoutError:
+            build.status, build.failure = "TIMEOUT", f"Build timed out after {build.timeout:g}s"
+            build.say(f"ERROR: {build.failure}")
+            build.finished = now_rfc3339()
+            build.done.set()
+        except asyncio.CancelledError:
+            build.status, build.finished = "CANCELLED", now_rfc3339()
+            build.done.set()
+            raise
+        if build.status == "SUCCESS":
+            build.say("PUSH")
+            build.say("DONE")
+        shutil.rmtree(where, ignore_errors=True)
+
+    def cancel(self, build: Build) -> Build:
+        if build.task is not None and not build.done.is_set():
+            build.task.cancel()
+            build.status = "CANCELLED"
+        return build
+
+    def build(self, build_id: str) -> Build:
+        build = self.builds.get(build_id)
+        if build is None:
+            raise ApiError(404, "notFound", f"Requested entity was not found: build {build_id}.")
+        return build
+
     def state_json(self) -> dict[str, Any]:
         return {"builds": {b.id: b.status for b in self.builds.values()}}
+
+
+def docker_build_args(args: list[str]) -> tuple[list[str], str, str]:
+    """(the tags, the Dockerfile, the context directory) of `docker build ARGS`."""
+    if not args or args[0] != "build":
+        raise ApiError(400, "invalid", f"Not a docker build step: {' '.join(args)!r}.")
+    tags: list[str] = []
+    dockerfile_name, context = "Dockerfile", ""
+    rest = iter(args[1:])
+    for arg in rest:
+        if arg in ("-t", "--tag"):
+            tags.append(next(rest, ""))
+        elif arg in ("-f", "--file"):
+            dockerfile_name = next(rest, "Dockerfile")
+        elif arg == "--network":
+            next(rest, None)
+        elif arg in ("--no-cache", "--pull", "-q", "--quiet"):
+            continue
+        elif arg.startswith("-"):
+            raise ApiError(400, "invalid", f"The emulator's docker build takes no {arg}.")
+        else:
+            context = arg
+    if not tags or not context:
+        raise ApiError(400, "invalid", "docker build needs -t TAG and a context.")
+    if context.startswith("/") or ".." in Path(context).parts:
+        raise ApiError(400, "invalid", f"The build's context must be within its source: {context}")
+    if dockerfile_name.startswith("/") or ".." in Path(dockerfile_name).parts:
+        raise ApiError(
+            400, "invalid", f"The Dockerfile must be within its source: {dockerfile_name}"
+        )
+    return tags, dockerfile_name, context
+
+
+def extract(data: bytes, where: Path) -> None:
+    """The source tarball (gzip or plain) into where, refusing what would land outside it."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        tar.extractall(where, filter="data")
+
+
+def seconds_of(value: Any, default: float) -> float:
+    if value in (None, ""):
+        return default
+    text = str(value).removesuffix("s")
+    try:
+        return float(text)
+    except ValueError:
+        raise ApiError(400, "invalid", f"Invalid duration {value!r}.") from None

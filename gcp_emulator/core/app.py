@@ -22,6 +22,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 # every service's routes, registered as their modules load
+from gcp_emulator.artifactregistry import responses as _artifactregistry  # noqa: F401
+from gcp_emulator.cloudbuild import responses as _cloudbuild  # noqa: F401
 from gcp_emulator.compute import responses as _compute  # noqa: F401
 from gcp_emulator.compute.capacity import CODES as CAPACITY_CODES
 from gcp_emulator.compute.capacity import Stockout
@@ -36,11 +38,13 @@ from gcp_emulator.core.util import fingerprint, now_rfc3339
 from gcp_emulator.iam import responses as _iam  # noqa: F401
 from gcp_emulator.logging import responses as _logging  # noqa: F401
 from gcp_emulator.metadata import responses as _metadata  # noqa: F401
+from gcp_emulator.monitoring import responses as _monitoring  # noqa: F401
 from gcp_emulator.run import responses as _run  # noqa: F401
 from gcp_emulator.scheduler import responses as _scheduler  # noqa: F401
 from gcp_emulator.secretmanager import responses as _secretmanager  # noqa: F401
 from gcp_emulator.secretmanager.models import Secret
 from gcp_emulator.serviceusage import responses as _serviceusage  # noqa: F401
+from gcp_emulator.storage import responses as _storage  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from gcp_emulator.run.models import Run
 from gcp_emulator.scheduler.models import Scheduler
 from gcp_emulator.secretmanager.models import SecretManager
 from gcp_emulator.serviceusage.models import ServiceUsage
+from gcp_emulator.storage.models import Storage
 
 ACCESS_TOKEN = "emulator-token"  # noqa: S105 (not a secret: the operator's, any token will do)
 # the services whose endpoint override carries a prefix of their name (core/routing.py)
@@ -51,6 +52,7 @@ class Cloud:
         self.serviceusage = ServiceUsage(self)
         self.compute = Compute(self)
         self.secretmanager = SecretManager(self)
+        self.storage = Storage(self)
         self.images = ArtifactRegistry(self)
         self.builds = CloudBuild(self)
         self.logging = Logging(self)
@@ -105,8 +107,8 @@ class Cloud:
         """Everything tests assert on, in one document."""
         out: dict[str, Any] = {}
         for backend in (
-            self.compute, self.secretmanager, self.iam, self.serviceusage, self.images,
-            self.builds, self.run, self.scheduler, self.logging, self.monitoring,
+            self.compute, self.secretmanager, self.iam, self.serviceusage, self.storage,
+            self.images, self.builds, self.run, self.scheduler, self.logging, self.monitoring,
         ):  # fmt: skip
             out.update(backend.state_json())
         return out

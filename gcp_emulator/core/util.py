@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from datetime import UTC, datetime
 
 
@@ -32,3 +33,12 @@ def same_fingerprint(given: object, current: str) -> bool:
         return decode_bytes(given) == base64.b64decode(current)
     except ValueError:
         return False
+
+
+def stamp(epoch: float | None = None) -> str:
+    """A protobuf Timestamp in JSON: UTC, "Z", the fraction's digits only where there is one."""
+    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + "Z"

@@ -4,9 +4,13 @@ its `result`), the project's notification channels and alert policies."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from gcp_emulator.core.errors import ApiError
+from gcp_emulator.core.util import stamp
 
 if TYPE_CHECKING:
     from gcp_emulator.core.state import Cloud
@@ -27,6 +31,58 @@ class Monitoring:
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
         self.points: list[Point] = []
+        self.channels: dict[str, dict[str, Any]] = {}  # by name: the NotificationChannel
+        self.policies: dict[str, dict[str, Any]] = {}  # by name: the AlertPolicy
+
+    def new_id(self) -> str:
+        return str(10**18 + secrets.randbelow(9 * 10**18))
+
+    def record_of(self) -> dict[str, str]:
+        return {"mutateTime": stamp(), "mutatedBy": "operator@example.com"}
+
+    def create_channel(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not body.get("type"):
+            raise ApiError(400, "invalid", "Field notification_channel.type is required.")
+        name = f"projects/{self.cloud.project}/notificationChannels/{self.new_id()}"
+        channel = {
+            **body,
+            "name": name,
+            "enabled": body.get("enabled", True),
+            "creationRecord": self.record_of(),
+            "mutationRecords": [self.record_of()],
+        }
+        self.channels[name] = channel
+        return channel
+
+    def create_policy(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not body.get("displayName"):
+            raise ApiError(400, "invalid", "Field alert_policy.display_name is required.")
+        if not body.get("conditions"):
+            raise ApiError(400, "invalid", "Field alert_policy.conditions is required.")
+        for channel in body.get("notificationChannels") or []:
+            if channel not in self.channels:
+                raise ApiError(400, "invalid", f"Notification channel {channel} does not exist.")
+        name = f"projects/{self.cloud.project}/alertPolicies/{self.new_id()}"
+        conditions = [
+            {**c, "name": f"{name}/conditions/{self.new_id()}"} for c in body["conditions"]
+        ]
+        policy = {
+            **body,
+            "name": name,
+            "conditions": conditions,
+            "enabled": body.get("enabled", True),
+            "combiner": body.get("combiner", "OR"),
+            "creationRecord": self.record_of(),
+            "mutationRecord": self.record_of(),
+        }
+        self.policies[name] = policy
+        return policy
+
+    def get(self, table: dict[str, dict[str, Any]], name: str, kind: str) -> dict[str, Any]:
+        found = table.get(name)
+        if found is None:
+            raise ApiError(404, "notFound", f"Requested entity was not found: {kind} {name}.")
+        return found
 
     def add_point(
         self, metric: str, labels: dict[str, str], resource: dict[str, str], value: int = 1
@@ -39,4 +95,10 @@ class Monitoring:
         for p in self.points:
             key = p.metric + "".join(f",{k}={v}" for k, v in sorted(p.labels.items()))
             counts[key] = counts.get(key, 0) + p.value
-        return {"monitoring": {"points": counts}}
+        return {
+            "monitoring": {
+                "points": counts,
+                "channels": sorted(self.channels),
+                "policies": sorted(self.policies),
+            }
+        }

@@ -26,13 +26,14 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from gcp_emulator.core.errors import ApiError
+from gcp_emulator.core.util import stamp
 
 if TYPE_CHECKING:
     from gcp_emulator.core.state import Cloud
@@ -73,15 +74,6 @@ def seconds(duration: str | int | float | None, default: float = 0.0) -> float:
     if hit is None:
         raise ApiError(400, "invalid", f"Invalid duration {duration!r}: like 180s.")
     return float(hit[1])
-
-
-def stamp(epoch: float | None = None) -> str:
-    """A protobuf Timestamp in JSON: UTC, "Z", the fraction's digits only where there is one."""
-    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}".rstrip("0")
-    return text + "Z"
 
 
 def parse_time(value: str | float | int) -> float:

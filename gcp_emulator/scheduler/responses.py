@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse, Response
 from gcp_emulator.core.errors import ApiError
 from gcp_emulator.core.routing import json_body, service_route
 from gcp_emulator.core.state import Cloud
-from gcp_emulator.scheduler.models import DEFAULT_DEADLINE, DEFAULT_RETRY, SchedulerJob, stamp
+from gcp_emulator.core.util import stamp
+from gcp_emulator.scheduler.models import DEFAULT_DEADLINE, DEFAULT_RETRY, SchedulerJob
 
 route = service_route("cloudscheduler")
 L = "/v1/projects/{project}/locations/{location}"
