@@ -106,7 +106,7 @@ class Chain:
         )  # fmt: skip
         self.build()
         self.gcloud(
-            "run", "jobs", "create", JOB, f"--image={IMAGE}", f"--region={REGION}",
+            "run", "jobs", "deploy", JOB, f"--image={IMAGE}", f"--region={REGION}",
             f"--service-account={sa('vm-orchestrator')}",
             f"--set-env-vars={self.job_env()}",
             "--set-secrets=AGENT_TOKEN=agent-token:latest",

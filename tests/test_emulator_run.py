@@ -141,6 +141,9 @@ def test_a_failed_attempt_is_run_again_as_the_same_task_with_the_next_attempt_nu
     ]
     text = lines(log(cloud, execution["name"]))
     assert f"vars flaky {execution['name']} 0 0 1" in text
+    listed = gcloud_ok(cloud, "run", "jobs", "executions", "list", "--job=flaky",
+                       f"--region={REGION}", "--format=value(metadata.name)")  # fmt: skip
+    assert listed.split() == [execution["name"]]
     assert f"vars flaky {execution['name']} 0 1 1" in text
 
 

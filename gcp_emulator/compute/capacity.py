@@ -1,6 +1,6 @@
 """What a zone can start: the machine types it knows, and the stockouts a test sets
 (`POST /_emulator/stockouts`), with the errors a start they refuse ends with, in Compute
-Engine's words (docs/google-cloud.md, "No capacity and quota").
+Engine's words (docs/google-cloud.md, "Instances").
 
 A start refused for capacity is an operation that ends with an error: the VM goes PROVISIONING,
 then back to TERMINATED, and gcloud prints the error's code and message as YAML."""

@@ -11,8 +11,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gcp_emulator.compute import catalog, permissions
 from gcp_emulator.compute.models import Instance
-from gcp_emulator.core.errors import ApiError
+from gcp_emulator.core.errors import ApiError, not_found
 from gcp_emulator.core.routing import json_body, service_route
 from gcp_emulator.core.state import Cloud
 
@@ -216,15 +217,236 @@ async def addresses_list(cloud: Cloud, request: Request, m: dict[str, str]) -> R
     return JSONResponse({"kind": "compute#addressList", "items": items})
 
 
-@route("GET", C + "/zones/{zone}/operations/{operation}", "compute.zoneOperations.get")
-async def operations_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
-    return _op(cloud, cloud.compute.operation(m["project"], m["zone"], m["operation"]))
+def _scope(m: dict[str, str]) -> str:
+    """An operation's scope from its path: zones/Z, regions/R or global."""
+    if "zone" in m:
+        return f"zones/{m['zone']}"
+    if "region" in m:
+        return f"regions/{m['region']}"
+    return "global"
 
 
-@route("POST", C + "/zones/{zone}/operations/{operation}/wait", "compute.zoneOperations.wait")
-async def operations_wait(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
-    op = cloud.compute.operation(m["project"], m["zone"], m["operation"])
+async def _get_operation(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return _op(cloud, cloud.compute.operation(m["project"], _scope(m), m["operation"]))
+
+
+async def _wait_operation(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    op = cloud.compute.operation(m["project"], _scope(m), m["operation"])
     # Like the real wait: after the cap, answer with the operation as it is, not DONE yet.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(op.done.wait(), cloud.cfg.operation_wait_cap)
     return _op(cloud, op)
+
+
+for _prefix, _kind in (
+    ("/zones/{zone}", "zoneOperations"),
+    ("/regions/{region}", "regionOperations"),
+    ("/global", "globalOperations"),
+):
+    route("GET", C + _prefix + "/operations/{operation}", f"compute.{_kind}.get")(_get_operation)
+    route("POST", C + _prefix + "/operations/{operation}/wait", f"compute.{_kind}.wait")(
+        _wait_operation
+    )
+
+
+# -- what a deployment creates: instances, addresses, firewall rules ---------------------------
+
+
+def _own_project(cloud: Cloud, m: dict[str, str]) -> None:
+    if m["project"] != cloud.project:
+        raise not_found(f"projects/{m['project']}")
+
+
+def _authorization(request: Request) -> str:
+    return request.headers.get("authorization", "")
+
+
+@route("POST", C + "/zones/{zone}/instances", "compute.instances.insert")
+async def instances_insert(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    _own_project(cloud, m)
+    body = await json_body(request)
+    permissions.require(
+        cloud,
+        "compute.instances.insert",
+        _authorization(request),
+        request.url.path,
+        permissions.insert_permissions(body),
+    )
+    principal = cloud.iam.principal_of(_authorization(request))
+    return _op(cloud, cloud.compute.insert_instance(m["zone"], body, principal))
+
+
+@route("DELETE", C + "/zones/{zone}/instances/{instance}", "compute.instances.delete")
+async def instances_delete(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return _op(cloud, cloud.compute.delete_instance(_inst(cloud, m)))
+
+
+@route("GET", C + "/aggregated/instances", "compute.instances.aggregatedList")
+async def instances_aggregated(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    _own_project(cloud, m)
+    items: dict[str, Any] = {}
+    for (zone, _n), inst in sorted(cloud.compute.instances.items()):
+        scope = items.setdefault(f"zones/{zone}", {"instances": []})
+        scope["instances"].append(cloud.compute.instance_json(inst))
+    return JSONResponse(
+        {
+            "kind": "compute#instanceAggregatedList",
+            "id": f"projects/{cloud.project}",
+            "items": items,
+            "selfLink": cloud.compute.link(f"projects/{cloud.project}/aggregated/instances"),
+        }
+    )
+
+
+@route(
+    "POST",
+    C + "/zones/{zone}/instances/{instance}/setServiceAccount",
+    "compute.instances.setServiceAccount",
+)
+async def set_service_account(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    inst = _inst(cloud, m)
+    body = await json_body(request)
+    principal = cloud.iam.principal_of(_authorization(request))
+    return _op(cloud, cloud.compute.set_service_account(inst, body, principal))
+
+
+@route("POST", C + "/zones/{zone}/instances/{instance}/setTags", "compute.instances.setTags")
+async def set_tags(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    inst = _inst(cloud, m)
+    return _op(cloud, cloud.compute.set_tags(inst, await json_body(request)))
+
+
+@route("POST", C + "/regions/{region}/addresses", "compute.addresses.insert")
+async def addresses_insert(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    body = await json_body(request)
+    return _op(cloud, cloud.compute.insert_address(m["project"], m["region"], body))
+
+
+@route("DELETE", C + "/regions/{region}/addresses/{address}", "compute.addresses.delete")
+async def addresses_delete(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    addr = cloud.compute.address(m["project"], m["region"], m["address"])
+    return _op(cloud, cloud.compute.delete_address(addr))
+
+
+@route("GET", C + "/aggregated/addresses", "compute.addresses.aggregatedList")
+async def addresses_aggregated(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    _own_project(cloud, m)
+    items: dict[str, Any] = {}
+    for (region, _n), addr in sorted(cloud.compute.addresses.items()):
+        scope = items.setdefault(f"regions/{region}", {"addresses": []})
+        scope["addresses"].append(cloud.compute.address_json(addr))
+    return JSONResponse(
+        {
+            "kind": "compute#addressAggregatedList",
+            "id": f"projects/{cloud.project}",
+            "items": items,
+            "selfLink": cloud.compute.link(f"projects/{cloud.project}/aggregated/addresses"),
+        }
+    )
+
+
+@route("POST", C + "/global/firewalls", "compute.firewalls.insert")
+async def firewalls_insert(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    body = await json_body(request)
+    return _op(cloud, cloud.compute.insert_firewall(m["project"], body))
+
+
+@route("GET", C + "/global/firewalls", "compute.firewalls.list")
+async def firewalls_list(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    _own_project(cloud, m)
+    return JSONResponse(
+        {
+            "kind": "compute#firewallList",
+            "id": f"projects/{cloud.project}/global/firewalls",
+            "items": [
+                cloud.compute.firewall_json(fw)
+                for _n, fw in sorted(cloud.compute.firewalls.items())
+            ],
+            "selfLink": cloud.compute.link(f"projects/{cloud.project}/global/firewalls"),
+        }
+    )
+
+
+@route("GET", C + "/global/firewalls/{firewall}", "compute.firewalls.get")
+async def firewalls_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    fw = cloud.compute.firewall(m["project"], m["firewall"])
+    return JSONResponse(cloud.compute.firewall_json(fw))
+
+
+@route("PATCH", C + "/global/firewalls/{firewall}", "compute.firewalls.patch")
+async def firewalls_patch(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    fw = cloud.compute.firewall(m["project"], m["firewall"])
+    return _op(cloud, cloud.compute.patch_firewall(fw, await json_body(request)))
+
+
+@route("DELETE", C + "/global/firewalls/{firewall}", "compute.firewalls.delete")
+async def firewalls_delete(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    fw = cloud.compute.firewall(m["project"], m["firewall"])
+    return _op(cloud, cloud.compute.delete_firewall(fw))
+
+
+# -- what gcloud looks up: the default network, zones, the project, machine types, images -------
+
+
+@route("GET", C + "/global/networks/{network}", "compute.networks.get")
+async def networks_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    if m["project"] != cloud.project or m["network"] != "default":
+        raise not_found(f"projects/{m['project']}/global/networks/{m['network']}")
+    return JSONResponse(cloud.compute.network_json())
+
+
+@route("GET", C + "/global/networks", "compute.networks.list")
+async def networks_list(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    _own_project(cloud, m)
+    return JSONResponse(
+        {
+            "kind": "compute#networkList",
+            "id": f"projects/{cloud.project}/global/networks",
+            "items": [cloud.compute.network_json()],
+            "selfLink": cloud.compute.link(f"projects/{cloud.project}/global/networks"),
+        }
+    )
+
+
+@route("GET", C + "/regions/{region}/subnetworks/{subnetwork}", "compute.subnetworks.get")
+async def subnetworks_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return JSONResponse(cloud.compute.subnetwork_json(m["project"], m["region"], m["subnetwork"]))
+
+
+@route("GET", C + "/zones/{zone}", "compute.zones.get")
+async def zones_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return JSONResponse(cloud.compute.zone_json(m["project"], m["zone"]))
+
+
+@route("GET", C, "compute.projects.get")
+async def projects_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return JSONResponse(cloud.compute.project_json(m["project"]))
+
+
+@route("GET", C + "/zones/{zone}/machineTypes/{machine_type}", "compute.machineTypes.get")
+async def machine_types_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return JSONResponse(cloud.compute.machine_type_json(m["project"], m["zone"], m["machine_type"]))
+
+
+@route("GET", C + "/global/images/family/{family}", "compute.images.getFromFamily")
+async def images_from_family(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    image = catalog.image_by_family(m["project"], m["family"])
+    if image is None:
+        raise not_found(f"projects/{m['project']}/global/images/family/{m['family']}")
+    return JSONResponse(cloud.compute.image_json(image))
+
+
+@route("GET", C + "/global/images/{image}", "compute.images.get")
+async def images_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    image = catalog.image_by_name(m["project"], m["image"])
+    if image is None:
+        raise not_found(f"projects/{m['project']}/global/images/{m['image']}")
+    return JSONResponse(cloud.compute.image_json(image))
+
+
+@route("GET", C + "/zones/{zone}/imageFamilyViews/{family}", "compute.imageFamilyViews.get")
+async def image_family_views_get(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    image = catalog.image_by_family(m["project"], m["family"])
+    if image is None:
+        raise not_found(f"projects/{m['project']}/zones/{m['zone']}/imageFamilyViews/{m['family']}")
+    return JSONResponse({"image": cloud.compute.image_json(image)})

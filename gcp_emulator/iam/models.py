@@ -1,6 +1,6 @@
 """IAM's state and its check of every call: service accounts, custom roles, the project's IAM
 policy and the policies on resources (a secret, a Cloud Run job, a service account), and who
-each access token is (docs/google-cloud.md, "IAM").
+each access token is (docs/google-cloud.md, "IAM: what each call needs").
 
 Who calls: a token the emulator minted for a service account (through the metadata server of a
 VM or of a Cloud Run task, or for Cloud Scheduler's OAuth) is that account; any other token is the

@@ -2,10 +2,11 @@
 service account), as a tree, and how a path reads it (docs/google-cloud.md, "The metadata
 server").
 
-A VM created with a service account (instances.insert's serviceAccounts), and a Cloud Run task,
-get a token that is that account (iam/models.py): their calls are checked against its roles. A VM
-of the emulator's configuration has the project's default compute account, whose token is the
-operator's (the emulator as it always was).
+A VM created with a service account (instances.insert's serviceAccounts, or one set by
+setServiceAccount), and a Cloud Run task, get a token that is that account (iam/models.py): their
+calls are checked against its roles. A VM of the emulator's configuration, or one made with the
+`default` account, has the project's default compute account, whose token is the operator's (the
+emulator as it always was).
 
 A path's segments are the text API's names (`network-interfaces/0/access-configs/0/external-ip`);
 a recursive read answers the JSON tree, whose keys are camelCase (`networkInterfaces`,
@@ -61,7 +62,11 @@ def project_tree(cloud: Cloud) -> dict[str, Any]:
 
 def instance_tree(cloud: Cloud, inst: Instance) -> dict[str, Any]:
     number = cloud.cfg.project_number
-    email, scopes = inst.account or (f"{number}-compute@developer.gserviceaccount.com", SCOPES)
+    default_scopes = inst.default_scopes if inst.default_scopes is not None else SCOPES
+    email, scopes = inst.account or (
+        f"{number}-compute@developer.gserviceaccount.com",
+        default_scopes,
+    )
     external = inst.external_ip()
     return {
         "attributes": dict(inst.metadata),
@@ -89,7 +94,7 @@ def instance_tree(cloud: Cloud, inst: Instance) -> dict[str, Any]:
         "preempted": "FALSE",
         "scheduling": {"automaticRestart": "TRUE", "onHostMaintenance": "MIGRATE"},
         "serviceAccounts": accounts_tree(email, scopes) if inst.has_account else {},
-        "tags": [],
+        "tags": list(inst.tags),
         "virtualClock": {"driftToken": "0"},
         "zone": f"projects/{number}/zones/{inst.zone}",
     }

@@ -30,8 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from gcp_emulator.core.errors import ApiError
 from gcp_emulator.core.util import stamp
 
@@ -319,6 +317,8 @@ class Scheduler:
         job.last_attempt = stamp()
         started = time.time()
         status, text = 0, ""
+        import httpx  # here: its import costs the emulator's start-up a tenth of a second
+
         deadline = seconds(job.attempt_deadline, 180)
         try:
             async with httpx.AsyncClient(
