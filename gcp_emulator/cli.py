@@ -28,11 +28,12 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from gcp_emulator.config import ConfigError, EmulatorConfig, load_config
-from gcp_emulator.core.app import EmulatorApp
+from gcp_emulator.core.app import EmulatorApp, WithoutHooks
 from gcp_emulator.core.state import Cloud
 from gcp_emulator.demo import REPO, GitServer, demo_config, make_disk
 from gcp_emulator.guests import vm_image
@@ -136,9 +137,11 @@ class Emulator:
                 tls_sockets.append(self.net.listen("127.0.0.1", 443))
             self.cloud = Cloud(self.cfg, self.state_dir, self.url, bin_dir, self.net)
             app = EmulatorApp(self.cloud)
-            await self._serve(app, plain)
+            await self._serve(app, plain[:1])
+            if len(plain) > 1:  # inside the private network: no test hooks there
+                await self._serve(WithoutHooks(app), plain[1:])
             if tls_sockets and certs is not None:
-                await self._serve(app, tls_sockets, certs)
+                await self._serve(WithoutHooks(app), tls_sockets, certs)
         except BaseException:
             for s in plain + tls_sockets:
                 s.close()
@@ -162,7 +165,7 @@ class Emulator:
             raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         return sock
 
-    async def _serve(self, app: EmulatorApp, sockets: list[socket.socket], certs=None) -> None:
+    async def _serve(self, app: Any, sockets: list[socket.socket], certs=None) -> None:
         """One uvicorn server for these sockets (TLS with certs), started."""
         config = uvicorn.Config(
             app,

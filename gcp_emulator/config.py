@@ -29,10 +29,10 @@ INSTANCE_TIMINGS = {
     "shutdown_grace": 5.0,  # SIGTERM to the guest -> SIGKILL (a real VM allows 90 s)
 }
 STATUSES = ("TERMINATED", "RUNNING")
-# process_guest: the runner's format
+# guests/process.py: the runner's format
 RUNNERS = ("guest-agent", "legacy", "debian-20211116", "legacy-20240802")
 CONSOLE_AFTER_STOP = ("kept", "cleared")
-GUESTS = ("process", "qemu")  # process_guest.py (the default), qemu_guest.py (a real VM)
+GUESTS = ("process", "qemu")  # guests/process.py (the default), guests/qemu.py (a real VM)
 LABEL_CONFLICTS = ("http", "operation")  # how setLabels refuses a stale fingerprint
 COMMAND_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +183,40 @@ def test_notification_channels_and_alert_policies_are_stored_and_listed(plain, t
     ok(plain, "beta", "monitoring", "channels", "delete", channel, "--quiet")
     left = ok(plain, "beta", "monitoring", "channels", "list", "--format=value(displayName)")
     assert left.splitlines() == ["mail"]
+
+
+@needs_private_network
+def test_a_build_step_writes_its_image_and_cannot_change_this_machine(private, tmp_path):
+    probe = Path("/etc") / f"emulator-probe-{tmp_path.name}"
+    source = context(tmp_path, f"FROM debian:12-slim\nRUN touch {probe}\n")
+    r = private.http.post(
+        "/_emulator/images",
+        json={"name": f"{REPOSITORY}/probe:v1", "context": str(source)},
+        timeout=120,
+    )
+    assert r.status_code == 400 and "returned a non-zero code" in r.text, r.text
+    assert not probe.exists(), "a build step changed this machine's /etc"
+    (source / "Dockerfile").write_text("FROM debian:12-slim\nRUN mkdir /app && echo ok > /app/x\n")
+    r = private.http.post(
+        "/_emulator/images",
+        json={"name": f"{REPOSITORY}/probe:v2", "context": str(source)},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+
+
+@needs_private_network
+def test_a_build_past_its_timeout_ends_timeout_and_its_step_is_killed(private, tmp_path):
+    ok(private, "artifacts", "repositories", "create", "jobs", "--repository-format=docker",
+       f"--location={REGION}")  # fmt: skip
+    marker = f"sleep 97.{os.getpid()}"
+    source = context(tmp_path, f"FROM debian:12-slim\nRUN echo sleeping && {marker}\n")
+    r = private.run(
+        ["bash", "-c", f'cd "{source}" && gcloud builds submit --timeout=8s --tag '
+         f'"{REPOSITORY}/slow:v1" .'],
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert 'completed with status "TIMEOUT"' in r.stderr, r.stderr
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    assert left.stdout == "", f"the step outlived its build: {left.stdout}"

@@ -213,6 +213,17 @@ def test_an_in_use_address_is_not_deleted_and_is_released_with_its_instance(emu)
     assert "ip-web" not in ok(emu, "compute", "addresses", "list", "--format=value(name)")
 
 
+def test_a_create_the_zone_has_no_capacity_for_makes_no_vm_and_holds_no_address(emu):
+    ok(emu, "compute", "addresses", "create", "ip-web", f"--region={REGION}")
+    emu.stockout(ZONE)
+    err = fails(emu, "compute", "instances", "create", "vm-web", Z, "--address=ip-web")
+    assert "ZONE_RESOURCE_POOL_EXHAUSTED" in err, err
+    assert "vm-web" not in ok(emu, "compute", "instances", "list", "--format=value(name)")
+    status = ok(emu, "compute", "addresses", "describe", "ip-web", f"--region={REGION}",
+                "--format=value(status)")  # fmt: skip
+    assert status == "RESERVED\n", "the refused VM's address is free again"
+
+
 # -- addresses -----------------------------------------------------------------------------------
 
 

@@ -109,3 +109,33 @@ def test_an_api_that_is_not_enabled_answers_as_google_does_until_it_is(tmp_path)
         assert {"compute.googleapis.com", "secretmanager.googleapis.com"} <= set(enabled.split())
     finally:
         emu.stop()
+
+
+def test_a_deleted_accounts_token_is_refused_not_taken_for_the_owners(emu):
+    member, as_it = account(emu, "shortlived")
+    ok(emu, "projects", "add-iam-policy-binding", PROJECT, f"--member={member}",
+       "--role=roles/compute.viewer")  # fmt: skip
+    describe = ("compute", "instances", "describe", "vm-1", f"--zone={ZONE}")
+    ok(emu, *describe, **as_it)
+    ok(emu, "iam", "service-accounts", "delete", member.split(":", 1)[1], "--quiet")
+    refused = emu.gcloud(*describe, **as_it)
+    assert refused.returncode != 0
+    assert "invalid authentication credentials" in refused.stderr, refused.stderr
+
+
+def test_a_scheduler_job_that_sends_an_accounts_token_needs_act_as_on_it(emu):
+    deployer, as_deployer = account(emu, "deployer")
+    ok(emu, "projects", "add-iam-policy-binding", PROJECT, f"--member={deployer}",
+       "--role=roles/cloudscheduler.admin")  # fmt: skip
+    invoker, _ = account(emu, "invoker")
+    create = (
+        "scheduler", "jobs", "create", "http", "slots", "--location=us-central1",
+        "--schedule=0 9 * * *", "--uri=https://run.googleapis.com/v2/projects/p/locations/"
+        "us-central1/jobs/j:run", f"--oauth-service-account-email={invoker.split(':', 1)[1]}",
+    )  # fmt: skip
+    refused = emu.gcloud(*create, **as_deployer)
+    assert refused.returncode != 0
+    assert "Permission 'iam.serviceAccounts.actAs' denied" in refused.stderr, refused.stderr
+    ok(emu, "iam", "service-accounts", "add-iam-policy-binding", invoker.split(":", 1)[1],
+       f"--member={deployer}", "--role=roles/iam.serviceAccountUser")  # fmt: skip
+    ok(emu, *create, **as_deployer)

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from gcp_emulator.config import default_config
 from gcp_emulator.core.state import Cloud
 from gcp_emulator.core.util import stamp
-from gcp_emulator.scheduler.models import SchedulerJob
+from gcp_emulator.scheduler.models import SchedulerJob, backoff, may_retry
 from tests.harness import EmulatorProcess, needs_gcloud, needs_private_network
 
 REGION = "us-central1"
@@ -42,12 +42,14 @@ class Target:
     def __init__(self, answers: list[tuple[int, float]]) -> None:
         self.answers = answers
         self.calls: list[dict[str, Any]] = []
+        self.finished = 0  # calls the target carried out to their end
         self.app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
 
     async def hook(self, request: Request) -> JSONResponse:
         status, delay = self.answers[min(len(self.calls), len(self.answers) - 1)]
         self.calls.append({"time": time.time(), "headers": dict(request.headers)})
         await asyncio.sleep(delay)
+        self.finished += 1
         return JSONResponse({}, status_code=status)
 
 
@@ -145,12 +147,19 @@ def test_retries_stop_at_the_next_fire_time(tmp_path):
 
 
 def test_an_answer_later_than_the_attempt_deadline_is_a_failed_attempt(tmp_path):
-    target = Target([(200, 3)])
+    target = Target([(200, 2)])
     cloud = scheduler_with(tmp_path, target)
     j = job(deadline="1s")
-    attempts = deliver(cloud, j, time.time())
+
+    async def scenario() -> list[dict[str, Any]]:
+        delivery = await cloud.scheduler.deliver(j, time.time())
+        await asyncio.sleep(1.5)  # the target goes on with the call meanwhile
+        return delivery.attempts
+
+    attempts = asyncio.run(scenario())
     assert [(a["status"], a["ok"]) for a in attempts] == [(0, False)]
     assert j.status["code"] == 4, "DEADLINE_EXCEEDED"
+    assert target.finished == 1, "past the deadline the answer is lost, not the call"
 
 
 def test_timestamps_are_protobuf_json():
@@ -291,3 +300,17 @@ def test_the_test_clock_delivers_a_slot_twice_late_or_not_at_all(emu):
     assert len(executions(emu)) == 3
     delivered = [e for e in emu.journal() if e.get("event") == "scheduler.delivery"][-1]
     assert delivered["time"] - asked >= 2, "the late delivery came early"
+
+
+def test_the_backoff_doubles_then_grows_linearly_up_to_its_cap():
+    waits = [backoff(n, 10, 300, 3) for n in range(9)]
+    assert waits == [10, 20, 40, 80, 160, 240, 300, 300, 300], "RetryConfig's own example"
+
+
+def test_retries_go_on_by_count_by_duration_or_until_both_are_reached():
+    assert not may_retry(0, count=0, limit=0, elapsed=1), "neither: no retry"
+    assert may_retry(1, count=2, limit=0, elapsed=10**6) and not may_retry(2, 2, 0, 1)
+    assert may_retry(5, count=0, limit=60, elapsed=59) and not may_retry(5, 0, 60, 61)
+    assert may_retry(5, count=2, limit=60, elapsed=30), "the count is spent, the time is not"
+    assert may_retry(1, count=2, limit=60, elapsed=90), "the time is spent, the count is not"
+    assert not may_retry(2, count=2, limit=60, elapsed=90), "both reached"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,3 +66,9 @@ def test_a_preempted_real_vm_is_hard_stopped_after_30_s_a_stopped_one_after_90(t
     # after 90 s for a stop
     assert shut_down_real_vm(tmp_path / "p", Compute.preempt) == [30.0]
     assert shut_down_real_vm(tmp_path / "s", Compute.stop) == [90.0]
+
+
+def test_the_metadata_relay_qemu_runs_is_a_module_that_exists():
+    # QEMU runs it by name for each connection of the VM to its metadata server: a module moved
+    # without this name would leave every real VM without its metadata
+    assert importlib.util.find_spec(qemu_guest.RELAY_MODULE) is not None

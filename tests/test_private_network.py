@@ -77,3 +77,20 @@ def test_the_machines_own_hosts_file_is_left_alone(private):
     assert "googleapis.com" not in Path("/etc/hosts").read_text()
     inside = private.run(["cat", "/etc/hosts"])
     assert "127.0.0.1 compute.googleapis.com" in inside.stdout
+
+
+def test_the_test_hooks_answer_outside_only(private):
+    """A task or a guest inside must not mint a service account's token or read the journal."""
+    for url in (
+        f"{private.url}/_emulator/journal",
+        "https://compute.googleapis.com/_emulator/state",
+    ):
+        inside = private.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url])
+        assert inside.stdout == "404", (url, inside.stdout, inside.stderr)
+    minted = private.run(
+        ["curl", "-sS", "-X", "POST", "-H", "Content-Type: application/json",
+         "--data", '{"account": "x@demo-project.iam.gserviceaccount.com"}',
+         f"{private.url}/_emulator/iam/token"],
+    )  # fmt: skip
+    assert "access_token" not in minted.stdout, minted.stdout
+    assert private.http.get("/_emulator/health").status_code == 200, "outside, they answer"

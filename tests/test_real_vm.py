@@ -1,5 +1,6 @@
-"""The real-VM tier: an instance whose guest is a Debian 12 VM under QEMU (gcp_emulator/
-qemu_guest.py, its image from gcp_emulator/guests/vm_image.py), with Debian's google-guest-agent and
+"""The real-VM tier: an instance whose guest is a Debian 12 VM under QEMU
+(gcp_emulator/guests/qemu.py, its image from gcp_emulator/guests/vm_image.py), with Debian's
+google-guest-agent and
 its script runner, systemd and rsyslog. Slow (minutes under TCG): run with -m real_vm; .ci/run
 runs it after the other tiers. Skipped, with the reason, where QEMU, debootstrap or root are
 missing."""

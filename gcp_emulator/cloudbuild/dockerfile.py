@@ -13,13 +13,17 @@ An image is a directory (its root) and a config (image.json): what a Cloud Run t
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
+import posixpath
 import shlex
 import shutil
+import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,9 +143,12 @@ def build(
     wrap: Wrap,
     log: Callable[[str], None],
     dockerfile: str = "Dockerfile",
+    stop: threading.Event | None = None,
 ) -> Image:
     """The image of context/dockerfile, its root in out/rootfs; log gets each line of the
-    build's log. Raises BuildError."""
+    build's log. Raises BuildError, at once when `stop` is set (a cancel, a timeout: a RUN
+    step's processes are killed)."""
+    stop = stop or threading.Event()
     source = context / dockerfile
     if not source.is_file():
         raise BuildError(f"unable to prepare context: lstat {source}: no such file or directory")
@@ -156,6 +163,8 @@ def build(
     args: dict[str, str] = {}
     steps = instructions(source.read_text())
     for n, (word, rest) in enumerate(steps, start=1):
+        if stop.is_set():
+            raise BuildError("the build was stopped")
         log(f"Step {n}/{len(steps)} : {word} {rest}")
         env = {**args, **image.env}
         if word == "FROM":
@@ -180,7 +189,7 @@ def build(
         elif word in ("COPY", "ADD"):
             copy(context, image, [expand(w, env) for w in words(rest)], is_ignored, log)
         elif word == "RUN":
-            run_step(image, rest, env, wheelhouse, wrap, log)
+            run_step(image, rest, env, wheelhouse, wrap, log, stop)
         elif word in ("EXPOSE", "VOLUME", "STOPSIGNAL", "HEALTHCHECK", "SHELL", "ONBUILD"):
             log(f" ---> {word}: recorded, nothing to do here")
         else:
@@ -205,7 +214,9 @@ def copy(
     if len(paths) < 2:
         raise BuildError("COPY needs a source and a destination")
     *sources, dest = paths
-    dest_is_dir = dest.endswith("/") or len(sources) > 1
+    dest_is_dir = dest.endswith("/") or dest in (".", "..") or len(sources) > 1
+    # as Docker takes it: relative to WORKDIR, and never above the image's root
+    dest = posixpath.normpath("/" + posixpath.join(image.workdir or "/", dest))
     top = dest.strip("/").split("/", 1)[0]
     if top in container.RESERVED:
         raise BuildError(
@@ -226,17 +237,26 @@ def copy(
         if path.is_dir():
             for f in sorted(path.rglob("*")):
                 frel = f.relative_to(context).as_posix()
-                if f.is_dir() or is_ignored(frel):
+                if (f.is_dir() and not f.is_symlink()) or is_ignored(frel):
                     continue
-                put(f, dest_path / f.relative_to(path))
+                put(f, dest_path / f.relative_to(path), image.root)
         else:
-            put(path, dest_path / path.name if dest_is_dir else dest_path)
+            put(path, dest_path / path.name if dest_is_dir else dest_path, image.root)
         log(f" ---> copied {src} to {dest}")
 
 
-def put(src: Path, dest: Path) -> None:
+def put(src: Path, dest: Path, root: Path) -> None:
+    """src to dest in the image at root, the mode with it (as COPY keeps it), a link as a link;
+    never through a link out of the image (a RUN step's `ln -s /etc x` then `COPY f x/`)."""
+    existing = dest.parent
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.resolve().is_relative_to(root.resolve()):
+        raise BuildError(f"COPY failed: {dest.relative_to(root)} leads out of the image")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src, dest)  # the mode with it, as COPY keeps it
+    if dest.is_symlink():
+        dest.unlink()
+    shutil.copy2(src, dest, follow_symlinks=False)
 
 
 def run_step(
@@ -246,6 +266,7 @@ def run_step(
     wheelhouse: Path | None,
     wrap: Wrap,
     log: Callable[[str], None],
+    stop: threading.Event,
 ) -> None:
     command = words(rest) if rest.startswith("[") else ["/bin/sh", "-c", rest]
     step_env = {
@@ -263,23 +284,47 @@ def run_step(
             "PIP_ROOT_USER_ACTION": "ignore",
         }
     argv = wrap(container.argv(image.root, None, "0:0", image.workdir, command))
+    proc = subprocess.Popen(
+        argv,
+        env=step_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        r = subprocess.run(argv, env=step_env, capture_output=True, text=True, timeout=600)
+        while True:
+            try:
+                out, _ = proc.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if stop.is_set():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.communicate()
+                    raise BuildError("the build was stopped") from None
     finally:
+        if proc.poll() is None:  # interrupted some other way: nothing of it outlives the step
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         container.forget_mountpoints(image.root)
         shutil.rmtree(offline, ignore_errors=True)
-    for line in (r.stdout + r.stderr).splitlines():
+    for line in out.splitlines():
         log(line)
-    if r.returncode != 0:
+    if proc.returncode != 0:
         raise BuildError(
-            f"The command '{' '.join(command)}' returned a non-zero code: {r.returncode}"
+            f"The command '{' '.join(command)}' returned a non-zero code: {proc.returncode}"
         )
 
 
 def digest_of(image: Image) -> str:
     h = hashlib.sha256()
     for path in sorted(image.root.rglob("*")):
-        if path.is_file():
+        if path.is_symlink():  # its target's name, never what it points at
+            h.update(path.relative_to(image.root).as_posix().encode())
+            h.update(os.readlink(path).encode())
+        elif path.is_file():
             h.update(path.relative_to(image.root).as_posix().encode())
             h.update(path.read_bytes())
     config = [image.env, image.user, image.workdir, image.entrypoint, image.cmd]

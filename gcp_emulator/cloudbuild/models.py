@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import secrets
 import shutil
 import tarfile
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from gcp_emulator.cloudbuild import dockerfile, wheelhouse
@@ -47,6 +49,7 @@ class Build:
     log_bucket: str = ""
     write: Callable[[str], None] | None = None  # each log line, as it comes
     task: asyncio.Task[None] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)  # a cancel or a timeout
 
     def say(self, line: str) -> None:
         self.log.append(line)
@@ -99,6 +102,7 @@ class CloudBuild:
                 self.cloud.command,
                 build.say,
                 build.dockerfile,
+                build.stop,
             )
             for tag in tags:
                 build.say(f"Pushing {tag}")
@@ -107,13 +111,16 @@ class CloudBuild:
             build.say(f"latest: digest: {image.digest}")
             build.status = "SUCCESS"
         except (dockerfile.BuildError, ApiError, OSError) as exc:
+            shutil.rmtree(out, ignore_errors=True)
+            if build.stop.is_set():  # a cancel or a timeout: its caller says which
+                return
             build.failure = str(exc)
             build.say(f"ERROR: {exc}")
             build.status = "FAILURE"
-            shutil.rmtree(out, ignore_errors=True)
         finally:
-            build.finished = now_rfc3339()
-            build.done.set()
+            if not build.stop.is_set():
+                build.finished = now_rfc3339()
+                build.done.set()
             self.cloud.record("event", event="cloudbuild.build", id=build.id, status=build.status)
 
     # -- builds submitted through the API (gcloud builds submit) ------------------------------
@@ -190,16 +197,23 @@ class CloudBuild:
             build.done.set()
             return
         build.say("BUILD")
+        running = asyncio.get_running_loop().create_task(self.run(build, where))
         try:
-            await asyncio.wait_for(self.run(build, where), build.timeout)
+            await asyncio.wait_for(asyncio.shield(running), build.timeout)
         except TimeoutError:
+            build.stop.set()  # its step's processes are killed; the build ends as it stops
+            build.write = None
+            await asyncio.gather(running, return_exceptions=True)
             build.status, build.failure = "TIMEOUT", f"Build timed out after {build.timeout:g}s"
-            build.say(f"ERROR: {build.failure}")
             build.finished = now_rfc3339()
             build.done.set()
         except asyncio.CancelledError:
+            build.stop.set()
+            build.write = None
+            await asyncio.gather(running, return_exceptions=True)
             build.status, build.finished = "CANCELLED", now_rfc3339()
             build.done.set()
+            shutil.rmtree(where, ignore_errors=True)
             raise
         if build.status == "SUCCESS":
             build.say("PUSH")
@@ -207,10 +221,24 @@ class CloudBuild:
         shutil.rmtree(where, ignore_errors=True)
 
     def cancel(self, build: Build) -> Build:
+        """builds.cancel: its step's processes killed, its log closed, CANCELLED."""
         if build.task is not None and not build.done.is_set():
+            build.stop.set()
             build.task.cancel()
             build.status = "CANCELLED"
+            if build.finished is None:  # cancelled before it started: nothing else ends it
+                build.finished = now_rfc3339()
+            build.done.set()
         return build
+
+    async def close(self) -> None:
+        """The emulator is exiting: every build under way is stopped and awaited."""
+        running = [b for b in self.builds.values() if b.task is not None and not b.done.is_set()]
+        for build in running:
+            self.cancel(build)
+        tasks = [b.task for b in running if b.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
 
     def build(self, build_id: str) -> Build:
         build = self.builds.get(build_id)
@@ -254,9 +282,25 @@ def docker_build_args(args: list[str]) -> tuple[list[str], str, str]:
 
 
 def extract(data: bytes, where: Path) -> None:
-    """The source tarball (gzip or plain) into where, refusing what would land outside it."""
+    """The source tarball (gzip or plain) into where: its directories, regular files and links
+    that stay within it; anything else (an absolute or `..` name, a link out of it, a hard link,
+    a device) is refused before a byte is written, whatever this Python's tarfile filter
+    catches on its own."""
+    base = where.resolve()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-        tar.extractall(where, filter="data")
+        members = tar.getmembers()
+        for m in members:
+            name = PurePosixPath(m.name)
+            if name.is_absolute() or ".." in name.parts:
+                raise tarfile.TarError(f"{m.name}: outside the source")
+            if not (m.isdir() or m.isfile() or m.issym()):
+                raise tarfile.TarError(f"{m.name}: not a file, a directory or a symbolic link")
+            if m.issym():
+                target = PurePosixPath(m.linkname)
+                resolved = os.path.normpath(base / name.parent / target)
+                if target.is_absolute() or not Path(resolved).is_relative_to(base):
+                    raise tarfile.TarError(f"{m.name}: a link out of the source ({m.linkname})")
+        tar.extractall(where, members=members, filter="data")
 
 
 def seconds_of(value: Any, default: float) -> float:

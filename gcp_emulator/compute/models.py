@@ -128,12 +128,15 @@ class Instance:
     running_since: int = 0  # counts the entries to RUNNING (the run-duration limit's timer)
     # the service account it runs as (email, scopes) when it was created with one (or given
     # one by setServiceAccount); None: the project's default compute account (a configured
-    # VM's, or "default"), whose token is the operator's
+    # VM's, or "default")
     account: tuple[str, list[str]] | None = None
     has_account: bool = True  # False: created with --no-service-account
     # the scopes of the default account (account None) when insert or setServiceAccount gave
     # them; None: a configured VM's (cloud-platform)
     default_scopes: list[str] | None = None
+    # False for one made through instances.insert: its default account is the default compute
+    # account, whose token is that account's (a configured VM's is the operator's)
+    from_config: bool = True
     deleting: bool = False  # instances.delete: gone once TERMINATED
 
     @property
@@ -358,7 +361,11 @@ class Compute:
         for op in inst.waiting.pop("RUNNING", []):
             op.finish(ApiError(status, stockout.code, message))
         if inserting and self.instances.get((inst.zone, inst.name)) is inst:
-            # an insert the zone refused makes no instance
+            # an insert the zone refused makes no instance, and holds no address
+            for ac in inst.access_configs:
+                address = self.address_by_ip(ac.get("natIP", ""))
+                if address is not None:
+                    address.users = []
             del self.instances[(inst.zone, inst.name)]
 
     def set_machine_type(self, inst: Instance, body: dict[str, Any]) -> Operation:
@@ -957,6 +964,7 @@ class Compute:
         inst.scheduling = {k: v for k, v in scheduling.items() if v is not None}
         inst.has_account = bool(accounts)
         inst.account, inst.default_scopes = account, default_scopes
+        inst.from_config = False
         inst.disks = [
             self.attached_disk(inst, d, image, i, size)
             for i, (d, (image, size)) in enumerate(zip(disks, images, strict=True))

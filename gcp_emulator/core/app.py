@@ -77,7 +77,7 @@ class EmulatorApp:
 
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
-        cloud.app = self
+        cloud.app = WithoutHooks(self)  # what Cloud Scheduler's deliveries reach
         self.faults: dict[str, Fault] = {}
         self.app = Starlette(
             routes=[
@@ -289,3 +289,23 @@ class EmulatorApp:
             while inst.status != body["status"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         return {"status": inst.status}
+
+
+class WithoutHooks:
+    """The front without its test hooks: what the private network's sockets serve, and what
+    Cloud Scheduler's deliveries reach. A task or a guest in there must not mint a service
+    account's token, read the journal or set faults: the hooks answer on the emulator's own
+    address outside only."""
+
+    def __init__(self, app: EmulatorApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and str(scope.get("path", "")).startswith("/_emulator/"):
+            response = JSONResponse(
+                {"error": "the emulator's test hooks answer outside its private network only"},
+                status_code=404,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -97,6 +97,7 @@ class Cloud:
     async def close(self) -> None:
         """Stop every guest and task (the emulator is exiting)."""
         await self.scheduler.close()
+        await self.builds.close()
         await self.run.close()
         await self.compute.close()
 

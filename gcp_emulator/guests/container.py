@@ -10,7 +10,10 @@ ENTRYPOINT, as Cloud Run sends it to the container's main process.
 
 A task sees the image's own directories read-only (Cloud Run's container filesystem is writable,
 in memory: the emulator's is not, but for /tmp: assumed enough, as our image writes only there);
-a build's RUN step writes into the image's root itself, which is what the build keeps."""
+a build's RUN step writes into the image's root itself, which is what the build keeps. This
+machine's /usr, /etc, /opt and /var are read-only to both: a step's `pip install` without
+--target, or its `ln -sf … /etc/localtime`, fails here rather than change this machine (on
+Cloud Build it would change the image: keep such steps to the image's own directories)."""
 
 from __future__ import annotations
 
@@ -39,10 +42,11 @@ if [ "$image" != - ]; then # a task: the image's directories over an empty root,
     mount -o remount,bind,ro "$root/$name"
   done
 fi
-for d in usr etc opt var; do
+for d in usr etc opt var; do # read-only: this machine's system is not the image's to change
   [ -d "/$d" ] || continue
   mkdir -p "$root/$d"
   mount --rbind "/$d" "$root/$d"
+  mount -o remount,bind,ro "$root/$d"
 done
 for l in bin sbin lib lib64 lib32 libx32; do
   if [ -L "/$l" ]; then
@@ -50,6 +54,7 @@ for l in bin sbin lib lib64 lib32 libx32; do
   elif [ -d "/$l" ]; then
     mkdir -p "$root/$l"
     mount --rbind "/$l" "$root/$l"
+    mount -o remount,bind,ro "$root/$l"
   fi
 done
 mkdir -p "$root/proc" "$root/dev" "$root/sys" "$root/tmp" "$root/run" "$root/home"

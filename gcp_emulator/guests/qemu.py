@@ -7,7 +7,7 @@ instance's directory across stop and start, as a persistent disk is. The kernel'
 (ttyS0) is the instance's serial port. The network is QEMU's user-mode network, every host
 socket of it on loopback:
 - 169.254.169.254:80 inside is the metadata server: each connection runs
-  gcp_emulator.metadata_relay, which carries it to the emulator with the VM's name in the path;
+  gcp_emulator.metadata.relay, which carries it to the emulator with the VM's name in the path;
 - the host address 169.254.169.1 is the host's loopback (a git server a test runs there);
 - the VM's agent port is forwarded from the instance's address (its static IP once attached,
   else its internal IP) on this host, so callers reach it where they reach the process guest;
@@ -36,6 +36,9 @@ from pathlib import Path
 
 from gcp_emulator.guests.serial_port import SerialPort
 from gcp_emulator.guests.vm_image import METADATA_IP, Image
+
+# what QEMU runs for each connection to the metadata server's address (metadata/relay.py)
+RELAY_MODULE = "gcp_emulator.metadata.relay"
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +148,7 @@ class QemuGuest:
         )
 
     def argv(self, accel: str) -> list[str]:
-        relay_module = "gcp_emulator.metadata_relay"
+        relay_module = "gcp_emulator.metadata.relay"
         relay = (
             f"{sys.executable} -m {relay_module} {self.emulator_port} {self.zone} {self.instance}"
         )

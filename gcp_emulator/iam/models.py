@@ -151,6 +151,7 @@ class Iam:
         self.roles: dict[str, Role] = {}
         self.policy = Policy(bindings=[{"role": "roles/owner", "members": [OPERATOR]}], version=1)
         self.tokens: dict[str, str] = {}  # token -> principal
+        self.revoked: set[str] = set()  # the tokens of deleted accounts
 
     @property
     def project(self) -> str:
@@ -161,6 +162,13 @@ class Iam:
     def principal_of(self, authorization: str) -> str:
         """The caller of a request, by its bearer token."""
         token = authorization.removeprefix("Bearer ").strip()
+        if token in self.revoked:  # a deleted account's: not the operator's, nobody's
+            raise ApiError(
+                401,
+                "authError",
+                "Request had invalid authentication credentials. Expected OAuth 2 access "
+                "token, login cookie or other valid authentication credential.",
+            )
         return self.tokens.get(token, OPERATOR)
 
     def token_for(self, principal: str) -> str:
@@ -222,6 +230,18 @@ class Iam:
             ],
         )
 
+    def require_act_as(self, principal: str, email: str, api: str = "") -> None:
+        """What running something as a service account needs of whoever sets it up (a Cloud
+        Run job's account, a scheduler job's token): iam.serviceAccounts.actAs on it, granted
+        on the project or on the account (roles/iam.serviceAccountUser)."""
+        account = self.accounts.get(email)
+        self.require(
+            principal,
+            "iam.serviceAccounts.actAs",
+            (f"projects/-/serviceAccounts/{email}", account.policy if account else None),
+            api,
+        )
+
     # -- service accounts --------------------------------------------------------------------
 
     def account(self, email: str) -> ServiceAccount:
@@ -260,6 +280,7 @@ class Iam:
         del self.accounts[email]
         for token in [t for t, who in self.tokens.items() if who == f"serviceAccount:{email}"]:
             del self.tokens[token]
+            self.revoked.add(token)
 
     # -- roles -------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ Content-Length body; a chunked body is copied through to its last chunk), so a c
 the connection alive (the guest agent, gcloud) is rewritten on every request. Answers are
 copied back untouched.
 
-    python -m gcp_emulator.metadata_relay PORT ZONE INSTANCE
+    python -m gcp_emulator.metadata.relay PORT ZONE INSTANCE
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def copy_answers(sock: socket.socket, out: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
-        print("usage: python -m gcp_emulator.metadata_relay PORT ZONE INSTANCE", file=sys.stderr)
+        print("usage: python -m gcp_emulator.metadata.relay PORT ZONE INSTANCE", file=sys.stderr)
         return 2
     port, zone, instance = int(argv[0]), argv[1], argv[2]
     prefix = f"/vm/{zone}/{instance}".encode()

@@ -139,7 +139,8 @@ def lookup(
         account = accounts.get(segments[2]) if len(segments) == 4 else None
         if account is None:
             return None
-        legacy = inst is not None and inst.account is None  # a configured VM: the operator's
+        # a configured VM on the default account: the operator's token (as it always was)
+        legacy = inst is not None and inst.account is None and inst.from_config
         return token_of(cloud, None if legacy else account["email"])
     node: Any = tree
     in_attributes = False

@@ -54,7 +54,9 @@ class Monitoring:
         self.channels[name] = channel
         return channel
 
-    def create_policy(self, body: dict[str, Any]) -> dict[str, Any]:
+    def checked_policy(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A policy's body as kept: its display name, conditions (each named) and channels
+        (each existing) checked."""
         if not body.get("displayName"):
             raise ApiError(400, "invalid", "Field alert_policy.display_name is required.")
         if not body.get("conditions"):
@@ -62,14 +64,17 @@ class Monitoring:
         for channel in body.get("notificationChannels") or []:
             if channel not in self.channels:
                 raise ApiError(400, "invalid", f"Notification channel {channel} does not exist.")
-        name = f"projects/{self.cloud.project}/alertPolicies/{self.new_id()}"
         conditions = [
-            {**c, "name": f"{name}/conditions/{self.new_id()}"} for c in body["conditions"]
+            {**c, "name": c.get("name") or f"{name}/conditions/{self.new_id()}"}
+            for c in body["conditions"]
         ]
+        return {**body, "name": name, "conditions": conditions}
+
+    def create_policy(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = f"projects/{self.cloud.project}/alertPolicies/{self.new_id()}"
+        checked = self.checked_policy(name, body)
         policy = {
-            **body,
-            "name": name,
-            "conditions": conditions,
+            **checked,
             "enabled": body.get("enabled", True),
             "combiner": body.get("combiner", "OR"),
             "creationRecord": self.record_of(),

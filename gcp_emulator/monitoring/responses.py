@@ -27,8 +27,12 @@ def project_of(cloud: Cloud, m: dict[str, str]) -> str:
 
 
 def patched(current: dict[str, Any], patch: dict[str, Any], mask: str) -> dict[str, Any]:
-    """current with the top-level fields the mask names (all of patch's, with none) replaced."""
-    fields = [f.split(".")[0] for f in mask.split(",") if f] or list(patch)
+    """current with the top-level fields the mask names replaced; without a mask, the whole
+    resource is the patch's (its name and creation record kept)."""
+    fields = [f.split(".")[0] for f in mask.split(",") if f]
+    if not fields:
+        kept = {k: current[k] for k in ("name", "creationRecord") if k in current}
+        return {**patch, **kept}
     out = dict(current)
     for f in fields:
         if f in ("name", "creationRecord"):
@@ -159,6 +163,7 @@ async def policies_patch(cloud: Cloud, request: Request, m: dict[str, str]) -> R
     name = f"{project_of(cloud, m)}/alertPolicies/{m['policy']}"
     current = cloud.monitoring.get(cloud.monitoring.policies, name, "policy")
     body = patched(current, await json_body(request), request.query_params.get("updateMask", ""))
+    body = cloud.monitoring.checked_policy(name, body)
     body["mutationRecord"] = cloud.monitoring.record_of()
     cloud.monitoring.policies[name] = body
     return JSONResponse(body)

@@ -11,10 +11,10 @@ ones for every region, to 127.0.0.1, and 169.254.169.254 (the metadata server) i
 too. So gcloud there needs no endpoint override at all: the emulator answers Google's own names
 over TLS.
 
-The emulator itself stays outside (its test hooks answer on the machine's loopback): it makes
-its listening sockets inside by entering the namespace for a moment (setns, this thread only),
-and starts what must run inside (the guests, the Cloud Run tasks, `run`'s command) under
-`nsenter`."""
+The emulator itself stays outside (its test hooks answer on the machine's loopback only, not
+on the sockets inside: core/app.py, WithoutHooks): it makes its listening sockets inside by
+entering the namespace for a moment (setns, this thread only), and starts what must run inside
+(the guests, the Cloud Run tasks, `run`'s command) under `nsenter`."""
 
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 KILL_AFTER = 10.0  # seconds from SIGTERM to SIGKILL (the container contract)
 DEFAULT_TIMEOUT = 600
 DEFAULT_RETRIES = 3
+LINE_MAX = 256 * 1024  # the longest log line kept whole: Cloud Logging's entry size limit
 MARKER = "GCP_EMULATOR_TASK"  # in every task process's environment: finds them all
 
 
@@ -95,7 +96,9 @@ class Attempt:
     outcome: str = "running"  # running, succeeded, failed, cancelled
     why: str = ""  # a failure's reason as Cloud Run words it
     proc: asyncio.subprocess.Process | None = None
-    marker: str = field(default_factory=lambda: secrets.token_hex(8))
+    marker: str = field(default_factory=lambda: secrets.token_hex(8))  # its instance id
+    # its metadata server's path: known to the task alone (the marker is in its log entries)
+    metadata_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     execution: str = ""  # its execution's name
 
 
@@ -266,11 +269,18 @@ class Run:
             for var in co.get("env") or []:
                 out.env = [e for e in out.env if e.name != var.get("name")]
                 out.env.append(EnvVar(str(var.get("name")), str(var.get("value", ""))))
-        if overrides.get("taskCount"):
-            out.task_count = int(overrides["taskCount"])
-        timeout = overrides.get("timeout") or overrides.get("timeoutSeconds")
-        if timeout:
-            out.timeout_seconds = int(str(timeout).removesuffix("s"))
+        try:
+            if overrides.get("taskCount"):
+                out.task_count = int(overrides["taskCount"])
+            timeout = overrides.get("timeout") or overrides.get("timeoutSeconds")
+            if timeout:
+                out.timeout_seconds = round(float(str(timeout).removesuffix("s")))
+        except ValueError:
+            raise ApiError(
+                400, "invalid", f"Invalid overrides: taskCount or timeout: {overrides!r}"
+            ) from None
+        if out.task_count < 1 or out.timeout_seconds < 1:
+            raise ApiError(400, "invalid", "Invalid overrides: taskCount and timeout must be >= 1.")
         return out
 
     def resolve_env(self, spec: JobSpec) -> dict[str, str]:
@@ -391,7 +401,10 @@ class Run:
         except OSError as exc:
             attempt.outcome, attempt.why = "failed", f"the container could not start: {exc}"
             attempt.finished = now_rfc3339()
+            self.task_keys = {k: v for k, v in self.task_keys.items() if v[1] is not attempt}
             return
+        if execution.cancelled:  # cancelled while its container was starting
+            asyncio.get_running_loop().create_task(self._stop(attempt, "cancelled"))
         pumps = asyncio.gather(
             self._pump(execution, attempt, attempt.proc.stdout, "stdout"),
             self._pump(execution, attempt, attempt.proc.stderr, "stderr"),
@@ -400,11 +413,15 @@ class Run:
             spec.timeout_seconds,
             lambda: asyncio.get_running_loop().create_task(self._stop(attempt, "timeout")),
         )
-        rc = await attempt.proc.wait()
-        timer.cancel()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(pumps, 5)
-        self._kill_rest(attempt)
+        try:
+            rc = await attempt.proc.wait()
+            timer.cancel()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(pumps, 5)
+        finally:  # the attempt's processes go with it, and its metadata server's path
+            timer.cancel()
+            self._kill_rest(attempt)
+            self.task_keys = {k: v for k, v in self.task_keys.items() if v[1] is not attempt}
         attempt.exit_code = rc
         attempt.finished = now_rfc3339()
         if attempt.outcome == "running":
@@ -441,7 +458,7 @@ class Run:
         # its metadata server (where gcloud finds its account and token): 169.254.169.254 in
         # the private network, with a path of this attempt's (a task on Cloud Run reaches its
         # own; here every task reaches one address: the path tells them apart)
-        key = f"{execution.name}.{attempt.index}.{attempt.attempt}.{attempt.marker}"
+        key = f"{execution.name}.{attempt.index}.{attempt.attempt}.{attempt.metadata_key}"
         self.task_keys[key] = (execution, attempt)
         host = "169.254.169.254" if self.cloud.net is not None else self.cloud.base_url[7:]
         env["GCE_METADATA_ROOT"] = env["GCE_METADATA_HOST"] = f"{host}/run-task/{key}"
@@ -460,10 +477,25 @@ class Run:
         )
 
     async def _pump(self, execution: Execution, attempt: Attempt, stream: Any, name: str) -> None:
+        """Each line of a task's stream into its log; a line longer than LINE_MAX is cut into
+        entries of that size (Cloud Logging takes entries up to 256 KB)."""
         if stream is None:
             return
-        async for raw in stream:
-            self.cloud.logging.task_line(execution, attempt, name, raw.decode("utf-8", "replace"))
+        pending = b""
+        while chunk := await stream.read(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            while len(pending) > LINE_MAX:
+                lines.append(pending[:LINE_MAX])
+                pending = pending[LINE_MAX:]
+            for raw in lines:
+                self.cloud.logging.task_line(
+                    execution, attempt, name, raw.decode("utf-8", "replace")
+                )
+        if pending:
+            self.cloud.logging.task_line(
+                execution, attempt, name, pending.decode("utf-8", "replace")
+            )
 
     async def _stop(self, attempt: Attempt, why: str) -> None:
         """SIGTERM to the attempt's main process, SIGKILL to all of it 10 s later."""
@@ -509,11 +541,19 @@ class Run:
                 continue
 
     async def close(self) -> None:
-        for execution in list(self.executions.values()):
-            if not execution.done.is_set():
-                for attempts in execution.attempts.values():
-                    for attempt in attempts:
-                        self._kill_rest(attempt)
+        """The emulator is exiting: no attempt is retried or started any more, every process
+        of every running one is killed, and the executions' tasks are awaited."""
+        running = [e for e in self.executions.values() if not e.done.is_set()]
+        for execution in running:
+            execution.cancelled = True
+            for attempts in execution.attempts.values():
+                for attempt in attempts:
+                    self._kill_rest(attempt)
+        tasks = [e.task for e in running if e.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
+        for task in tasks:
+            task.cancel()
 
     def state_json(self) -> dict[str, Any]:
         return {

@@ -52,6 +52,14 @@ def check_namespace(cloud: Cloud, namespace: str) -> None:
         raise ApiError(403, "forbidden", f"Permission denied on resource project {namespace}.")
 
 
+def checked_spec(cloud: Cloud, request: Request, body: dict[str, Any]) -> JobSpec:
+    """The job's template, once the caller may run things as its service account (actAs)."""
+    spec = spec_of(body, cloud)
+    principal = cloud.iam.principal_of(request.headers.get("authorization", ""))
+    cloud.iam.require_act_as(principal, spec.service_account, "run.jobs.create")
+    return spec
+
+
 def job_resource(cloud: Cloud, m: dict[str, str]) -> tuple[str, Any]:
     """A job, for IAM: its name and its own policy (when it exists)."""
     name = m.get("job", "")
@@ -426,7 +434,7 @@ async def jobs_create(cloud: Cloud, request: Request, m: dict[str, str]) -> Resp
     job = cloud.run.create_job(
         region_of(request, cloud),
         name,
-        spec_of(body, cloud),
+        checked_spec(cloud, request, body),
         dict(metadata.get("labels") or {}),
         dict(metadata.get("annotations") or {}),
     )
@@ -461,7 +469,7 @@ async def jobs_replace(cloud: Cloud, request: Request, m: dict[str, str]) -> Res
     job = cloud.run.replace_job(
         region_of(request, cloud),
         m["job"],
-        spec_of(body, cloud),
+        checked_spec(cloud, request, body),
         labels,
         dict(metadata.get("annotations") or {}),
     )

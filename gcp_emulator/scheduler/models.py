@@ -279,22 +279,24 @@ class Scheduler:
             self.deliveries.append(delivery)
         retry = {**DEFAULT_RETRY, **job.retry}
         count = int(retry.get("retryCount") or 0)
-        backoff = seconds(retry.get("minBackoffDuration"), 5)
+        low = seconds(retry.get("minBackoffDuration"), 5)
         cap = seconds(retry.get("maxBackoffDuration"), 3600)
         doublings = int(retry.get("maxDoublings") or 0)
         limit = seconds(retry.get("maxRetryDuration"), 0)
         first = time.time()
         stop_at = self.next_after(job, schedule_time)
-        for attempt in range(count + 1):
+        attempt = 0
+        while True:
             outcome = await self.attempt(job, schedule_time, attempt)
             delivery.attempts.append(outcome)
-            if outcome["ok"] or attempt == count:
+            if outcome["ok"]:
                 break
-            wait = min(cap, backoff * (2 ** min(attempt, doublings)))
+            wait = backoff(attempt, low, cap, doublings)
             now = time.time()
-            if (limit and now + wait - first > limit) or now + wait >= stop_at:
-                break  # retries stop at the next scheduled time (and maxRetryDuration)
+            if not may_retry(attempt, count, limit, now + wait - first) or now + wait >= stop_at:
+                break  # and never past the next scheduled time
             await asyncio.sleep(wait)
+            attempt += 1
         delivery.done.set()
         return delivery
 
@@ -320,24 +322,28 @@ class Scheduler:
         import httpx  # here: its import costs the emulator's start-up a tenth of a second
 
         deadline = seconds(job.attempt_deadline, 180)
-        try:
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=self.cloud.app), timeout=deadline
-            ) as client:
-                r = await asyncio.wait_for(
-                    client.request(
-                        target.get("httpMethod") or "POST",
-                        target["uri"],
-                        headers=headers,
-                        content=body,
-                    ),
-                    deadline,
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.cloud.app))
+
+        async def call() -> httpx.Response:
+            try:
+                return await client.request(
+                    target.get("httpMethod") or "POST", target["uri"], headers=headers, content=body
                 )
-                status, text = r.status_code, r.text[:500]
-        except TimeoutError:
+            finally:
+                await client.aclose()
+
+        # past the deadline the scheduler stops waiting; the call itself goes on (its target
+        # may act on it: the answer is lost, not the call)
+        request = self.spawn(call())
+        done, _ = await asyncio.wait({request}, timeout=deadline)
+        if not done:
             text = f"no answer within the attempt deadline ({job.attempt_deadline})"
-        except httpx.HTTPError as exc:
+        elif isinstance(request.exception(), httpx.HTTPError):
+            exc = request.exception()
             text = f"{type(exc).__name__}: {exc}"
+        else:
+            r = request.result()
+            status, text = r.status_code, r.text[:500]
         ok = 200 <= status < 300
         job.status = {} if ok else {"code": RPC_CODE.get(status, 2), "message": text or "no answer"}
         outcome = {
@@ -377,6 +383,31 @@ class Scheduler:
                 "deliveries": [delivery_json(d) for d in self.deliveries],
             }
         }
+
+
+def backoff(retry: int, low: float, cap: float, doublings: int) -> float:
+    """The wait before retry number `retry` (0: the first): minBackoffDuration, doubled
+    maxDoublings times, then growing by the last doubling's step, never above
+    maxBackoffDuration (RetryConfig's own example: 10 s, 300 s and 3 doublings retry after 10,
+    20, 40, 80, 160, 240, 300, 300, ... seconds)."""
+    if retry <= doublings:
+        wait = low * 2**retry
+    else:
+        wait = low * 2**doublings * (retry - doublings + 1)
+    return min(cap, wait)
+
+
+def may_retry(retries: int, count: int, limit: float, elapsed: float) -> bool:
+    """Whether a failed attempt is tried again, after `retries` retries and `elapsed` seconds
+    from the first attempt to the retry: by retryCount, by maxRetryDuration (0: no limit), and,
+    with both, until both are reached; with neither, never."""
+    count_left = retries < count
+    time_left = limit > 0 and elapsed <= limit
+    if limit == 0:
+        return count_left
+    if count == 0:
+        return time_left
+    return count_left or time_left
 
 
 def delivery_json(d: Delivery) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from gcp_emulator.core.errors import ApiError
 from gcp_emulator.core.routing import json_body, service_route
 from gcp_emulator.core.state import Cloud
 from gcp_emulator.core.util import stamp
-from gcp_emulator.scheduler.models import DEFAULT_DEADLINE, DEFAULT_RETRY, SchedulerJob
+from gcp_emulator.scheduler.models import DEFAULT_DEADLINE, DEFAULT_RETRY, SchedulerJob, seconds
 
 route = service_route("cloudscheduler")
 L = "/v1/projects/{project}/locations/{location}"
@@ -76,6 +76,11 @@ def job_from(name: str, body: dict[str, Any]) -> SchedulerJob:
     if isinstance(oauth, dict) and oauth.get("serviceAccountEmail"):
         oauth.setdefault("scope", "https://www.googleapis.com/auth/cloud-platform")
     retry = {k: v for k, v in (body.get("retryConfig") or {}).items() if v is not None}
+    for key in ("minBackoffDuration", "maxBackoffDuration", "maxRetryDuration"):
+        seconds(retry.get(key))  # a bad duration is refused now, not at the first delivery
+    deadline = seconds(body.get("attemptDeadline") or DEFAULT_DEADLINE)
+    if not 15 <= deadline <= 1800:
+        raise ApiError(400, "invalid", "attemptDeadline must be between 15 seconds and 30 minutes.")
     return SchedulerJob(
         name=name,
         schedule=str(body["schedule"]),
@@ -85,6 +90,16 @@ def job_from(name: str, body: dict[str, Any]) -> SchedulerJob:
         attempt_deadline=str(body.get("attemptDeadline") or DEFAULT_DEADLINE),
         description=str(body.get("description") or ""),
     )
+
+
+def check_act_as(cloud: Cloud, request: Request, job: SchedulerJob) -> SchedulerJob:
+    """A job whose deliveries carry a service account's token needs its creator to be allowed
+    to act as that account (iam.serviceAccounts.actAs)."""
+    email = (job.target.get("oauthToken") or {}).get("serviceAccountEmail")
+    if email:
+        principal = cloud.iam.principal_of(request.headers.get("authorization", ""))
+        cloud.iam.require_act_as(principal, str(email), "cloudscheduler.jobs.create")
+    return job
 
 
 def apply_mask(current: dict[str, Any], patch: dict[str, Any], mask: list[str]) -> dict[str, Any]:
@@ -127,7 +142,8 @@ async def jobs_create(cloud: Cloud, request: Request, m: dict[str, str]) -> Resp
         raise ApiError(400, "invalid", "Job name is required.")
     if name in cloud.scheduler.jobs:
         raise ApiError(409, "alreadyExists", "Job already exists.")
-    return JSONResponse(job_json(cloud.scheduler.put(job_from(name, body))))
+    job = check_act_as(cloud, request, job_from(name, body))
+    return JSONResponse(job_json(cloud.scheduler.put(job)))
 
 
 @route("GET", L + "/jobs", "cloudscheduler.jobs.list", "cloudscheduler.jobs.list")
@@ -152,7 +168,7 @@ async def jobs_patch(cloud: Cloud, request: Request, m: dict[str, str]) -> Respo
     patch = await json_body(request)
     mask = [f for f in request.query_params.get("updateMask", "").split(",") if f]
     merged = apply_mask(job_json(job), patch, mask)
-    updated = job_from(name, merged)
+    updated = check_act_as(cloud, request, job_from(name, merged))
     updated.state, updated.last_attempt, updated.status = job.state, job.last_attempt, job.status
     return JSONResponse(job_json(cloud.scheduler.put(updated)))
 

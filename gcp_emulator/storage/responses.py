@@ -132,10 +132,10 @@ async def objects_resumable_put(cloud: Cloud, request: Request, m: dict[str, str
     """A resumable upload's bytes (Content-Range: bytes FIRST-LAST/TOTAL): 308 with the Range
     received until the last byte is in, then the object."""
     upload = cloud.storage.uploads.get(request.query_params.get("upload_id", ""))
-    if upload is None:
+    if upload is None or upload["bucket"] != m["bucket"]:
         raise ApiError(404, "notFound", "No such upload session.")
     chunk = await request.body()
-    total = None
+    total: int | None = len(upload["data"]) + len(chunk)  # no Content-Range: all of it
     hit = re.fullmatch(
         r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)", request.headers.get("content-range", "")
     )
@@ -144,8 +144,9 @@ async def objects_resumable_put(cloud: Cloud, request: Request, m: dict[str, str
             raise ApiError(400, "invalid", "The chunk does not start where the upload is.")
         total = None if hit[3] == "*" else int(hit[3])
     upload["data"].extend(chunk)
-    if total is not None and len(upload["data"]) < total:
-        return Response(status_code=308, headers={"Range": f"bytes=0-{len(upload['data']) - 1}"})
+    if total is None or len(upload["data"]) < total:  # more to come (or a status query)
+        have = len(upload["data"])
+        return Response(status_code=308, headers={"Range": f"bytes=0-{have - 1}"} if have else {})
     del cloud.storage.uploads[request.query_params["upload_id"]]
     blob = cloud.storage.put(
         upload["bucket"], upload["name"], bytes(upload["data"]), upload["content_type"]
@@ -160,11 +161,17 @@ async def objects_read(cloud: Cloud, request: Request, m: dict[str, str]) -> Res
     N, 404 until it exists (how gcloud follows a build's log)."""
     blob = cloud.storage.blob(m["bucket"], m["rest"])
     data = bytes(blob.data)
-    hit = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
-    if hit is None:
-        return Response(data, media_type=blob.content_type)
-    start = int(hit[1])
-    end = int(hit[2]) if hit[2] else len(data) - 1
+    wanted = request.headers.get("range", "")
+    suffix = re.fullmatch(r"bytes=-(\d+)", wanted)
+    hit = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted)
+    if suffix is not None and int(suffix[1]) > 0:  # the last N bytes
+        hit = None
+        start, end = max(0, len(data) - int(suffix[1])), len(data) - 1
+    elif hit is None or (hit[2] and int(hit[2]) < int(hit[1])):
+        return Response(data, media_type=blob.content_type)  # none, or not one: the whole
+    else:
+        start = int(hit[1])
+        end = min(int(hit[2]), len(data) - 1) if hit[2] else len(data) - 1
     if start >= len(data):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
     part = data[start : end + 1]
