@@ -72,3 +72,17 @@ def test_the_metadata_relay_qemu_runs_is_a_module_that_exists():
     # QEMU runs it by name for each connection of the VM to its metadata server: a module moved
     # without this name would leave every real VM without its metadata
     assert importlib.util.find_spec(qemu_guest.RELAY_MODULE) is not None
+
+
+def test_secret_manager_answers_at_the_metadata_address_where_the_real_vms_gcloud_reaches_it():
+    # the QEMU guest's gcloud is pointed at http://169.254.169.254/ for Secret Manager, and the
+    # metadata relay passes the VM's Host header on: the request is Secret Manager's, not a 404
+    from gcp_emulator.core.app import EmulatorApp  # noqa: F401  (registers every route)
+    from gcp_emulator.core.routing import match
+
+    path = "/v1/projects/p/secrets/app-env/versions/latest:access"
+    for host in ("169.254.169.254", "metadata.google.internal", "127.0.0.1:8080"):
+        found = match("GET", host, path)
+        assert found is not None and found[0].api == "secretmanager.versions.access", host
+    found = match("GET", "169.254.169.254", "/vm/z/i/computeMetadata/v1/instance/id")
+    assert found is not None and found[0].service == "metadata"

@@ -54,9 +54,11 @@ HOSTS = {
     "artifactregistry.googleapis.com": "artifactregistry",
     "monitoring.googleapis.com": "monitoring",
     "logging.googleapis.com": "logging",
-    "metadata.google.internal": "metadata",
-    "169.254.169.254": "metadata",
 }
+# the metadata server's names answer as the root does: what Google's answers there, and Secret
+# Manager's `/v1/...` too, because the QEMU guest's gcloud reaches Secret Manager through the
+# metadata address, the only way out of the VM to the emulator (gcp_emulator/metadata/relay.py)
+METADATA_HOSTS = ("metadata.google.internal", "169.254.169.254")
 REGIONAL_RUN = re.compile(r"[a-z]+-[a-z]+\d+-(run\.googleapis\.com|[0-9.]+|localhost)")
 ROOT_SERVICES = ("compute", "secretmanager", "metadata")  # answered at the root as well
 
@@ -101,6 +103,8 @@ def service_route(service: str) -> Callable[..., Callable[[Handler], Handler]]:
 def service_of(host: str, path: str) -> tuple[str | None, str]:
     """(the service the request names by its host or path prefix, or None; the path within it)."""
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host
+    if name in METADATA_HOSTS:
+        return None, path
     if name in HOSTS:
         return HOSTS[name], path
     if REGIONAL_RUN.fullmatch(name):
