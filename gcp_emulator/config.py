@@ -85,7 +85,7 @@ class EmulatorConfig:
     project_number: int = 123456789012
     region: str = "us-central1"
     zone: str = "us-central1-a"
-    operation_wait_cap: float = 30.0
+    operation_wait_cap: float = 120.0  # Google holds a wait about two minutes
     label_conflict: str = "http"  # a stale labelFingerprint: HTTP 412, or "operation" error
     # the caller's Compute permissions (IAM enforced), or None: any token may do anything
     permissions: frozenset[str] | None = None

@@ -58,8 +58,9 @@ gcloud_stderr() { cat "$WORK_DIR/gcloud.err"; }
 # compute_api METHOD PATH [CURL ARGS...]: one Compute API call (PATH is under
 # projects/PROJECT_ID/) with curl and the access token, as gcloud would make it: a few ms, where
 # a gcloud call costs half a second of start-up. Sets API_CODE, API_BODY (on one line) and
-# API_CURL_ERROR. Bounded by the cleanup's budget (children.sh's max_time): with none left, no
-# call, and API_CODE 000. An expired token (401) is renewed once. Its files are this process's own: the
+# API_CURL_ERROR. Each call is given 30 s (API_MAX=seconds for another bound, such as an
+# operation's wait, which Google holds up to two minutes), within the cleanup's budget
+# (children.sh's max_time): with none left, no call, and API_CODE 000. An expired token (401) is renewed once. Its files are this process's own: the
 # guest-attribute watcher calls it too.
 compute_api() {
   local method=$1 path=$2 try max f=$WORK_DIR/api.$BASHPID
@@ -69,7 +70,7 @@ compute_api() {
   [[ $method != POST || " $* " == *" --data "* ]] || set -- -H 'Content-Length: 0' "$@"
   for try in 1 2; do
     rm -f "$f.json"
-    max=$(max_time 30) # within the budget a signal's cleanup has
+    max=$(max_time "${API_MAX:-30}") # within the budget a signal's cleanup has
     if [[ $max == 0 ]]; then
       API_CODE=000 API_BODY="" API_CURL_ERROR=$NO_TIME_LEFT
       return 0
@@ -88,16 +89,33 @@ compute_api() {
 }
 
 # follow_operation DEADLINE: the answer in API_BODY is an operation: follow it (POST …/wait)
-# until DONE or DEADLINE; API_BODY is then the operation as it ended. Returns 3 (API_ERROR says
-# so) when it was not done by DEADLINE; else api_outcome of the last answer.
+# until DONE or DEADLINE; API_BODY is then the operation as it ended. Google holds a wait up to
+# about two minutes before it answers with the operation not yet DONE: each wait is given that
+# long (within DEADLINE), and a wait with no answer, a 429 or a 5xx is asked again a second
+# later. Returns 3 (API_ERROR says so) when it was not done by DEADLINE; else api_outcome of the
+# last answer.
 follow_operation() {
   local deadline=$1 name_re='"name":[[:space:]]*"([^"]+)"' done_re='"status":[[:space:]]*"DONE"'
-  while [[ $API_CODE == 200 && ! $API_BODY =~ $done_re && $API_BODY =~ $name_re ]]; do
-    (($(date +%s) < deadline)) || {
-      API_ERROR="the operation ${BASH_REMATCH[1]} was not done in time"
+  local name left rc
+  API_ERROR=""
+  [[ $API_CODE == 200 && $API_BODY =~ $name_re ]] || {
+    api_outcome
+    return
+  }
+  name=${BASH_REMATCH[1]}
+  until [[ $API_CODE == 200 && $API_BODY =~ $done_re ]]; do
+    if [[ $API_CODE != 200 ]]; then
+      rc=0
+      api_outcome || rc=$?
+      ((rc == 3)) || return "$rc"
+      nap 1
+    fi
+    left=$((deadline - $(date +%s)))
+    ((left > 0)) || {
+      API_ERROR="the operation $name was not done in time${API_ERROR:+ (last: $API_ERROR)}"
       return 3
     }
-    compute_api POST "zones/$ZONE/operations/${BASH_REMATCH[1]}/wait"
+    API_MAX=$((left < 130 ? left : 130)) compute_api POST "zones/$ZONE/operations/$name/wait"
   done
   api_outcome
 }

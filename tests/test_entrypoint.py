@@ -71,6 +71,19 @@ def test_test_mode_passes_dry_run_to_the_job(make_flow):
     assert flow.runs()[0].startswith("1 ")
 
 
+def test_a_vm_that_takes_longer_than_a_call_to_stop_is_waited_for_until_terminated(make_flow):
+    """Google holds an operation's wait up to about two minutes before it answers, and a real VM
+    can take most of the 90 s it is given to shut down (seen on the real-VM tier). The cleanup
+    waits for TERMINATED within STOP_TIMEOUT however long each wait is held: it used to give up
+    after its 30-s call, saying the VM "may still be running", and exit 4 after a good run."""
+    flow = make_flow(settings="operation_wait_cap = 120\n[defaults]\nstop_delay = 36.0")
+    r = flow.entrypoint(timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "cleanup: vm-0 is TERMINATED" in r.stderr, r.stderr
+    assert "may still be running" not in r.stderr
+    flow.assert_cleaned_up()
+
+
 # -- failures before the run -----------------------------------------------------------------
 
 
