@@ -252,29 +252,46 @@ arm_watchdog() {
   watchdog </dev/null &
 }
 
-# Its output goes straight to the serial console (SERIAL_CONSOLE, /dev/ttyS0 on Compute Engine),
+# Its lines go straight to the serial console (SERIAL_CONSOLE, /dev/ttyS0 on Compute Engine),
 # not to the script runner's pipes: the current runner closes them when this script exits, and
 # the watchdog's last line would then be its death by SIGPIPE, before the poweroff (Go restores
 # SIGPIPE's default in the processes it starts); the older runner would wait for it to let go of
 # them for the whole BOOT_WATCHDOG. SIGPIPE is ignored all the same: the poweroff comes first.
+# The console is opened for each line, not once at the start: the watchdog starts seconds into
+# the boot, and the serial getty, starting later, hangs up the console (agetty's vhangup), which
+# silently voids every descriptor opened on it before (seen on a real VM: the watchdog powered it
+# off without a word).
 watchdog() {
   local deadline=$((SECONDS + BOOT_WATCHDOG)) host=${AGENT_HOST:-0.0.0.0} scheme=https
   trap - ERR
   trap '' PIPE
   set +e
-  [[ ! -w ${SERIAL_CONSOLE:=/dev/ttyS0} ]] || exec >>"$SERIAL_CONSOLE" 2>&1
+  if [[ -w ${SERIAL_CONSOLE:=/dev/ttyS0} ]]; then
+    exec >/dev/null 2>&1
+  else
+    SERIAL_CONSOLE="" # no console of its own (a laptop): its lines go where the script's go
+  fi
   [[ $host == 0.0.0.0 ]] && host=127.0.0.1
   ((AGENT_TLS)) || scheme=http
   while ((SECONDS < deadline)); do
     if curl -sfk --max-time 2 -o /dev/null "$scheme://$host:$AGENT_PORT/"; then
-      boot_state ready
-      log INFO "boot watchdog: the agent answers; disarmed"
+      to_console boot_state ready
+      to_console log INFO "boot watchdog: the agent answers; disarmed"
       exit 0
     fi
     sleep 1
   done
-  log ERROR "boot watchdog: the agent did not answer within ${BOOT_WATCHDOG}s (the boot failed: see above); powering the VM off"
-  poweroff
+  to_console log ERROR "boot watchdog: the agent did not answer within ${BOOT_WATCHDOG}s (the boot failed: see above); powering the VM off"
+  to_console poweroff
+}
+
+# to_console CMD...: the watchdog's CMD, its output on the console opened now.
+to_console() {
+  if [[ -n $SERIAL_CONSOLE ]]; then
+    "$@" >>"$SERIAL_CONSOLE" 2>&1
+  else
+    "$@"
+  fi
 }
 
 # as_app CMD...: run CMD as APP_USER, with its own HOME and uv cache.

@@ -545,6 +545,41 @@ def test_the_boot_watchdog_is_armed_before_anything_can_fail(boot):
     assert any(e.get("event") == "guest_poweroff" for e in vm.emu.journal())
 
 
+def test_the_boot_watchdog_says_it_powers_off_on_the_console_as_it_is_then(tmp_path):
+    """On a real VM the serial getty starts after the watchdog and hangs the console up, which
+    voids every descriptor opened on it before: the watchdog, holding one from its start, powered
+    the VM off without a word. Here the console is replaced once the watchdog runs: its last line
+    and the poweroff's own must reach the console as it is when they are written."""
+    console = tmp_path / "ttyS0"
+    console.write_text("")
+    started = tmp_path / "curl-called"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(f"#!/bin/sh\ntouch {started}\nexit 7\n")
+    (bin_dir / "poweroff").write_text("#!/bin/sh\necho 'System is powering off.'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SERIAL_CONSOLE": str(console),
+        "BOOT_WATCHDOG": "3",
+        "AGENT_PORT": "9",
+        "AGENT_TLS": "0",
+    }
+    with subprocess.Popen(
+        ["bash", "-c", 'source "$1"; watchdog', "bash", str(REPO / "startup.sh")],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    ) as proc:  # fmt: skip
+        wait_until(started.exists, 20, "the watchdog's first look at the agent")
+        console.rename(tmp_path / "ttyS0.hung-up")  # what was opened before is gone
+        console.write_text("")
+        out, _ = proc.communicate(timeout=30)
+    text = console.read_text()
+    assert "boot watchdog: the agent did not answer within 3s" in text, text
+    assert "System is powering off." in text, "the poweroff's own output is on the console"
+    assert out == b"", "nothing goes to the script runner's pipes"
+
+
 def test_the_agents_unit_stops_the_agent_alone_and_lets_it_end_the_job(tmp_path):
     """systemd's default KillMode=control-group would send the job SIGTERM beside the agent's
     own: the job's handler would run twice on a VM's stop."""
