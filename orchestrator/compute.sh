@@ -60,8 +60,8 @@ gcloud_stderr() { cat "$WORK_DIR/gcloud.err"; }
 # a gcloud call costs half a second of start-up. Sets API_CODE, API_BODY (on one line) and
 # API_CURL_ERROR. Each call is given 30 s (API_MAX=seconds for another bound, such as an
 # operation's wait, which Google holds up to two minutes), within the cleanup's budget
-# (children.sh's max_time): with none left, no call, and API_CODE 000. An expired token (401) is renewed once. Its files are this process's own: the
-# guest-attribute watcher calls it too.
+# (children.sh's max_time): with none left, no call, and API_CODE 000. An expired token (401) is
+# renewed once. Its files are this process's own: the guest-attribute watcher calls it too.
 compute_api() {
   local method=$1 path=$2 try max f=$WORK_DIR/api.$BASHPID
   shift 2
