@@ -13,6 +13,9 @@
 #                                                            SSH deploy key of a private repository
 #   GIT_REF     (attribute git-ref)     main                 the branch to run
 #   ENV_SECRET  (attribute env-secret)  app-env              Secret Manager secret holding .env
+#   TOKEN_SECRET (attribute token-secret) (none)             Secret Manager secret holding the
+#                                                            agent's token (the one the job reads);
+#                                                            none: .env's AGENT_TOKEN= line
 #   APP_USER    (attribute app-user)    jobrunner            the agent's user (never root)
 #   AGENT_PORT  (attribute agent-port)  8000
 #   AGENT_HOST  (attribute agent-host)  0.0.0.0              the address the agent listens on
@@ -170,6 +173,7 @@ read_settings() {
   setting REPO_KEY_SECRET repo-key-secret ""
   setting GIT_REF git-ref main
   setting ENV_SECRET env-secret app-env
+  setting TOKEN_SECRET token-secret ""
   setting APP_USER app-user jobrunner
   setting STATE_DIR state-dir "$APP_DIR/state"
   if ((EUID == 0)); then
@@ -440,18 +444,42 @@ fetch_secret() {
 }
 
 # 4. .env from Secret Manager: written to a temp file, checked, then renamed, mode 0600, owned
-# by APP_USER. A failed fetch leaves the old file alone and the agent unstarted.
+# by APP_USER. A failed fetch leaves the old file alone and the agent unstarted. With
+# TOKEN_SECRET, the agent's token is that secret's, the one the Cloud Run job reads too (one
+# copy: a rotation is one new version), and an AGENT_TOKEN= line in .env is dropped.
 write_env() {
-  local t0
+  local t0 token="" from="secret $ENV_SECRET" kept
   t0=$(now)
   boot_state "boot 4/6 .env"
+  if [[ -n $TOKEN_SECRET ]]; then
+    read_token
+    from+=", its token from secret $TOKEN_SECRET"
+  fi
   fetch_secret "$ENV_SECRET" "$APP_DIR/.env" "boot 4/6 .env" "; the agent is not started"
-  if ! grep -q '^AGENT_TOKEN=' "$SECRET_TMP"; then
+  if [[ -n $token ]]; then
+    if grep -q '^AGENT_TOKEN=' "$SECRET_TMP"; then
+      log WARNING "boot 4/6 .env: secret $ENV_SECRET's AGENT_TOKEN= line is ignored: the token is secret $TOKEN_SECRET's (remove the line from $ENV_SECRET)"
+    fi
+    kept=$(grep -v '^AGENT_TOKEN=' "$SECRET_TMP" || true)
+    { [[ -z $kept ]] || printf '%s\n' "$kept"; printf 'AGENT_TOKEN=%s\n' "$token"; } >"$SECRET_TMP"
+  elif ! grep -q '^AGENT_TOKEN=' "$SECRET_TMP"; then
     rm -f "$SECRET_TMP"
-    die "boot 4/6 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started"
+    die "boot 4/6 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started (the token goes there, or in a secret of its own that the VM's token-secret names)"
   fi
   mv -f "$SECRET_TMP" "$APP_DIR/.env"
-  log INFO "boot 4/6 .env: written from secret $ENV_SECRET ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
+  log INFO "boot 4/6 .env: written from $from ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
+}
+
+# read_token: `token` (write_env's) from secret TOKEN_SECRET: one line of 16 or more characters
+# that .env carries as they are (letters, digits and . _ ~ + / = -: what a generated token and
+# base64 use). Never logged.
+read_token() {
+  fetch_secret "$TOKEN_SECRET" "$APP_DIR/.env" "boot 4/6 .env: the agent's token" "; the agent is not started"
+  token=$(<"$SECRET_TMP")
+  rm -f "$SECRET_TMP"
+  token=${token%$'\r'}
+  [[ $token =~ ^[A-Za-z0-9._~+/=-]{16,}$ ]] ||
+    die "boot 4/6 .env: secret $TOKEN_SECRET does not hold a token: one line of 16 or more letters, digits or . _ ~ + / = - (it holds ${#token} characters); the agent is not started"
 }
 
 # 5. Dependencies: uv sync from the committed lock (uv installed from PyPI first if missing).

@@ -232,6 +232,8 @@ class Emulator:
 
 # -- commands --------------------------------------------------------------------------------
 
+# the demo VM's token-secret (a name, not a secret): one token, read by both sides
+DEMO_TOKEN_SECRET = "agent-token"  # noqa: S105
 CONVENIENCE = ("PROJECT_ID", "REGION", "ZONE", "INSTANCE", "STATIC_NAME")
 
 
@@ -354,19 +356,23 @@ async def run_demo(mode: str, keep: bool, keep_running: bool = False, vm: str = 
                 image = await asyncio.to_thread(vm_image.build)
                 say(f"the VM image is {image.dir} ({loop.time() - t0:.0f} s)")
                 git = stack.enter_context(GitServer(disk.base))
-                demo = demo_config(disk, repo_url=git.url(disk.origin))
+                demo = demo_config(
+                    disk, repo_url=git.url(disk.origin), token_secret=DEMO_TOKEN_SECRET
+                )
                 say(
                     f"VM demo-vm is Debian 12 under QEMU; at its first boot startup.sh clones "
                     f"{git.url(disk.origin)} (a snapshot of {REPO}, served by git daemon on "
-                    f"127.0.0.1:{git.port}) and installs git and uv; its .env secret holds a "
-                    f"generated token and a demo job; running ./entrypoint.sh with MODE={mode}, "
+                    f"127.0.0.1:{git.port}) and installs git and uv; it reads its .env secret "
+                    f"(a demo job) and, as docs/deploy.md sets it up, the agent's token from the "
+                    f"secret {DEMO_TOKEN_SECRET}; running ./entrypoint.sh with MODE={mode}, "
                     f"BOOT_TIMEOUT={demo.boot_timeout}"
                 )
             else:
-                demo = demo_config(disk)
+                demo = demo_config(disk, token_secret=DEMO_TOKEN_SECRET)
                 say(
                     f"VM demo-vm boots startup.sh from a clone of {REPO} (origin: a local bare "
-                    f"copy); its .env secret holds a generated token and a demo job; running "
+                    f"copy); it reads its .env secret (a demo job) and, as docs/deploy.md sets it "
+                    f"up, the agent's token from the secret {DEMO_TOKEN_SECRET}; running "
                     f"./entrypoint.sh with MODE={mode}"
                 )
             emu = Emulator(demo.config, state_dir=base / "emulator")

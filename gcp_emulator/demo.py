@@ -259,6 +259,7 @@ def demo_config(
     disk: Disk,
     *,
     secret: str | None = None,
+    token_secret: str | None = None,
     job: str = DEMO_JOB,
     metadata: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
@@ -269,7 +270,9 @@ def demo_config(
     idle_shutdown: str | None = "600",
     repo_url: str | None = None,
 ) -> Demo:
-    """One VM booting startup.sh over disk, one static address, the app-env secret. Its
+    """One VM booting startup.sh over disk, one static address, the app-env secret (with the
+    agent's token in it, or, with token_secret, the token in a secret of that name that the VM's
+    token-secret names, as docs/deploy.md sets it up). Its
     addresses are 127.NET.77.7 (static) and 127.NET.100.2 (internal) for a NET of its own, so
     demos and tests running at once never share one. With repo_url the VM is a real one (a QEMU
     guest) that clones repo_url at its first boot, with startup.sh's defaults for its
@@ -302,6 +305,7 @@ def demo_config(
                 "env-secret": "app-env",
                 "agent-port": str(port),
                 "enable-guest-attributes": "TRUE",
+                **({"token-secret": token_secret} if token_secret else {}),
                 **(metadata or {}),
             },
             env={**guest_env, **(env or {})},
@@ -312,8 +316,12 @@ def demo_config(
     )
     cfg.addresses.append(AddressConfig(name="demo-ip", region=cfg.region, address=address))
     if secret is None:
-        secret = f"AGENT_TOKEN={token}\nJOB_COMMAND={job}\nEXAMPLE=from-secret-manager\n" + (
-            f"IDLE_SHUTDOWN={idle_shutdown}\n" if idle_shutdown is not None else ""
+        secret = (
+            ("" if token_secret else f"AGENT_TOKEN={token}\n")
+            + f"JOB_COMMAND={job}\nEXAMPLE=from-secret-manager\n"
+            + (f"IDLE_SHUTDOWN={idle_shutdown}\n" if idle_shutdown is not None else "")
         )
     cfg.secrets.append(SecretConfig(name="app-env", versions=[secret.encode()]))
+    if token_secret:
+        cfg.secrets.append(SecretConfig(name=token_secret, versions=[token.encode()]))
     return Demo(cfg, token, port, disk, boot_timeout)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gcp_emulator.config import dump_config
-from gcp_emulator.demo import Demo, demo_config, guest_access, make_disk, push_commit
+from gcp_emulator.demo import DEMO_JOB, Demo, demo_config, guest_access, make_disk, push_commit
 from tests.conftest import REPO, free_port, wait_until
 from tests.harness import EmulatorProcess, needs_gcloud
 
@@ -176,6 +176,55 @@ def test_a_failed_fetch_keeps_the_code_and_still_boots(boot, vm_base):
     r = vm.entrypoint()
     assert r.returncode == 0, r.stderr + vm.serial()
     assert "fetching origin/main failed, keeping" in vm.serial()
+    vm.assert_cleaned_up()
+
+
+def test_the_vm_takes_the_agents_token_from_the_secret_the_job_reads(boot):
+    """One token, one secret: the VM's token-secret names the secret the Cloud Run job reads
+    (--set-secrets=AGENT_TOKEN=agent-token:latest), and .env holds no copy of it."""
+    vm = boot(token_secret="agent-token")
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "demo job: done" in r.stdout
+    env_lines = (vm.app / ".env").read_text().splitlines()
+    assert [ln for ln in env_lines if ln.startswith("AGENT_TOKEN=")] == [
+        f"AGENT_TOKEN={vm.demo.token}"
+    ]
+    assert "EXAMPLE=from-secret-manager" in env_lines, ".env's own settings are kept"
+    assert "written from secret app-env, its token from secret agent-token" in vm.serial()
+    assert vm.demo.token not in vm.serial() and vm.demo.token not in r.stderr
+    vm.assert_cleaned_up()
+
+
+def test_a_stale_token_left_in_env_is_ignored_when_the_token_has_its_own_secret(boot):
+    """A token rotated in its secret alone used to end every run in exit 6 (the VM kept .env's
+    copy): with token-secret set, .env's AGENT_TOKEN= line is dropped, with a warning."""
+    stale = f"AGENT_TOKEN=stale-token-from-before\nJOB_COMMAND={DEMO_JOB}\nEXAMPLE=kept\n"
+    vm = boot(token_secret="agent-token", secret=stale)
+    r = vm.entrypoint()
+    assert r.returncode == 0, r.stderr + vm.serial()
+    assert "AGENT_TOKEN= line is ignored: the token is secret agent-token's" in vm.serial()
+    env_text = (vm.app / ".env").read_text()
+    assert "stale-token-from-before" not in env_text
+    assert env_text.count("AGENT_TOKEN=") == 1 and "EXAMPLE=kept" in env_text
+    vm.assert_cleaned_up()
+
+
+@pytest.mark.parametrize(
+    ("token_secret", "reason"),
+    [
+        ("no-such-secret", "the agent's token: cannot read secret no-such-secret"),
+        # the .env secret named by mistake: many lines, not a token
+        ("app-env", "secret app-env does not hold a token: one line of 16 or more"),
+    ],
+)
+def test_a_token_secret_that_holds_no_token_fails_the_boot_naming_it(boot, token_secret, reason):
+    vm = boot(metadata={"token-secret": token_secret})
+    r = vm.entrypoint(BOOT_TIMEOUT="120")
+    assert r.returncode == 4, r.stderr
+    assert f"demo-vm's boot failed: boot 4/6 .env: {reason}" in r.stderr, r.stderr
+    assert "from-secret-manager" not in vm.serial(), "the secret's content is never logged"
+    assert not (vm.app / ".env").exists() and not list(vm.app.glob(".env.*"))
     vm.assert_cleaned_up()
 
 
