@@ -1,7 +1,10 @@
 """The job itself. The agent runs it as `python main.py` (mode run) or `python main.py --test`.
 
 As shipped, `run()` executes the shell command in JOB_COMMAND with `/bin/sh -c`, and exports
-DRY_RUN=1 to it in test mode. To put your own logic here, replace the body of `run()`:
+DRY_RUN=1 to it in test mode. The command runs in the project's environment, as after
+`source .venv/bin/activate`: `python` is the project's, with its locked dependencies (what you
+`uv add`), so `JOB_COMMAND='python -m my_trading.run'` runs your package from the checkout. To
+put your own logic here instead, replace the body of `run()`:
 
     def run(test: bool = False) -> None:
         client = Exchange(api_key=os.environ["EXCHANGE_KEY"])  # values from .env reach you
@@ -55,6 +58,19 @@ def _outlive_the_command() -> None:
         signal.signal(sig, lambda _signum, _frame: None)
 
 
+def project_environment(env: dict[str, str]) -> dict[str, str]:
+    """env as a virtual environment's activation leaves it: this interpreter's environment (the
+    project's .venv, which the agent runs from) first on PATH, VIRTUAL_ENV set. The agent's own
+    PATH (systemd's default on a VM) has no `python` at all on Debian 12."""
+    bin_dir = os.path.dirname(sys.executable)
+    path = env.get("PATH", os.defpath)
+    if sys.prefix != sys.base_prefix:  # a virtual environment
+        env["VIRTUAL_ENV"] = sys.prefix
+    env.pop("PYTHONHOME", None)
+    env["PATH"] = bin_dir + (os.pathsep + path if path else "")
+    return env
+
+
 def run(test: bool = False) -> None:
     """Run the job once; `test=True` must not touch anything real (DRY_RUN=1)."""
     command = os.environ.get("JOB_COMMAND", "").strip()
@@ -64,7 +80,7 @@ def run(test: bool = False) -> None:
             " shell command to run, or replace run() in main.py with your own logic",
             exit_code=2,
         )
-    env = dict(os.environ)
+    env = project_environment(dict(os.environ))
     if test:
         env["DRY_RUN"] = "1"
     else:

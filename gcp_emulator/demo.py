@@ -81,6 +81,7 @@ def push_commit(origin: Path, files: dict[str, str], message: str) -> None:
     work = origin.parent / f"{origin.name}.push"
     _git("clone", "--quiet", str(origin), str(work))
     for rel, text in files.items():
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text(text)
     _git("add", "--all", cwd=work)
     _git("commit", "--quiet", "-m", message, cwd=work)

@@ -36,3 +36,17 @@ def test_the_command_exit_code_is_the_process_exit_code():
     proc = run_main(JOB_COMMAND="echo why >&2; exit 7")
     assert proc.returncode == 7
     assert proc.stderr == "why\n", "main.py adds nothing after the command's own last line"
+
+
+def test_the_command_runs_in_the_projects_environment_with_its_python_first_on_path():
+    """On the VM the agent's PATH is systemd's, with no `python` (Debian 12): a JOB_COMMAND such
+    as `python -m my_trading.run` must find the project's interpreter and its dependencies."""
+    proc = run_main(
+        JOB_COMMAND='python -c "import sys, pydantic_settings; print(sys.prefix)"; '
+        'echo "venv=$VIRTUAL_ENV"',
+        PATH="/usr/bin:/bin",
+    )
+    assert proc.returncode == 0, proc.stderr
+    prefix, venv = proc.stdout.splitlines()
+    assert prefix == sys.prefix, "the job's python is the one main.py runs on"
+    assert venv == f"venv={sys.prefix}"

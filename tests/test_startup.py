@@ -169,6 +169,35 @@ def test_a_commit_pushed_after_the_disk_was_made_is_live_after_the_next_boot(boo
     assert "(origin/main)" in vm.serial()
 
 
+MY_JOB = """import os
+import sys
+
+import dotenv  # one of the project's locked dependencies: not in the system's python
+
+print(f"my_job: python {sys.prefix}, dotenv from {os.path.dirname(dotenv.__file__)}")
+print(f"my_job: DRY_RUN={os.environ.get('DRY_RUN', '0')}, EXAMPLE={os.environ['EXAMPLE']}")
+"""
+
+
+def test_the_operators_own_package_runs_with_the_projects_python_and_dependencies(boot, vm_base):
+    """docs/deploy.md's path for one's own job: a package committed and pushed to the repository
+    the VM pulls, JOB_COMMAND='python -m my_job'. On the VM `python` is the project's .venv (the
+    agent's PATH, systemd's, has none at all on Debian 12), so the job imports what uv locked."""
+    disk = make_disk(vm_base)
+    push_commit(
+        disk.origin,
+        {"my_job/__init__.py": "", "my_job/__main__.py": MY_JOB},
+        "my trading job",
+    )
+    vm = boot(disk=disk, job="python -m my_job", token_secret="agent-token")
+    r = vm.entrypoint(MODE="test")
+    assert r.returncode == 0, r.stderr + vm.serial()
+    venv = vm.app / ".venv"
+    assert f"my_job: python {venv}, dotenv from {venv}/lib/" in r.stdout, r.stdout
+    assert "my_job: DRY_RUN=1, EXAMPLE=from-secret-manager" in r.stdout
+    vm.assert_cleaned_up()
+
+
 def test_a_failed_fetch_keeps_the_code_and_still_boots(boot, vm_base):
     disk = make_disk(vm_base)
     disk.origin.rename(disk.origin.with_name("moved.git"))
