@@ -13,8 +13,8 @@
 # Optional (defaults in docs/orchestrator.md, "Settings"): AGENT_PORT MODE BOOT_TIMEOUT
 #   RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT HEALTH_INTERVAL KEEP_VM ACCESS_CONFIG_NAME
 #   NETWORK_INTERFACE AGENT_TLS AGENT_ADDRESS PIN_WAIT FALLBACK_MACHINE_TYPES SCHEDULE TIME_ZONE
-#   START_DEADLINE RERUN_FAILED; from Cloud Run: CLOUD_RUN_JOB CLOUD_RUN_EXECUTION
-#   CLOUD_RUN_TASK_INDEX CLOUD_RUN_TASK_ATTEMPT CLOUD_RUN_TASK_COUNT.
+#   START_DEADLINE RERUN_FAILED AGENT_TOKEN_SECRET; from Cloud Run: CLOUD_RUN_JOB
+#   CLOUD_RUN_EXECUTION CLOUD_RUN_TASK_INDEX CLOUD_RUN_TASK_ATTEMPT CLOUD_RUN_TASK_COUNT.
 # Exit codes: 0 the run succeeded; 1 it failed, was cancelled or interrupted; 2 configuration;
 #   3 the VM is busy (another execution holds its claim, or a run is in progress on it);
 #   4 boot failed, or boot or run timeout; 5 Cloud API error;
@@ -53,6 +53,8 @@ source "$ORCHESTRATOR/capacity.sh"     # step 3: a zone without capacity, other 
 source "$ORCHESTRATOR/watcher.sh"      # step 4: the boot's guest attributes and console
 # shellcheck source=orchestrator/agent.sh
 source "$ORCHESTRATOR/agent.sh"        # step 4: the agent's health, its pinned key, its calls
+# shellcheck source=orchestrator/token.sh
+source "$ORCHESTRATOR/token.sh"        # step 5: the agent's token renewed after a rotation
 # shellcheck source=orchestrator/run.sh
 source "$ORCHESTRATOR/run.sh"          # steps 5, 6: the run started, followed, cancelled
 # shellcheck source=orchestrator/job_log.sh

@@ -17,24 +17,17 @@ CANCELLED=""
 # Cloud Run task, or a duplicate, get its earlier run back, however it ended (RERUN_FAILED=1:
 # one that failed runs again).
 start_run() {
-  local t0 key=$RUN_KEY deadline delay=1 status body start_by
+  local t0 key=$RUN_KEY status body start_by
   t0=$(now)
   slot_window_open 5 # the boot may have taken the job past START_DEADLINE
   body="{\"mode\":\"$MODE\"${RUN_SLOT:+,\"run_slot\":\"$RUN_SLOT\"}"
   ((!RERUN_FAILED)) || body+=',"rerun_failed":true'
   start_by=$(slot_start_by) # the agent starts no new run after it, a retry's neither
   body+="${start_by:+,\"start_by\":\"$start_by\"}}"
-  deadline=$(($(date +%s) + API_TIMEOUT))
-  while :; do
-    agent POST /runs 30 -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
-      --data "$body"
-    is_transient_http || break
-    (($(date +%s) + delay <= deadline)) ||
-      die "$EX_AGENT" "step 5/6: could not start the run: $(last_agent_error)"
-    log WARNING "step 5/6: POST /runs: $(last_agent_error); retrying in ${delay}s"
-    nap "$delay"
-    delay=$((delay * 2 > 8 ? 8 : delay * 2))
-  done
+  post_run "$key" "$body"
+  if [[ $HTTP_CODE == 401 ]] && renew_agent_token; then
+    post_run "$key" "$body"
+  fi
   case $HTTP_CODE in
     202 | 200)
       RUN_ID=$(json_field id)
@@ -59,9 +52,26 @@ start_run() {
       address_disown
       die "$EX_BUSY" "step 5/6: another run is in progress on $INSTANCE (run $(json_field run_id)); leaving the VM and its address alone"
       ;;
-    401) die "$EX_AGENT" "step 5/6: the agent rejected AGENT_TOKEN (401): the token in this job and on the VM differ" ;;
+    401) die "$EX_AGENT" "step 5/6: the agent rejected AGENT_TOKEN (401): the token in this job and on the VM differ${AGENT_TOKEN_SECRET:+ (and the latest version of secret $AGENT_TOKEN_SECRET did not help: see above)}" ;;
     *) die "$EX_AGENT" "step 5/6: unexpected answer to POST /runs: $(last_agent_error)" ;;
   esac
+}
+
+# post_run KEY BODY: POST /runs, transient failures tried again within API_TIMEOUT; the answer
+# in HTTP_CODE and BODY.
+post_run() {
+  local key=$1 body=$2 deadline delay=1
+  deadline=$(($(date +%s) + API_TIMEOUT))
+  while :; do
+    agent POST /runs 30 -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
+      --data "$body"
+    is_transient_http || return 0
+    (($(date +%s) + delay <= deadline)) ||
+      die "$EX_AGENT" "step 5/6: could not start the run: $(last_agent_error)"
+    log WARNING "step 5/6: POST /runs: $(last_agent_error); retrying in ${delay}s"
+    nap "$delay"
+    delay=$((delay * 2 > 8 ? 8 : delay * 2))
+  done
 }
 
 # 6. Follow the run: its log onto stdout as it arrives (job_log.sh), until the run ends or

@@ -6,7 +6,8 @@
 #   header with their defaults, COMPUTE_API (the Compute API's root URL), INSTANCE and
 #   STATIC_NAME (this task's, from INSTANCES), WORK_DIR (this execution's private directory:
 #   the token's header file, each call's scratch files; removed by finish).
-# The token itself is written to $WORK_DIR/auth and unset: no other module sees it.
+# The token itself is written to $WORK_DIR/auth and unset: no other module sees it, but token.sh,
+# which writes a rotated one there.
 # Needs: logging.sh.
 
 readonly NAME_RE='^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'
@@ -46,6 +47,8 @@ check_config() {
   START_DEADLINE=${START_DEADLINE:-}
   RERUN_FAILED=${RERUN_FAILED:-0}
   COMPUTE_API=${CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE:-https://compute.googleapis.com/compute/v1/}
+  SECRETMANAGER_API=${CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER:-https://secretmanager.googleapis.com/}
+  AGENT_TOKEN_SECRET=${AGENT_TOKEN_SECRET:-}
 
   for name in BOOT_TIMEOUT RUN_TIMEOUT STOP_TIMEOUT API_TIMEOUT PIN_WAIT; do
     { is_uint "${!name}" && ((${!name} > 0)); } ||
@@ -74,6 +77,8 @@ check_config() {
     die "$EX_CONFIG" "configuration: RERUN_FAILED must be 0 or 1, not '$RERUN_FAILED'"
   [[ -z $FALLBACK_MACHINE_TYPES || $FALLBACK_MACHINE_TYPES =~ ^[a-z][-a-z0-9]*(,[a-z][-a-z0-9]*)*$ ]] ||
     die "$EX_CONFIG" "configuration: FALLBACK_MACHINE_TYPES must be machine types separated by commas, like e2-medium,n2-standard-2, not '$FALLBACK_MACHINE_TYPES'"
+  [[ -z $AGENT_TOKEN_SECRET || $AGENT_TOKEN_SECRET =~ ^[A-Za-z0-9_-]{1,255}$ ]] ||
+    die "$EX_CONFIG" "configuration: AGENT_TOKEN_SECRET must be a secret's name (letters, digits, - and _), not '$AGENT_TOKEN_SECRET'"
   for name in REGION ZONE; do
     [[ ${!name} =~ $NAME_RE ]] || die "$EX_CONFIG" "configuration: $name '${!name}' is not a valid name"
   done

@@ -84,6 +84,53 @@ def test_a_vm_that_takes_longer_than_a_call_to_stop_is_waited_for_until_terminat
     flow.assert_cleaned_up()
 
 
+ROTATED_AWAY = "the-token-before-the-rotation-0000"
+
+
+def token_secret(value: str) -> str:
+    return f'[[secrets]]\nname = "agent-token"\nvalue = "{value}"\n'
+
+
+def test_a_token_rotated_after_the_execution_started_is_read_again_from_its_secret(make_flow):
+    """Cloud Run resolved the job's AGENT_TOKEN (agent-token:latest) when the execution started;
+    a new version was added before the VM booted and read it. The agent's 401 is then answered
+    by reading the secret's latest version (AGENT_TOKEN_SECRET) and trying once more with it:
+    a rotation has no window in which a run fails."""
+    flow = make_flow(settings=token_secret(TOKEN))
+    r = flow.entrypoint(AGENT_TOKEN=ROTATED_AWAY, AGENT_TOKEN_SECRET="agent-token")
+    assert r.returncode == 0, r.stderr
+    assert "has a newer one (a rotation since the execution started): trying with it" in r.stderr
+    assert len(flow.runs()) == 1, "the job ran once"
+    assert TOKEN not in r.stderr + r.stdout and ROTATED_AWAY not in r.stderr + r.stdout
+    flow.assert_cleaned_up()
+
+
+@pytest.mark.parametrize(
+    ("token_secret_setting", "said"),
+    [
+        ({}, "the token in this job and on the VM differ"),
+        (
+            {"AGENT_TOKEN_SECRET": "agent-token"},
+            "secret agent-token's latest version is the token this execution holds",
+        ),
+        (
+            {"AGENT_TOKEN_SECRET": "no-such-secret"},
+            "could not read secret no-such-secret for a rotated token: HTTP 404",
+        ),
+    ],
+)
+def test_a_token_the_vm_does_not_hold_is_exit_6_and_starts_nothing(
+    make_flow, token_secret_setting, said
+):
+    flow = make_flow(settings=token_secret(ROTATED_AWAY))
+    r = flow.entrypoint(AGENT_TOKEN=ROTATED_AWAY, **token_secret_setting)
+    assert r.returncode == 6, r.stderr
+    assert "the agent rejected AGENT_TOKEN (401)" in r.stderr and said in r.stderr, r.stderr
+    assert flow.runs() == []
+    assert ROTATED_AWAY not in r.stderr + r.stdout
+    flow.assert_cleaned_up()
+
+
 # -- failures before the run -----------------------------------------------------------------
 
 
