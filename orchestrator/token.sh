@@ -26,7 +26,8 @@ renew_agent_token() {
     -w '%{http_code}' -H @"$WORK_DIR/api-auth" \
     "${SECRETMANAGER_API%/}/v1/projects/$PROJECT_ID/secrets/$AGENT_TOKEN_SECRET/versions/latest:access" || true
   code=$(<"$f.code")
-  body=$(tr '\n' ' ' <"$f.json" 2>/dev/null || true)
+  # Google's answers are indented JSON ("data": "…"): one line, with no space after a key's colon
+  body=$(tr '\n' ' ' <"$f.json" 2>/dev/null | sed -E 's/"[[:space:]]*:[[:space:]]*/":/g' || true)
   rm -f "$f.json"
   if [[ $code == 000 ]]; then
     log WARNING "step 5/6: could not read secret $AGENT_TOKEN_SECRET for a rotated token: no answer: $(tr '\n' ' ' <"$f.err" | cut -c1-200)"
