@@ -155,7 +155,12 @@ class EmulatorProcess:
     def run(
         self, argv: list[str], timeout: float = 120, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        """argv with the emulator's environment (and env), where it reaches the emulator."""
+        """argv with the emulator's environment (and env), where it reaches the emulator. gcloud
+        run and gcloud scheduler only in the private network: with a loopback override, gcloud
+        run resolves REGION-<the override's host>, a DNS query on this machine's network."""
+        words = [a for a in argv[1:] if not a.startswith("-") and a not in ("alpha", "beta")]
+        if Path(argv[0]).name == "gcloud" and words[:1] in (["run"], ["scheduler"]):
+            assert self.private, f"gcloud {words[0]} on an emulator without its private network"
         full_env = {**os.environ, **self.env, **env}
         return subprocess.run(
             self.inside(argv),

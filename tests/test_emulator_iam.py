@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import EmulatorProcess, needs_gcloud
+from tests.harness import EmulatorProcess, needs_gcloud, needs_private_network
 
 pytestmark = [pytest.mark.e2e, needs_gcloud]
 
@@ -15,14 +15,14 @@ PROJECT = "demo-project"
 ZONE = "us-central1-a"
 
 
-def start(tmp_path, settings: str = "") -> EmulatorProcess:
+def start(tmp_path, settings: str = "", private: bool = False) -> EmulatorProcess:
     config = tmp_path / "emulator.toml"
     config.write_text(
         f'{settings}\n[[instances]]\nname = "vm-1"\nzone = "{ZONE}"\n'
         '[[secrets]]\nname = "mine"\nvalue = "my value"\n'
         '[[secrets]]\nname = "theirs"\nvalue = "their value"\n'
     )
-    return EmulatorProcess(config, tmp_path / "emulator")
+    return EmulatorProcess(config, tmp_path / "emulator", private=private)
 
 
 @pytest.fixture
@@ -123,7 +123,17 @@ def test_a_deleted_accounts_token_is_refused_not_taken_for_the_owners(emu):
     assert "invalid authentication credentials" in refused.stderr, refused.stderr
 
 
-def test_a_scheduler_job_that_sends_an_accounts_token_needs_act_as_on_it(emu):
+@pytest.fixture
+def private_emu(tmp_path):
+    """gcloud scheduler runs only in the emulator's private network (tests/harness.py)."""
+    started = start(tmp_path, private=True)
+    yield started
+    started.stop()
+
+
+@needs_private_network
+def test_a_scheduler_job_that_sends_an_accounts_token_needs_act_as_on_it(private_emu):
+    emu = private_emu
     deployer, as_deployer = account(emu, "deployer")
     ok(emu, "projects", "add-iam-policy-binding", PROJECT, f"--member={deployer}",
        "--role=roles/cloudscheduler.admin")  # fmt: skip

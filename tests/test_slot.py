@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -178,7 +179,8 @@ def test_a_schedule_that_fires_in_a_skipped_or_repeated_hour_is_named_and_no_oth
 
 def config_only(command: str, **env: str) -> subprocess.CompletedProcess[str]:
     """entrypoint.sh's functions up to COMMAND, with a configuration and no cloud (no gcloud on
-    PATH is needed: nothing before the claim calls one)."""
+    PATH is needed: nothing before the claim calls one), in the project's environment (its
+    python3 first on PATH, as `uv run` puts it, however pytest itself was started)."""
     settings = {
         "PROJECT_ID": "p",
         "REGION": "asia-northeast3",
@@ -189,6 +191,7 @@ def config_only(command: str, **env: str) -> subprocess.CompletedProcess[str]:
         **env,
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUD_RUN_", "SCHEDULE"))}
+    base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base['PATH']}"
     return subprocess.run(
         ["bash", "-c", f'source "$1"; {command}', "bash", str(REPO / "entrypoint.sh")],
         env={**base, **settings},

@@ -1,5 +1,6 @@
 """Cloud Logging v2's HTTP surface (logging.googleapis.com): entries.list, as `gcloud logging
-read` and `gcloud run jobs logs read` call it, and entries.write."""
+read` calls it (and `gcloud run jobs logs read`, in the private network only: gcloud run resolves
+regional names), and entries.write."""
 
 from __future__ import annotations
 
