@@ -96,6 +96,10 @@ class EmulatorConfig:
     # Cloud Scheduler's clock: "real" (a fire time that passes fires) or "test" (only what a
     # test asks through /_emulator/scheduler/fire fires)
     scheduler_clock: str = "real"
+    # what every VM made through instances.insert has in its guest's environment, as a VM
+    # image has its own settings (where uv is; for our startup.sh, APP_DIR and TLS_DIR, which
+    # it takes before the metadata's: a process guest runs on this host, not on a disk of its own)
+    guest_env: dict[str, str] = field(default_factory=dict)
     instances: list[InstanceConfig] = field(default_factory=list)
     addresses: list[AddressConfig] = field(default_factory=list)
     secrets: list[SecretConfig] = field(default_factory=list)
@@ -247,6 +251,7 @@ def parse_config(data: dict[str, Any], base: Path) -> EmulatorConfig:
                     f"permissions: {p!r} is not a permission like compute.instances.get"
                 )
         cfg.permissions = frozenset(permissions)
+    cfg.guest_env = _str_map(_take(t, "", "guest_env", dict, {}), "guest_env")
     services = _take(t, "", "services", list, None)
     if services is not None:
         for name in services:

@@ -326,3 +326,96 @@ def demo_config(
     if token_secret:
         cfg.secrets.append(SecretConfig(name=token_secret, versions=[token.encode()]))
     return Demo(cfg, token, port, disk, boot_timeout)
+
+
+# -- a deployment from an empty project (deploy.sh) ----------------------------------------------
+
+
+@dataclass
+class Deployment:
+    """What `deploy.sh apply` needs to deploy onto the emulator from an empty project: the
+    emulator's configuration (no API enabled, no VM, no address), deploy.env and the job's
+    .env file, and the disk the VM it creates boots from."""
+
+    config: EmulatorConfig
+    deploy_env: Path
+    job_env: Path
+    disk: Disk
+
+    def toml(self) -> str:
+        """The configuration as `python -m gcp_emulator serve --config` reads it."""
+        cfg = self.config
+        lines = [
+            f'project = "{cfg.project}"',
+            f'region = "{cfg.region}"',
+            f'zone = "{cfg.zone}"',
+            "services = []",
+            f'scheduler_clock = "{cfg.scheduler_clock}"',
+            "[guest_env]",
+            *(f"{k} = {_toml_str(v)}" for k, v in cfg.guest_env.items()),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def settings(self, **changes: str) -> None:
+        """deploy.env with CHANGES (KEY=value) made to it."""
+        lines = self.deploy_env.read_text().splitlines()
+        for key, value in changes.items():
+            lines = [ln for ln in lines if not ln.startswith(f"{key}=")] + [f"{key}={value}"]
+        self.deploy_env.write_text("\n".join(lines) + "\n")
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def deployment(
+    base: Path,
+    *,
+    schedule: str = "* * * * *",
+    time_zone: str = "Asia/Seoul",
+    job: str = DEMO_JOB,
+    clock: str = "test",
+    settings: dict[str, str] | None = None,
+) -> Deployment:
+    """A deployment's inputs under base: the VM's disk (a checkout of this repository whose
+    origin is a bare snapshot, REPO_URL, with its .venv already synced: the emulator's private
+    network reaches no package index, so the boot's `uv sync --frozen` finds nothing to fetch),
+    deploy.env (short timeouts, SCHEDULE and TIME_ZONE, the test clock) and job.env (JOB_COMMAND
+    job). A VM that deploy.sh creates boots our startup.sh as a process guest over that disk."""
+    disk = make_disk(base / "vm")
+    access = guest_access(disk)
+    python = access.get("UV_PYTHON", sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    subprocess.run(
+        [_unshimmed(shutil.which("uv") or "uv"), "sync", "--frozen", "--no-dev", "--quiet"],
+        cwd=disk.app,
+        env={**env, "UV_PYTHON": python},
+        check=True,
+    )
+    cfg = EmulatorConfig(
+        project="deploy-project",
+        region="asia-northeast3",
+        zone="asia-northeast3-c",
+        services=[],
+        scheduler_clock=clock,
+        guest_env={**access, "APP_DIR": str(disk.app), "TLS_DIR": str(disk.tls)},
+    )
+    job_env = base / "job.env"
+    job_env.write_text(f"JOB_COMMAND={job}\nEXAMPLE=from-secret-manager\n")
+    values = {
+        "PROJECT_ID": cfg.project,
+        "REGION": cfg.region,
+        "ZONE": cfg.zone,
+        "REPO_URL": str(disk.origin),
+        "SCHEDULE": schedule,
+        "TIME_ZONE": time_zone,
+        "JOB_ENV_FILE": str(job_env),
+        "BOOT_TIMEOUT": "60",
+        "RUN_TIMEOUT": "300",
+        "STOP_TIMEOUT": "60",
+        "FIRST_BOOT_TIMEOUT": "120",
+        **(settings or {}),
+    }
+    deploy_env = base / "deploy.env"
+    deploy_env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return Deployment(cfg, deploy_env, job_env, disk)

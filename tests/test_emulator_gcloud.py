@@ -299,6 +299,24 @@ def test_secrets_create_and_versions_add_make_new_latest_versions(emu, tmp_path)
     assert "already exists" in again.stderr
 
 
+def test_a_disabled_version_is_not_latest_and_is_refused_until_enabled(emu, tmp_path):
+    second = tmp_path / "v2"
+    second.write_text("EXCHANGE_KEY=new\n")
+    assert (
+        emu.gcloud("secrets", "versions", "add", "app-env", f"--data-file={second}").returncode == 0
+    )
+    off = emu.gcloud("secrets", "versions", "disable", "2", "--secret=app-env")
+    assert off.returncode == 0, off.stderr
+    latest = emu.gcloud("secrets", "versions", "access", "latest", "--secret=app-env")
+    assert latest.stdout == "EXCHANGE_KEY=abc\nMODE=paper\n", "latest: the newest enabled one"
+    refused = emu.gcloud("secrets", "versions", "access", "2", "--secret=app-env")
+    assert refused.returncode == 1
+    assert "FAILED_PRECONDITION" in refused.stderr and "is in DISABLED state" in refused.stderr
+    assert emu.gcloud("secrets", "versions", "enable", "2", "--secret=app-env").returncode == 0
+    again = emu.gcloud("secrets", "versions", "access", "latest", "--secret=app-env")
+    assert again.stdout == "EXCHANGE_KEY=new\n"
+
+
 def test_any_payload_is_stored_and_read_back_byte_for_byte(emu, tmp_path):
     """gcloud sends the payload in the URL-safe base64 alphabet: `???` is `Pz8_`, and a realistic
     .env has `+` and `/` in its standard base64 too."""

@@ -956,7 +956,12 @@ class Compute:
         # a new instance (its disk too): what a deleted one of that name left is gone
         shutil.rmtree(self.cloud.state_root / "instances" / zone / name, ignore_errors=True)
         ic = InstanceConfig(
-            name=name, zone=zone, guest=self.cfg.guest, metadata=metadata, machine_type=machine_type
+            name=name,
+            zone=zone,
+            guest=self.cfg.guest,
+            metadata=metadata,
+            machine_type=machine_type,
+            env=dict(self.cfg.guest_env),
         )
         inst = self.add_instance(ic, str(network_ip or self.fresh_ip(INTERNAL_IPS)))
         inst.labels = labels

@@ -59,7 +59,10 @@ def error_response(api: str, err: ApiError) -> Response:
         body = {
             "code": err.code,
             "message": err.message,
-            "status": RPC_STATUS.get(err.code, "UNKNOWN"),
+            # a 400 is INVALID_ARGUMENT, but where the reason says it is a precondition
+            "status": "FAILED_PRECONDITION"
+            if err.reason == "failedPrecondition"
+            else RPC_STATUS.get(err.code, "UNKNOWN"),
         }
         if err.details:
             body["details"] = err.details

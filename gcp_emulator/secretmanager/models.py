@@ -66,7 +66,15 @@ class SecretManager:
         if version == "latest":
             return enabled[-1].data
         if version.isdigit() and 1 <= int(version) <= len(found.versions):
-            return found.versions[int(version) - 1].data
+            chosen = found.versions[int(version) - 1]
+            if chosen.state != "ENABLED":
+                raise ApiError(
+                    400,
+                    "failedPrecondition",
+                    f"Secret Version [{self.name(secret)}/versions/{version}] is in "
+                    f"{chosen.state} state.",
+                )
+            return chosen.data
         raise ApiError(
             404, "notFound", f"Secret Version [{self.name(secret)}/versions/{version}] not found."
         )

@@ -99,7 +99,15 @@ def secret_resource(cloud: Cloud, m: dict[str, str]) -> tuple[str, Any]:
 )
 async def versions_access(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     secret, number = _version(cloud, m)
-    data = secret.versions[number - 1].data
+    version = secret.versions[number - 1]
+    if version.state != "ENABLED":
+        raise ApiError(
+            400,
+            "failedPrecondition",
+            f"Secret Version [{_secret_name(cloud, secret.name)}/versions/{number}] is in "
+            f"{version.state} state.",
+        )
+    data = version.data
     return JSONResponse(
         {
             "name": f"{_secret_name(cloud, secret.name)}/versions/{number}",
@@ -143,6 +151,23 @@ async def versions_list(cloud: Cloud, request: Request, m: dict[str, str]) -> Re
     secret = _secret(cloud, m)
     versions = [_version_json(cloud, secret, v.number) for v in reversed(secret.versions)]
     return JSONResponse({"versions": versions, "totalSize": len(versions)})
+
+
+async def _set_state(cloud: Cloud, m: dict[str, str], state: str) -> Response:
+    """versions.disable / versions.enable: the version's state; the version as the answer."""
+    secret, number = _version(cloud, m)
+    secret.versions[number - 1].state = state
+    return JSONResponse(_version_json(cloud, secret, number))
+
+
+@route("POST", S + "/{secret}/versions/{version}:disable", "secretmanager.versions.disable")
+async def versions_disable(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return await _set_state(cloud, m, "DISABLED")
+
+
+@route("POST", S + "/{secret}/versions/{version}:enable", "secretmanager.versions.enable")
+async def versions_enable(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
+    return await _set_state(cloud, m, "ENABLED")
 
 
 @route("POST", S + "/{secret}:addVersion", "secretmanager.secrets.addVersion")

@@ -1,0 +1,274 @@
+"""deploy.sh on the emulated chain, from an empty project (no API enabled, no VM, no address),
+with the real gcloud in the emulator's private network: what apply makes runs the job on a
+schedule; a second apply changes nothing; a changed schedule changes the scheduler and the job
+together; an apply killed half-way is finished by the next; rotate-token with runs on either
+side; destroy leaves nothing apply made (the static address only when asked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gcp_emulator.demo import Deployment, deployment
+from tests.harness import REPO, EmulatorProcess, needs_gcloud, needs_private_network
+
+pytestmark = [pytest.mark.e2e, needs_gcloud, needs_private_network]
+
+PROJECT = "deploy-project"
+REGION = "asia-northeast3"
+JOB = "vm-job-runner"
+SCHEDULER_JOB = f"{JOB}-slots"
+# what only reads: every other call of an apply changes something
+READS = re.compile(r"\.(get|list|getIamPolicy|access|aggregatedList|getFromFamily|wait)$")
+
+
+@dataclass
+class Deployed:
+    emu: EmulatorProcess
+    dep: Deployment
+
+    def sh(self, *args: str, timeout: float = 600, ok: bool = True) -> subprocess.CompletedProcess:
+        """./deploy.sh ARGS in the private network, as the project's owner, with no terminal."""
+        r = self.emu.run(
+            ["bash", str(REPO / "deploy.sh"), *args],
+            timeout=timeout,
+            DEPLOY_ENV=str(self.dep.deploy_env),
+        )
+        if ok:
+            assert r.returncode == 0, f"deploy.sh {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
+        return r
+
+    def gcloud_json(self, *args: str) -> Any:
+        r = self.emu.gcloud(*args, "--format=json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def executions(self) -> list[dict[str, Any]]:
+        return [e for e in self.emu.state()["run"]["executions"] if e["job"] == JOB]
+
+    def wait_done(self, count: int, timeout: float = 180) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = self.executions()
+            if len(runs) >= count and all(e["done"] for e in runs):
+                return runs
+            assert time.monotonic() < deadline, f"executions not ended in {timeout} s: {runs}"
+            time.sleep(0.2)
+
+    def fire(self) -> dict[str, Any]:
+        """The scheduler's slot of now, delivered (the test clock)."""
+        r = self.emu.http.post(
+            "/_emulator/scheduler/fire", json={"job": SCHEDULER_JOB, "wait": 60}, timeout=90
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def log(self, execution: str) -> str:
+        query = f'labels."run.googleapis.com/execution_name"="{execution}"'
+        r = self.emu.gcloud(
+            "logging", "read", query, "--order=asc", "--limit=5000", "--format=json"
+        )
+        assert r.returncode == 0, r.stderr
+        entries = json.loads(r.stdout)
+        return "\n".join(
+            e.get("textPayload") or e.get("jsonPayload", {}).get("message", "") for e in entries
+        )
+
+    def changes(self) -> list[str]:
+        """The calls since the journal was cleared that change something."""
+        return [c["api"] for c in self.emu.calls() if not READS.search(c["api"])]
+
+    def vm(self) -> dict[str, Any]:
+        return self.emu.instance(JOB)
+
+
+@pytest.fixture
+def deployed(emulator):
+    """make(**deployment's options) -> a deployment's inputs and its empty project. The VM's disk
+    is outside pytest's tmp_path: as root, that is private to root, and the agent's user must
+    reach the disk."""
+    base = Path(tempfile.mkdtemp(prefix="vm-job-deploy-"))
+    base.chmod(0o755)
+
+    def make(**kwargs: Any) -> Deployed:
+        dep = deployment(base / "deployment", **kwargs)
+        emu = emulator(dep.toml(), private=True)
+        return Deployed(emu, dep)
+
+    yield make
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def project_roles(d: Deployed) -> dict[str, list[str]]:
+    policy = d.gcloud_json("projects", "get-iam-policy", PROJECT)
+    out: dict[str, list[str]] = {}
+    for b in policy.get("bindings", []):
+        for m in b["members"]:
+            out.setdefault(m, []).append(b["role"])
+    return out
+
+
+def test_apply_from_an_empty_project_deploys_a_schedule_whose_slot_runs_the_job(deployed):
+    d = deployed(job='echo "my job ran, DRY_RUN=${DRY_RUN:-0}"')
+    r = d.sh("apply")
+    # it ends with a first run in test mode that took no slot and worked
+    assert "first run: executing vm-job-runner in test mode" in r.stderr
+    [first] = d.wait_done(1)
+    assert first["result"] == "succeeded", r.stderr
+    assert "my job ran, DRY_RUN=1" in d.log(first["name"])
+    vm = d.vm()
+    assert vm["status"] == "TERMINATED" and vm["access_configs"] == []
+    assert d.emu.address("vm-job-runner-ip")["status"] == "RESERVED"
+    # the VM as docs/deploy.md describes it
+    described = d.gcloud_json("compute", "instances", "describe", JOB, "--zone=asia-northeast3-c")
+    assert "accessConfigs" not in described["networkInterfaces"][0], "no external address"
+    assert described["scheduling"]["instanceTerminationAction"] == "STOP"
+    assert described["scheduling"]["maxRunDuration"] == {"seconds": str(120 + 300 + 60 + 60)}
+    assert described["serviceAccounts"][0]["email"] == f"vm-agent@{PROJECT}.iam.gserviceaccount.com"
+    # the scheduler fires the slot; the job runs it for real, as the accounts apply made
+    fired = d.fire()
+    assert [a["status"] for x in fired["deliveries"] for a in x["attempts"]] == [200], fired
+    [_, slot] = d.wait_done(2)
+    assert slot["result"] == "succeeded", d.log(slot["name"])
+    text = d.log(slot["name"])
+    assert "my job ran, DRY_RUN=0" in text and "step 1/6: slot " in text, text
+    assert d.vm()["status"] == "TERMINATED" and d.vm()["access_configs"] == []
+    # and IAM holds no more than the flow needs: the orchestrator its role, no one else anything
+    roles = project_roles(d)
+    orchestrator = f"serviceAccount:vm-orchestrator@{PROJECT}.iam.gserviceaccount.com"
+    assert roles.get(orchestrator) == [f"projects/{PROJECT}/roles/vmJobOrchestrator"], roles
+    assert not [m for m in roles if "vm-agent" in m or "vm-scheduler" in m], roles
+
+
+def test_a_second_apply_changes_nothing_and_a_changed_schedule_changes_both(deployed):
+    d = deployed()
+    d.sh("apply", "--no-test-run")
+    d.emu.clear_journal()
+    started = time.monotonic()
+    r = d.sh("apply")
+    seconds = time.monotonic() - started
+    assert "apply: nothing changed" in r.stderr, r.stderr
+    assert d.changes() == [], "an unchanged apply changed something"
+    assert d.executions() == [], "no first run when nothing changed"
+    calls = re.search(r"nothing changed \((\d+) gcloud calls", r.stderr)
+    assert calls, r.stderr
+    print(f"unchanged apply: {calls.group(1)} gcloud calls, {seconds:.1f} s")
+    plan = d.sh("plan")
+    assert "No changes" in plan.stdout and not re.search(r"^  (create|update)", plan.stdout, re.M)
+
+    d.dep.settings(SCHEDULE="30 9 * * 1-5", TIME_ZONE="America/New_York")
+    plan = d.sh("plan")
+    assert "update   Cloud Run job vm-job-runner: env.SCHEDULE,env.TIME_ZONE" in plan.stdout, (
+        plan.stdout
+    )
+    assert "update   Cloud Scheduler job vm-job-runner-slots: schedule,time-zone" in plan.stdout
+    assert "2 to change" in plan.stdout
+    d.emu.clear_journal()
+    d.sh("apply", "--no-test-run")
+    assert sorted(d.changes()) == ["cloudscheduler.jobs.patch", "run.jobs.replaceJob"]
+    scheduler = d.gcloud_json(
+        "scheduler", "jobs", "describe", SCHEDULER_JOB, f"--location={REGION}"
+    )
+    assert (scheduler["schedule"], scheduler["timeZone"]) == ("30 9 * * 1-5", "America/New_York")
+    job = d.gcloud_json("run", "jobs", "describe", JOB, f"--region={REGION}")
+    env = {
+        e["name"]: e.get("value")
+        for e in job["spec"]["template"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (env["SCHEDULE"], env["TIME_ZONE"]) == ("30 9 * * 1-5", "America/New_York")
+
+
+def test_an_apply_killed_half_way_is_finished_by_the_next(deployed):
+    d = deployed()
+    proc = subprocess.Popen(
+        d.emu.inside(["bash", str(REPO / "deploy.sh"), "apply"]),
+        env={**os.environ, **d.emu.env, "DEPLOY_ENV": str(d.dep.deploy_env)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # killed just after the VM is created: before it is stopped, before the image exists
+        deadline = time.monotonic() + 300
+        while not d.emu.calls("compute.instances.insert"):
+            assert proc.poll() is None, "apply ended before it made the VM"
+            assert time.monotonic() < deadline, "apply never made the VM"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "run" not in d.emu.state() or d.executions() == []
+    plan = d.sh("plan")
+    assert "create   Cloud Run job vm-job-runner" in plan.stdout, plan.stdout
+    r = d.sh("apply")
+    assert "apply: nothing changed" not in r.stderr
+    assert d.sh("plan").stdout.count("  exists ") == 19, "the next apply finished the deployment"
+    [first] = d.wait_done(1)
+    assert first["result"] == "succeeded"
+    assert d.vm()["status"] == "TERMINATED"
+
+
+def test_rotate_token_with_a_run_on_either_side_fails_no_run(deployed):
+    d = deployed()
+    d.sh("apply", "--no-test-run")
+
+    def dry_run() -> dict[str, Any]:
+        r = d.emu.gcloud(
+            "run", "jobs", "execute", JOB, f"--region={REGION}", "--wait",
+            "--update-env-vars=MODE=test", timeout=300,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return d.executions()[-1]
+
+    before = dry_run()
+    r = d.sh("rotate-token")
+    assert "version 2 holds a new token" in r.stderr, r.stderr
+    after = dry_run()
+    assert before["result"] == after["result"] == "succeeded"
+    versions = d.gcloud_json("secrets", "versions", "list", "agent-token")
+    assert sorted(v["state"] for v in versions) == ["ENABLED", "ENABLED"]
+    d.sh("rotate-token")
+    versions = {v["name"].rsplit("/", 1)[1]: v["state"] for v in
+                d.gcloud_json("secrets", "versions", "list", "agent-token")}  # fmt: skip
+    assert versions == {"1": "DISABLED", "2": "ENABLED", "3": "ENABLED"}, versions
+    assert dry_run()["result"] == "succeeded"
+    assert r.stdout == "" and not re.search(r"[A-Za-z0-9_-]{43}", r.stderr), "no token printed"
+
+
+def test_destroy_removes_what_apply_made_and_the_address_only_when_asked(deployed):
+    d = deployed()
+    d.sh("apply", "--no-test-run")
+    refused = d.sh("destroy", ok=False)
+    assert refused.returncode == 1 and "destroy --yes" in refused.stderr
+    assert d.vm()["name"] == JOB, "nothing deleted without --yes"
+    d.sh("destroy", "--yes")
+    state = d.emu.state()
+    assert [i["name"] for i in state["instances"]] == []
+    assert [a["name"] for a in state["addresses"]] == ["vm-job-runner-ip"], "the address stays"
+    plan = d.sh("plan").stdout
+    assert plan.count("  exists ") == 2, plan  # the APIs and the address
+    assert "exists   address vm-job-runner-ip" in plan
+    for line in (
+        "create   Cloud Scheduler job",
+        "create   Cloud Run job",
+        "create   VM ",
+        "create   secret agent-token",
+        "create   firewall rule",
+        "create   service account vm-agent",
+        "update   role vmJobOrchestrator: deleted",
+    ):
+        assert line in plan, plan  # fmt: skip
+    d.sh("destroy", "--yes", "--address")
+    assert d.emu.state()["addresses"] == []

@@ -1,0 +1,202 @@
+"""deploy.sh's settings and its reading of gcloud's JSON, without gcloud: a bad deploy.env is
+refused before any call, naming the line or the setting; deploy.env.example holds every setting;
+deploy/canonical.py reduces each resource to the fields apply compares."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import REPO
+
+EXAMPLE = REPO / "deploy.env.example"
+REQUIRED = (
+    "PROJECT_ID=p-1\nREGION=asia-northeast3\nZONE=asia-northeast3-c\nREPO_URL=u\n"
+    "SCHEDULE=0 9 * * 1-5\n"
+)
+
+
+@pytest.fixture
+def run(tmp_path):
+    """run(deploy_env_text, *args, job_env=...) -> deploy.sh with a gcloud that only notes its
+    calls (a settings error must come before any)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "gcloud-calls"
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit 1\n')
+    gcloud.chmod(0o755)
+
+    def go(text: str | None, *args: str, job_env: str | None = "JOB_COMMAND=true\n"):
+        env_file = tmp_path / "deploy.env"
+        if text is not None:
+            env_file.write_text(text.replace("JOB_ENV=", f"JOB_ENV_FILE={tmp_path / 'job.env'}"))
+        if job_env is not None:
+            (tmp_path / "job.env").write_text(job_env)
+        r = subprocess.run(
+            ["bash", str(REPO / "deploy.sh"), *(args or ("plan",))],
+            env={
+                "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+                "DEPLOY_ENV": str(env_file),
+                "HOME": str(tmp_path),
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        r.calls = calls.read_text().splitlines() if calls.exists() else []  # type: ignore[attr-defined]
+        return r
+
+    return go
+
+
+def test_no_settings_file_says_how_to_make_one(run, tmp_path):
+    r = run(None)
+    assert r.returncode == 1
+    assert "cp deploy.env.example deploy.env" in r.stderr and r.calls == []
+
+
+def test_a_missing_required_setting_is_named(run):
+    r = run("PROJECT_ID=p-1\nJOB_ENV=\n")
+    assert r.returncode == 1
+    assert "set REGION ZONE REPO_URL SCHEDULE" in r.stderr, r.stderr
+    assert r.calls == []
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("TYPO_SETTING=1", "TYPO_SETTING is not a setting of deploy.sh"),
+        ("this is not a setting", "not a KEY=value line"),
+        ("BOOT_TIMEOUT=5m", "BOOT_TIMEOUT must be a whole number"),
+        ("INSTANCE=My_VM", "INSTANCE 'My_VM' is not a name Google takes"),
+        ("MAX_RETRIES=11", "MAX_RETRIES is at most 10"),
+        ("JOB_ENV_FILE=/nonexistent/job.env", "JOB_ENV_FILE /nonexistent/job.env does not exist"),
+    ],
+)
+def test_a_bad_setting_is_refused_before_any_gcloud_call_naming_it(run, line, words):
+    r = run(REQUIRED + "JOB_ENV=\n" + line + "\n")
+    assert r.returncode == 1, r.stderr
+    assert words in r.stderr, r.stderr
+    assert r.calls == []
+
+
+def test_a_token_in_the_jobs_settings_is_refused(run):
+    r = run(REQUIRED + "JOB_ENV=\n", job_env="JOB_COMMAND=true\nAGENT_TOKEN=abc\n")
+    assert r.returncode == 1 and "has an AGENT_TOKEN line" in r.stderr, r.stderr
+    assert "abc" not in r.stderr, "the token's value is never printed"
+
+
+def test_a_value_is_taken_as_written_not_run(run, tmp_path):
+    marker = tmp_path / "ran"
+    r = run(REQUIRED.replace("REPO_URL=u", f'REPO_URL="$(touch {marker})"') + "JOB_ENV=\n")
+    assert not marker.exists(), "a value was run by a shell"
+    # it got as far as gcloud: the settings were accepted as written
+    assert r.calls and r.calls[0].startswith("--quiet --project=p-1 services list"), r.calls
+
+
+def test_a_bad_command_or_flag_prints_the_usage(run):
+    for args in (("launch",), ("apply", "--yes"), ("destroy", "--force")):
+        r = run(REQUIRED + "JOB_ENV=\n", *args)
+        assert r.returncode == 2 and "Usage: ./deploy.sh plan" in r.stderr, (args, r.stderr)
+
+
+def test_the_example_holds_every_setting_and_nothing_else():
+    settings = (REPO / "deploy/settings.sh").read_text()
+    block = re.search(r"readonly SETTINGS=\((.*?)\n\)", settings, re.S)
+    assert block
+    known = set(re.findall(r'"([A-Z_]+)=', block.group(1)))
+    example = set(re.findall(r"^([A-Z_]+)=", EXAMPLE.read_text(), re.M))
+    assert example == known
+
+
+def test_the_permissions_apply_grants_are_the_ones_docs_deploy_md_states():
+    from tests.chain import documented_role
+
+    settings = (REPO / "deploy/settings.sh").read_text()
+    block = re.search(r"readonly ORCHESTRATOR_PERMISSIONS=\((.*?)\n\)", settings, re.S)
+    assert block
+    assert sorted(block.group(1).split()) == documented_role()
+
+
+# -- deploy/canonical.py -----------------------------------------------------------------------
+
+
+def canonical(kind: str, data: object, *args: str) -> dict[str, str]:
+    r = subprocess.run(
+        [sys.executable, str(REPO / "deploy/canonical.py"), kind, *args],
+        input=json.dumps(data),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+def test_a_vm_is_read_for_what_apply_sets_with_the_startup_script_as_its_hash():
+    vm = {
+        "status": "TERMINATED",
+        "machineType": "https://compute.googleapis.com/compute/v1/projects/p/zones/z/machineTypes/e2-small",
+        "tags": {"items": ["vm-job-agent", "other"]},
+        "labels": {"vm-job-owner": "exec-1"},
+        "serviceAccounts": [{"email": "a@p.iam.gserviceaccount.com", "scopes": ["s2", "s1"]}],
+        "scheduling": {"maxRunDuration": {"seconds": "4140"}, "instanceTerminationAction": "STOP"},
+        "metadata": {"items": [{"key": "startup-script", "value": "echo hi\n"},
+                               {"key": "git-ref", "value": "main"}]},
+        "networkInterfaces": [{"network": "x/networks/default"}],
+    }  # fmt: skip
+    got = canonical("vm", vm)
+    assert got["machine-type"] == "e2-small" and got["owner"] == "exec-1"
+    assert got["tag.vm-job-agent"] == got["tag.other"] == "yes"
+    assert got["scopes"] == "s1,s2" and got["max-run-duration"] == "4140"
+    assert got["metadata.git-ref"] == "main"
+    assert got["metadata.startup-script"].startswith("sha256:") and "echo" not in str(got)
+    assert got["access-configs"] == "0"
+
+
+def test_a_cloud_run_job_is_read_with_its_env_and_its_secret_apart():
+    job = {"spec": {"template": {"spec": {"taskCount": 1, "template": {"spec": {
+        "serviceAccountName": "o@p", "timeoutSeconds": 4500, "maxRetries": 1,
+        "containers": [{"image": "img:1", "env": [
+            {"name": "SCHEDULE", "value": "0 9 * * 1-5"},
+            {"name": "AGENT_TOKEN", "valueFrom": {"secretKeyRef": {"name": "agent-token",
+                                                                   "key": "latest"}}},
+        ]}]}}}}}}  # fmt: skip
+    got = canonical("job", job)
+    assert got == {
+        "image": "img:1",
+        "account": "o@p",
+        "task-timeout": "4500",
+        "max-retries": "1",
+        "tasks": "1",
+        "env.SCHEDULE": "0 9 * * 1-5",
+        "secret.AGENT_TOKEN": "agent-token:latest",
+    }
+
+
+def test_the_roles_of_one_member_are_read_from_a_policy():
+    policy = {"bindings": [{"role": "roles/a", "members": ["serviceAccount:x", "user:y"]},
+                           {"role": "roles/b", "members": ["serviceAccount:z"]}]}  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, str(REPO / "deploy/canonical.py"), "roles", "serviceAccount:x"],
+        input=json.dumps(policy),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert r.stdout.split() == ["roles/a"]
+
+
+def test_deploy_env_and_the_jobs_settings_are_kept_out_of_git():
+    ignored = subprocess.run(
+        ["git", "check-ignore", "deploy.env", "job.env"], cwd=REPO, capture_output=True, text=True
+    )
+    assert ignored.stdout.split() == ["deploy.env", "job.env"]
+    assert Path(REPO / "deploy.env.example").exists()
