@@ -7,6 +7,10 @@ demo [--mode test] [--keep]        the whole flow on this machine: a VM booted w
      [--keep-running]              entrypoint.sh run against it (--keep-running: leave the VM up
      [--vm qemu]                   for ./entrypoint.sh status and logs until Ctrl-C; --vm qemu:
                                    a real Debian 12 VM under QEMU, as root, minutes)
+demo --scheduled [--slots N]       as root: deploy.sh apply from an empty project in the private
+     [--fast]                      network, then Cloud Scheduler fires N slots (each minute;
+                                   --fast: the test clock fires them, the first at once), each
+                                   execution shown as gcloud shows it; deploy.sh destroy at the end
 
 docs/emulator.md has the configuration, what it answers and what it assumes.
 """
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import json
 import logging
 import os
 import shlex
@@ -26,6 +31,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -35,7 +41,7 @@ import uvicorn
 from gcp_emulator.config import ConfigError, EmulatorConfig, load_config
 from gcp_emulator.core.app import EmulatorApp, WithoutHooks
 from gcp_emulator.core.state import Cloud
-from gcp_emulator.demo import REPO, GitServer, demo_config, make_disk
+from gcp_emulator.demo import REPO, GitServer, demo_config, deployment, make_disk
 from gcp_emulator.guests import vm_image
 from gcp_emulator.guests.qemu import qemu_missing
 from gcp_emulator.network import namespace, tls
@@ -394,6 +400,163 @@ async def run_demo(mode: str, keep: bool, keep_running: bool = False, vm: str = 
             shutil.rmtree(base, ignore_errors=True)
 
 
+class ScheduledDemo:
+    """demo --scheduled: the chain our users deploy, on this machine. deploy.sh apply onto the
+    emulator's private network from an empty project, then N slots fired by Cloud Scheduler,
+    each execution shown as an operator sees it (gcloud run jobs executions list, the job's lines
+    from Cloud Logging), then deploy.sh destroy --yes --address, also on Ctrl-C. Its exit status
+    is 0 only when each slot ran once and succeeded."""
+
+    JOB = "vm-job-runner"
+
+    def __init__(self, slots: int, fast: bool, base: Path) -> None:
+        self.slots, self.fast, self.base = slots, fast, base
+        self.stop = asyncio.Event()
+        self.child: asyncio.subprocess.Process | None = None
+        self.dep = deployment(base / "deployment", clock="test" if fast else "real")
+        self.emu = Emulator(self.dep.config, state_dir=base / "emulator", private_network=True)
+        self.env: dict[str, str] = {}
+
+    def interrupt(self, sig: int) -> None:
+        self.stop.set()
+        if self.child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, sig)
+
+    async def sh(self, *argv: str, capture: bool = False) -> tuple[int, str]:
+        """argv in the private network (its output ours, or captured)."""
+        out = asyncio.subprocess.PIPE if capture else None
+        self.child = await asyncio.create_subprocess_exec(
+            *self.emu.command(list(argv)), env=self.env, process_group=0, stdout=out
+        )
+        stdout, _ = await self.child.communicate()
+        rc, self.child = self.child.returncode or 0, None
+        return rc, (stdout or b"").decode(errors="replace")
+
+    async def executions(self) -> list[dict[str, Any]]:
+        rc, out = await self.sh(
+            "gcloud", "run", "jobs", "executions", "list", f"--job={self.JOB}",
+            f"--region={self.dep.config.region}", "--format=json", capture=True,
+        )  # fmt: skip
+        return json.loads(out) if rc == 0 and out.strip() else []
+
+    async def show(self, n: int, execution: dict[str, Any]) -> bool:
+        """Slot N's execution as an operator reads it; whether it succeeded."""
+        name = execution["metadata"]["name"]
+        query = f'labels."run.googleapis.com/execution_name"="{name}"'
+        _, out = await self.sh(
+            "gcloud", "logging", "read", query, "--order=asc", "--limit=1000", "--format=json",
+            capture=True,
+        )  # fmt: skip
+        entries = json.loads(out) if out.strip() else []
+        messages = [e.get("jsonPayload", {}).get("message", "") for e in entries]
+        said = [m.split("step 1/6: slot ", 1)[1] for m in messages if "step 1/6: slot " in m]
+        slot = said[0].split(" ", 1)[0] if said else "?"
+        job_lines = [e["textPayload"] for e in entries if e.get("textPayload")]
+        ok = bool(execution["status"].get("succeededCount"))
+        say(
+            f"slot {n}/{self.slots}: {name} {'succeeded' if ok else 'FAILED'} (slot {slot}); "
+            f"the job's output, from Cloud Logging:"
+        )
+        for line in job_lines:
+            print(f"  {line}", flush=True)
+        return ok
+
+    async def wait_for(self, count: int, since: str) -> list[dict[str, Any]]:
+        """The first COUNT executions created after SINCE, once each has ended."""
+        while not self.stop.is_set():
+            runs = [
+                e for e in await self.executions() if e["metadata"]["creationTimestamp"] > since
+            ]
+            runs.sort(key=lambda e: e["metadata"]["creationTimestamp"])
+            if len(runs) >= count and all(e["status"].get("completionTime") for e in runs[:count]):
+                return runs[:count]
+            await asyncio.sleep(2)
+        return []
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.interrupt, sig)
+        try:
+            async with self.emu:
+                self.env = {
+                    **os.environ,
+                    **self.emu.env(),
+                    "DEPLOY_ENV": str(self.dep.deploy_env),
+                    "CLOUDSDK_CORE_DISABLE_COLOR": "1",
+                }
+                return await self._deployed()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    async def _deployed(self) -> int:
+        say(
+            f"deploying onto the emulator from an empty project: ./deploy.sh apply with "
+            f"{self.dep.deploy_env} (SCHEDULE every minute, the job {self.dep.job_env})"
+        )
+        rc, _ = await self.sh("bash", str(REPO / "deploy.sh"), "apply")
+        try:
+            if rc != 0 or self.stop.is_set():
+                say(f"deploy.sh apply exited {rc}")
+                return rc or 130
+            return await self._slots()
+        finally:
+            self.stop.clear()
+            say("removing the deployment: ./deploy.sh destroy --yes --address")
+            await self.sh("bash", str(REPO / "deploy.sh"), "destroy", "--yes", "--address")
+
+    async def _slots(self) -> int:
+        # the first run's (in test mode), the newest: slots are what comes after
+        since = max(
+            (e["metadata"]["creationTimestamp"] for e in await self.executions()), default=""
+        )
+        ok = True
+        for n in range(1, self.slots + 1):
+            if self.fast:
+                if n > 1:  # the job takes its slot from its own clock: the next minute's
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), 60 - time.time() % 60 + 1)
+                if self.stop.is_set() or self.emu.cloud is None:
+                    return 130
+                await self.emu.cloud.scheduler.fire_hook({"job": f"{self.JOB}-slots", "wait": 60})
+                say(f"slot {n}/{self.slots}: fired by the test clock")
+            else:
+                say(f"slot {n}/{self.slots}: waiting for Cloud Scheduler (every minute)")
+            runs = await self.wait_for(n, since)
+            if self.stop.is_set() or not runs:
+                return 130
+            ok = await self.show(n, runs[-1]) and ok
+        _, table = await self.sh(
+            "gcloud", "run", "jobs", "executions", "list", f"--job={self.JOB}",
+            f"--region={self.dep.config.region}", capture=True,
+        )  # fmt: skip
+        say("gcloud run jobs executions list (the last is the first run, in test mode):")
+        print(table, end="", flush=True)
+        runs = await self.wait_for(self.slots, since)
+        if len(runs) != self.slots or not ok:
+            say(f"{len(runs)} executions for {self.slots} slots, or one failed: exit 1")
+            return 1
+        say(f"{self.slots} slots, each ran once and succeeded")
+        return 0
+
+
+async def run_scheduled_demo(slots: int, fast: bool, keep: bool) -> int:
+    if (why := namespace.unavailable()) is not None:
+        say(f"--scheduled runs gcloud run and gcloud scheduler in a private network: {why}")
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="vm-job-scheduled-"))
+    base.chmod(0o755)
+    try:
+        return await ScheduledDemo(slots, fast, base).run()
+    finally:
+        if keep:
+            say(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gcp_emulator",
@@ -415,6 +578,15 @@ def main(argv: list[str] | None = None) -> int:
         default="process",
         help="process: the guest is a process group (seconds); qemu: a real Debian 12 VM "
         "(root, qemu-system-x86, debootstrap; its first boot takes minutes)",
+    )
+    demo.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="as root: deploy.sh apply from an empty project, then the scheduler fires --slots",
+    )
+    demo.add_argument("--slots", type=int, default=2, help="with --scheduled: how many (default 2)")
+    demo.add_argument(
+        "--fast", action="store_true", help="with --scheduled: the test clock fires the slots"
     )
     demo.add_argument("-v", "--verbose", action="store_true", help="log lifecycle events")
     for name in ("serve", "run"):
@@ -443,6 +615,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.command == "demo" and args.scheduled:
+            if args.slots < 1:
+                parser.error("--slots must be 1 or more")
+            return asyncio.run(run_scheduled_demo(args.slots, args.fast, args.keep))
         if args.command == "demo":
             return asyncio.run(run_demo(args.mode, args.keep, args.keep_running, args.vm))
         emu = Emulator(

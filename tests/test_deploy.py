@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -272,3 +273,23 @@ def test_destroy_removes_what_apply_made_and_the_address_only_when_asked(deploye
         assert line in plan, plan  # fmt: skip
     d.sh("destroy", "--yes", "--address")
     assert d.emu.state()["addresses"] == []
+
+
+def test_the_scheduled_demo_deploys_fires_two_slots_and_removes_it_all():
+    r = subprocess.run(
+        [sys.executable, "-m", "gcp_emulator", "demo", "--scheduled", "--slots", "2", "--fast"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "first run: vm-job-runner-" in r.stderr and "succeeded" in r.stderr
+    for n in (1, 2):
+        assert re.search(rf"slot {n}/2: vm-job-runner-\w+ succeeded \(slot 20\d\d-", r.stderr)
+    assert r.stdout.count("demo job: hello from vm-job-runner, DRY_RUN=0") == 2, r.stdout
+    assert "2 slots, each ran once and succeeded" in r.stderr
+    assert "destroy: done" in r.stderr
+    # executions list as gcloud prints it: the scheduled ones run by the scheduler's account
+    assert r.stdout.count(f"vm-scheduler@{PROJECT}.iam.gserviceaccount.com") == 2, r.stdout

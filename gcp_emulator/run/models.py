@@ -116,6 +116,9 @@ class Execution:
     started: str | None = None
     completed: str | None = None
     cancelled: bool = False
+    # who called run (its creator annotation; `RUN BY` in `executions list`): the operator, or
+    # the scheduler's service account for a scheduled execution
+    creator: str = "operator@example.com"
     attempts: dict[int, list[Attempt]] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None

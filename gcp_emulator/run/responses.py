@@ -329,7 +329,7 @@ def execution_json(cloud: Cloud, e: Execution) -> dict[str, Any]:
             e.created,
             1,
             labels,
-            {"run.googleapis.com/creator": "operator@example.com"},
+            {"run.googleapis.com/creator": e.creator},
         ),
         "spec": spec,
         "status": status,
@@ -491,6 +491,11 @@ async def jobs_delete(cloud: Cloud, request: Request, m: dict[str, str]) -> Resp
     )
 
 
+def caller(cloud: Cloud, request: Request) -> str:
+    """The e-mail of who called: an execution's creator."""
+    return cloud.iam.principal_of(request.headers.get("authorization", "")).split(":", 1)[1]
+
+
 @route("POST", V1 + "/jobs/{job}:run", "run.jobs.run", "run.jobs.run", job_resource)
 async def jobs_run(cloud: Cloud, request: Request, m: dict[str, str]) -> Response:
     check_namespace(cloud, m["namespace"])
@@ -502,6 +507,7 @@ async def jobs_run(cloud: Cloud, request: Request, m: dict[str, str]) -> Respons
             principal, "run.jobs.runWithOverrides", job_resource(cloud, m), "run.jobs.run"
         )
     execution = cloud.run.run(region_of(request, cloud), m["job"], overrides)
+    execution.creator = caller(cloud, request)
     return JSONResponse(execution_json(cloud, execution))
 
 
@@ -654,6 +660,7 @@ async def jobs_run_v2(cloud: Cloud, request: Request, m: dict[str, str]) -> Resp
         return JSONResponse({"name": "", "done": True})
     # v2's overrides have v1's names: containerOverrides (args, env, clearArgs), taskCount, timeout
     execution = cloud.run.run(m["region"], m["job"], overrides)
+    execution.creator = caller(cloud, request)
     return JSONResponse(operation_v2(cloud, execution))
 
 
