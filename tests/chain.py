@@ -33,9 +33,9 @@ def sa(name: str) -> str:
 def documented_role() -> list[str]:
     """The --permissions of `gcloud iam roles create` in docs/deploy.md."""
     text = (REPO / "docs/deploy.md").read_text()
-    joined = re.search(r"--permissions=((?:[\w.,]|\\\n)+)", text)
+    joined = re.search(r"--permissions=((?:[\w.,]|\\\n *)+)", text)
     assert joined, "docs/deploy.md creates no role"
-    return sorted(set(joined.group(1).replace("\\\n", "").split(",")))
+    return sorted(set(re.sub(r"\\\n *", "", joined.group(1)).split(",")))
 
 
 @dataclass

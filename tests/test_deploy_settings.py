@@ -200,3 +200,14 @@ def test_deploy_env_and_the_jobs_settings_are_kept_out_of_git():
     )
     assert ignored.stdout.split() == ["deploy.env", "job.env"]
     assert Path(REPO / "deploy.env.example").exists()
+
+
+def test_docs_deploy_md_names_every_setting_of_deploy_env():
+    from tests.test_docs import settings_named
+
+    settings = (REPO / "deploy/settings.sh").read_text()
+    block = re.search(r"readonly SETTINGS=\((.*?)\n\)", settings, re.S)
+    assert block
+    known = set(re.findall(r'"([A-Z_]+)=', block.group(1)))
+    missing = known - settings_named((REPO / "docs/deploy.md").read_text())
+    assert missing == set(), f"docs/deploy.md does not name {sorted(missing)}"

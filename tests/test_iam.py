@@ -5,10 +5,10 @@ emulator that enforces it as Compute Engine does (403 "Required 'PERMISSION' per
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
+from tests import chain
 from tests.conftest import REPO
 from tests.flow import PROJECT, ZONE
 from tests.harness import needs_gcloud
@@ -17,11 +17,8 @@ pytestmark = [pytest.mark.e2e, needs_gcloud]
 
 
 def documented_role() -> set[str]:
-    """The --permissions of `gcloud iam roles create` in docs/deploy.md's step 4."""
-    text = (REPO / "docs/deploy.md").read_text()
-    joined = re.search(r"--permissions=((?:[\w.,]|\\\n)+)", text)
-    assert joined, "docs/deploy.md creates no role"
-    return set(joined.group(1).replace("\\\n", "").split(","))
+    """The --permissions of `gcloud iam roles create` in docs/deploy.md (what deploy.sh grants)."""
+    return set(chain.documented_role())
 
 
 def settings(permissions: set[str]) -> str:
