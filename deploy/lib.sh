@@ -80,13 +80,20 @@ fail() {
     hint="an organisation policy (${BASH_REMATCH[1]}) forbids it: ask your organisation's administrator for an exception for project $PROJECT_ID (gcloud resource-manager org-policies describe ${BASH_REMATCH[1]} --project=$PROJECT_ID shows it)"
   elif [[ $ERR =~ [Bb]illing ]]; then
     hint="the project needs a billing account: gcloud billing projects link $PROJECT_ID --billing-account=ACCOUNT_ID"
-  elif [[ $ERR =~ (Required[[:space:]]\'([a-zA-Z.]+)\'[[:space:]]permission|Permission[[:space:]]\'([a-zA-Z.]+)\'[[:space:]]denied|PERMISSION_DENIED|does[[:space:]]not[[:space:]]have[[:space:]]permission|iam.serviceAccounts.actAs) ]]; then
-    local perm=${BASH_REMATCH[2]:-${BASH_REMATCH[3]:-}}
-    hint="your account ($(gcloud config get-value account 2>/dev/null || echo unknown)) may not do this${perm:+: it needs $perm}; deploy as the project's owner, or get a role holding it (gcloud projects add-iam-policy-binding $PROJECT_ID --member=user:YOU --role=roles/owner, by someone who may)"
+  elif [[ $ERR =~ (PERMISSION_DENIED|[Pp]ermission|does[[:space:]]not[[:space:]]have|actAs) ]]; then
+    local perm account
+    account=$(gcloud config get-value account 2>/dev/null || true)
+    perm=$(grep -oE "(Required '|Permission '|permission )[a-zA-Z]+\.[a-zA-Z]+\.[a-zA-Z]+" <<<"$ERR" |
+      grep -oE '[a-zA-Z]+\.[a-zA-Z]+\.[a-zA-Z]+$' | head -n 1 || true)
+    hint="your account (${account:-the one gcloud uses}) may not do this${perm:+: it needs $perm}; deploy as the project's owner, or get a role holding it (gcloud projects add-iam-policy-binding $PROJECT_ID --member=user:YOU --role=roles/owner, by someone who may)"
   fi
   log ERROR "$what: $doing failed: ${words:-gcloud said nothing}"
   [[ -z $hint ]] || log ERROR "$what: $hint"
-  log ERROR "nothing after $what was changed; run ./deploy.sh apply again once it is fixed (it finishes what is missing)"
+  if [[ $ACTION == apply ]]; then
+    log ERROR "nothing after $what was changed; run ./deploy.sh apply again once it is fixed (it finishes what is missing)"
+  else
+    log ERROR "./deploy.sh $ACTION stopped at $what"
+  fi
   exit 1
 }
 

@@ -211,3 +211,44 @@ def test_docs_deploy_md_names_every_setting_of_deploy_env():
     known = set(re.findall(r'"([A-Z_]+)=', block.group(1)))
     missing = known - settings_named((REPO / "docs/deploy.md").read_text())
     assert missing == set(), f"docs/deploy.md does not name {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    ("said", "hint"),
+    [
+        (
+            "ERROR: (gcloud.services.list) PERMISSION_DENIED: Permission "
+            "'serviceusage.services.list' denied on resource 'projects/p-1' (or it may not exist).",
+            "it needs serviceusage.services.list",
+        ),
+        (
+            "ERROR: (gcloud.services.list) FAILED_PRECONDITION: Billing account for project "
+            "'123' is not found. Billing must be enabled for activation of service(s)",
+            "gcloud billing projects link p-1",
+        ),
+        (
+            "ERROR: (gcloud.services.list) Constraint constraints/compute.vmExternalIpAccess "
+            "violated for project p-1.",
+            "an organisation policy (constraints/compute.vmExternalIpAccess) forbids it",
+        ),
+    ],
+)
+def test_a_refusal_names_the_resource_and_what_fixes_it(tmp_path, said, hint):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(f"#!/bin/sh\necho {json.dumps(said)} >&2\nexit 1\n")
+    (bin_dir / "gcloud").chmod(0o755)
+    (tmp_path / "job.env").write_text("JOB_COMMAND=true\n")
+    (tmp_path / "deploy.env").write_text(REQUIRED + f"JOB_ENV_FILE={tmp_path / 'job.env'}\n")
+    r = subprocess.run(
+        ["bash", str(REPO / "deploy.sh"), "apply"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "DEPLOY_ENV": str(tmp_path / "deploy.env")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 1
+    assert "APIs: listing the enabled APIs failed: ERROR: (gcloud.services.list)" in r.stderr
+    assert hint in r.stderr, r.stderr
+    assert "run ./deploy.sh apply again once it is fixed" in r.stderr
