@@ -203,7 +203,7 @@ vm_want() {
 }
 
 ensure_vm() {
-  local what="VM $INSTANCE" want have diff status owner stopped_only=""
+  local what="VM $INSTANCE" want have diff status owner stopped_only="" stopped=""
   local -a metadata=(--metadata-from-file="startup-script=$DEPLOY_DIR/startup.sh"
     --metadata="^|^$(vm_metadata | paste -sd'|' -)")
   want=$(vm_want)
@@ -226,14 +226,15 @@ ensure_vm() {
   diff=$(differences "$have" "$want")
   if [[ $status == RUNNING && -z $owner ]]; then
     # no execution holds it: started by hand, or an apply cut off between create and stop
-      if change "$what" stop "RUNNING and no run holds it (an earlier apply cut off, or started by hand)"; then
+    stopped=1
+    if change "$what" stop "RUNNING and no run holds it (an earlier apply cut off, or started by hand)"; then
       gc compute instances stop "$INSTANCE" --zone="$ZONE" || fail "$what" "stopping it"
       done_ "$what"
       status=TERMINATED
     fi
   fi
   if [[ -z $diff ]]; then
-    [[ $status == RUNNING && -z $owner ]] || unchanged "$what" "$status"
+    [[ -n $stopped ]] || unchanged "$what" "$status"
     return
   fi
   [[ ! ,$diff, =~ ,(account|scopes|max-run-duration|termination-action|machine-type), ]] || stopped_only=1
