@@ -44,6 +44,7 @@ readonly REQUIRED=(PROJECT_ID REGION ZONE REPO_URL SCHEDULE)
 # taken as written (quotes around it removed), so a schedule's `*` stays a `*`.
 load_settings() {
   local file=${DEPLOY_ENV:-$DEPLOY_DIR/deploy.env} line key value n=0 entry
+  check_endpoints
   [[ -f $file ]] ||
     die "no settings file $file: cp deploy.env.example deploy.env and fill it in (or DEPLOY_ENV=path)"
   declare -gA FROM_FILE=()
@@ -66,6 +67,18 @@ load_settings() {
   SETTINGS_FILE=$file
   check_settings
   derive_settings
+}
+
+# check_endpoints: no loopback endpoint override for gcloud run or gcloud scheduler.
+check_endpoints() {
+  local name override
+  # gcloud run puts the region before an endpoint override's host: with a loopback override (the
+  # emulator's, outside its private network) it would look up REGION-127.0.0.1 on this network
+  for name in CLOUDSDK_API_ENDPOINT_OVERRIDES_RUN CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDSCHEDULER; do
+    override=${!name:-}
+    [[ ! $override =~ ^https?://(127\.|localhost|\[::1\]) ]] ||
+      die "$name=$override: deploy.sh runs gcloud run and gcloud scheduler, which resolve a regional name for an override; run it inside the emulator's private network (python -m gcp_emulator run --private-network -- ./deploy.sh …), or unset it for Google Cloud"
+  done
 }
 
 known_setting() {

@@ -424,7 +424,10 @@ class ScheduledDemo:
                 os.killpg(self.child.pid, sig)
 
     async def sh(self, *argv: str, capture: bool = False) -> tuple[int, str]:
-        """argv in the private network (its output ours, or captured)."""
+        """argv in the private network (its output ours, or captured): deploy.sh and these
+        commands run gcloud run and gcloud scheduler, which resolve names of Google's."""
+        if self.emu.net is None:
+            raise RuntimeError("demo --scheduled runs its commands only in the private network")
         out = asyncio.subprocess.PIPE if capture else None
         self.child = await asyncio.create_subprocess_exec(
             *self.emu.command(list(argv)), env=self.env, process_group=0, stdout=out
@@ -637,6 +640,13 @@ def main(argv: list[str] | None = None) -> int:
         command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         if not command:
             parser.error("run needs a command: python -m gcp_emulator run -- CMD [ARGS...]")
+        words = [w for w in command[1:] if not w.startswith("-") and w not in ("alpha", "beta")]
+        direct = Path(command[0]).name == "gcloud" and words[:1] in (["run"], ["scheduler"])
+        if direct and not args.private_network:
+            parser.error(
+                f"gcloud {words[0]} runs only with --private-network: with a loopback endpoint "
+                "override it resolves REGION-<the override's host> on this machine's network"
+            )
         return asyncio.run(run(emu, command))
     except ConfigError as exc:
         print(f"gcp_emulator: configuration error: {exc}", file=sys.stderr)

@@ -252,3 +252,35 @@ def test_a_refusal_names_the_resource_and_what_fixes_it(tmp_path, said, hint):
     assert "APIs: listing the enabled APIs failed: ERROR: (gcloud.services.list)" in r.stderr
     assert hint in r.stderr, r.stderr
     assert "run ./deploy.sh apply again once it is fixed" in r.stderr
+
+
+def test_a_loopback_override_for_gcloud_run_is_refused_outside_the_private_network():
+    """Outside the emulator's private network its endpoint overrides point at loopback, where
+    gcloud run would look up REGION-127.0.0.1 on this machine's network."""
+    for name in ("RUN", "CLOUDSCHEDULER"):
+        r = subprocess.run(
+            ["bash", str(REPO / "deploy.sh"), "plan"],
+            env={
+                "PATH": "/usr/bin:/bin",
+                "DEPLOY_ENV": "/nonexistent",
+                f"CLOUDSDK_API_ENDPOINT_OVERRIDES_{name}": "http://127.0.0.1:8089/run/",
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        assert r.returncode == 1, r.stderr
+        assert "inside the emulator's private network" in r.stderr, r.stderr
+
+
+def test_the_emulators_run_refuses_gcloud_run_and_scheduler_without_its_private_network(
+    capsys,
+):
+    from gcp_emulator.cli import main
+
+    for argv in (["gcloud", "run", "jobs", "list"], ["gcloud", "beta", "scheduler", "jobs"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "--", *argv])
+        assert exc.value.code == 2
+        assert "runs only with --private-network" in capsys.readouterr().err
