@@ -129,7 +129,7 @@ cmd_rotate_token() {
   read_resource "$what" secrets describe "$TOKEN_SECRET" --format='value(name)' ||
     die "$what does not exist: ./deploy.sh apply makes it"
   tmp=$(new_token)
-  gc_in "$tmp" secrets versions add "$TOKEN_SECRET" --data-file=- --format='value(name)' ||
+  gc secrets versions add "$TOKEN_SECRET" --data-file=- --format='value(name)' <"$tmp" ||
     { rm -f "$tmp"; fail "$what" "adding a new token"; }
   rm -f "$tmp"
   latest=${OUT##*/}
@@ -178,7 +178,7 @@ cmd_destroy() {
   delete "service account $ACCOUNT_VM" iam service-accounts delete "$ACCOUNT_VM"
   delete "service account $ACCOUNT_JOB" iam service-accounts delete "$ACCOUNT_JOB"
   delete "service account $ACCOUNT_SCHEDULER" iam service-accounts delete "$ACCOUNT_SCHEDULER"
-  log INFO "destroy: done ($GCLOUD_CALLS gcloud calls, $(since "$t0") s)${DELETE_ADDRESS:+}"
+  log INFO "destroy: done ($GCLOUD_CALLS gcloud calls, $(since "$t0") s)"
 }
 
 # delete WHAT ARGS...: gcloud ARGS (a delete); what is already gone is fine.

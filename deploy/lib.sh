@@ -28,25 +28,13 @@ since() {
 }
 
 # gc ARGS...: gcloud ARGS, quiet (no prompt: deploy.sh may run with no terminal), its stdout in
-# OUT and stderr in ERR; returns gcloud's status.
+# OUT and stderr in ERR; returns gcloud's status. A secret's value goes on its stdin
+# (`gc … --data-file=- <FILE`): never in an argument, never in a log.
 gc() {
   local errfile rc=0
   GCLOUD_CALLS=$((GCLOUD_CALLS + 1))
   errfile=$(mktemp)
   OUT=$(gcloud --quiet --project="$PROJECT_ID" "$@" 2>"$errfile") || rc=$?
-  ERR=$(<"$errfile")
-  rm -f "$errfile"
-  return "$rc"
-}
-
-# gc_in FILE ARGS...: gc with FILE on gcloud's stdin (a secret's value: never in argv, never
-# in a log).
-gc_in() {
-  local file=$1 errfile rc=0
-  shift
-  GCLOUD_CALLS=$((GCLOUD_CALLS + 1))
-  errfile=$(mktemp)
-  OUT=$(gcloud --quiet --project="$PROJECT_ID" "$@" <"$file" 2>"$errfile") || rc=$?
   ERR=$(<"$errfile")
   rm -f "$errfile"
   return "$rc"

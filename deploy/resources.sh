@@ -104,11 +104,11 @@ ensure_token_secret() {
     fi
     change "$what" update "no enabled version: a new token" || return 0
     tmp=$(new_token)
-    gc_in "$tmp" secrets versions add "$TOKEN_SECRET" --data-file=- || { rm -f "$tmp"; fail "$what" "adding a token"; }
+    gc secrets versions add "$TOKEN_SECRET" --data-file=- <"$tmp" || { rm -f "$tmp"; fail "$what" "adding a token"; }
   else
     change "$what" create "a new random token" || return 0
     tmp=$(new_token)
-    gc_in "$tmp" secrets create "$TOKEN_SECRET" --replication-policy=automatic --data-file=- ||
+    gc secrets create "$TOKEN_SECRET" --replication-policy=automatic --data-file=- <"$tmp" ||
       { rm -f "$tmp"; fail "$what" "creating it"; }
   fi
   rm -f "$tmp"
@@ -139,10 +139,10 @@ ensure_env_secret() {
     fi
     OUT=""
     change "$what" update "a new version from $JOB_ENV_FILE" || return 0
-    gc_in "$JOB_ENV_FILE" secrets versions add "$ENV_SECRET" --data-file=- || fail "$what" "adding a version"
+    gc secrets versions add "$ENV_SECRET" --data-file=- <"$JOB_ENV_FILE" || fail "$what" "adding a version"
   else
     change "$what" create "from $JOB_ENV_FILE" || return 0
-    gc_in "$JOB_ENV_FILE" secrets create "$ENV_SECRET" --replication-policy=automatic --data-file=- ||
+    gc secrets create "$ENV_SECRET" --replication-policy=automatic --data-file=- <"$JOB_ENV_FILE" ||
       fail "$what" "creating it"
   fi
   done_ "$what"
@@ -268,8 +268,8 @@ ensure_vm() {
 
 ensure_repository() {
   local what="Artifact Registry repository $IMAGE_REPOSITORY"
-  if [[ ${API_MISSING:-0} != 1 ]] && read_resource "$what" artifacts repositories describe \
-    "$IMAGE_REPOSITORY" --location="$REGION" --format='value(name)'; then
+  if read_resource "$what" artifacts repositories describe "$IMAGE_REPOSITORY" \
+    --location="$REGION" --format='value(name)'; then
     unchanged "$what"
     return
   fi
@@ -321,8 +321,7 @@ ensure_job() {
   want=$(printf '%s\n' "image=$IMAGE" "account=$ACCOUNT_JOB" "task-timeout=$TASK_TIMEOUT_SECONDS" \
     "max-retries=$MAX_RETRIES" tasks=1 "secret.AGENT_TOKEN=$TOKEN_SECRET:latest"
     job_env | sed 's/^/env./')
-  if [[ ${API_MISSING:-0} != 1 ]] && read_resource "$what" run jobs describe "$JOB_NAME" \
-    --region="$REGION" --format=json; then
+  if read_resource "$what" run jobs describe "$JOB_NAME" --region="$REGION" --format=json; then
     have=$(canonical job <<<"$OUT")
     diff=$(differences "$have" "$want")
     if [[ -z $diff ]]; then
@@ -345,8 +344,8 @@ ensure_schedule() {
     --http-method=POST --uri="$RUN_URI" --oauth-service-account-email="$ACCOUNT_SCHEDULER")
   want=$(printf '%s\n' "schedule=$SCHEDULE" "time-zone=$TIME_ZONE" "uri=$RUN_URI" \
     http-method=POST "account=$ACCOUNT_SCHEDULER")
-  if [[ ${API_MISSING:-0} != 1 ]] && read_resource "$what" scheduler jobs describe "$SCHEDULER_JOB" \
-    --location="$REGION" --format=json; then
+  if read_resource "$what" scheduler jobs describe "$SCHEDULER_JOB" --location="$REGION" \
+    --format=json; then
     have=$(canonical scheduler <<<"$OUT")
     diff=$(differences "$have" "$want")
     if [[ $(value_of state "$have") == PAUSED ]]; then

@@ -359,8 +359,11 @@ def dump_config(cfg: EmulatorConfig) -> str:
             "operation_wait_cap",
             "label_conflict",
             "guest",
+            "scheduler_clock",
         )
     ]
+    if cfg.guest_env:
+        lines.append(f"guest_env = {_toml_value(cfg.guest_env)}")
     if cfg.permissions is not None:
         lines.append(f"permissions = {json.dumps(sorted(cfg.permissions))}")
     if cfg.services is not None:

@@ -342,30 +342,12 @@ class Deployment:
     job_env: Path
     disk: Disk
 
-    def toml(self) -> str:
-        """The configuration as `python -m gcp_emulator serve --config` reads it."""
-        cfg = self.config
-        lines = [
-            f'project = "{cfg.project}"',
-            f'region = "{cfg.region}"',
-            f'zone = "{cfg.zone}"',
-            "services = []",
-            f'scheduler_clock = "{cfg.scheduler_clock}"',
-            "[guest_env]",
-            *(f"{k} = {_toml_str(v)}" for k, v in cfg.guest_env.items()),
-        ]
-        return "\n".join(lines) + "\n"
-
     def settings(self, **changes: str) -> None:
         """deploy.env with CHANGES (KEY=value) made to it."""
         lines = self.deploy_env.read_text().splitlines()
         for key, value in changes.items():
             lines = [ln for ln in lines if not ln.startswith(f"{key}=")] + [f"{key}={value}"]
         self.deploy_env.write_text("\n".join(lines) + "\n")
-
-
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def deployment(

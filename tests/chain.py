@@ -137,24 +137,14 @@ class Chain:
 
     def fire(self, **how: Any) -> dict[str, Any]:
         """The test clock fires the scheduler job's slot of now (HOW: copies, delay, drop)."""
-        r = self.emu.http.post(
-            "/_emulator/scheduler/fire", json={"job": SCHEDULER_JOB, "wait": 60, **how}, timeout=90
-        )
-        assert r.status_code == 200, r.text
-        return r.json()
+        return fire(self.emu, SCHEDULER_JOB, **how)
 
     def executions(self) -> list[dict[str, Any]]:
-        return [e for e in self.emu.state()["run"]["executions"] if e["job"] == JOB]
+        return executions(self.emu, JOB)
 
     def wait_done(self, count: int = 1, timeout: float = 240) -> list[dict[str, Any]]:
         """The job's first COUNT executions, once each has ended."""
-        deadline = time.monotonic() + timeout
-        while True:
-            runs = self.executions()
-            if len(runs) >= count and all(e["done"] for e in runs):
-                return runs
-            assert time.monotonic() < deadline, f"executions not ended in {timeout} s: {runs}"
-            time.sleep(0.2)
+        return wait_done(self.emu, JOB, count, timeout)
 
     def describe(self, execution: str) -> dict[str, Any]:
         r = self.gcloud(
@@ -164,17 +154,50 @@ class Chain:
         return json.loads(r.stdout)
 
     def log(self, execution: str, attempt: int | None = None) -> list[str]:
-        """The execution's log (of one attempt) as Cloud Logging has it, oldest first
-        (`gcloud logging read`)."""
-        query = (
-            f'resource.type="cloud_run_job" AND resource.labels.job_name="{JOB}" AND '
-            f'labels."run.googleapis.com/execution_name"="{execution}"'
-        )
-        if attempt is not None:
-            query += f' AND labels."run.googleapis.com/task_attempt"="{attempt}"'
-        r = self.gcloud(
-            "logging", "read", query,
-            "--order=asc", "--limit=5000", "--format=json",
-        )  # fmt: skip
-        return [e.get("textPayload") or e.get("jsonPayload", {}).get("message", "") for e in
-                json.loads(r.stdout)]  # fmt: skip
+        """The execution's log (of one attempt) as Cloud Logging has it, oldest first."""
+        return execution_log(self.emu, JOB, execution, attempt)
+
+
+# -- what an operator (or a test) reads of any deployment's jobs ---------------------------------
+
+
+def fire(emu: EmulatorProcess, scheduler_job: str, **how: Any) -> dict[str, Any]:
+    """The test clock fires SCHEDULER_JOB's slot of now (HOW: copies, delay, drop), and waits
+    for its deliveries' attempts."""
+    r = emu.http.post(
+        "/_emulator/scheduler/fire", json={"job": scheduler_job, "wait": 60, **how}, timeout=90
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def executions(emu: EmulatorProcess, job: str) -> list[dict[str, Any]]:
+    return [e for e in emu.state()["run"]["executions"] if e["job"] == job]
+
+
+def wait_done(emu: EmulatorProcess, job: str, count: int, timeout: float) -> list[dict[str, Any]]:
+    """JOB's first COUNT executions, once each has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = executions(emu, job)
+        if len(runs) >= count and all(e["done"] for e in runs):
+            return runs
+        assert time.monotonic() < deadline, f"executions not ended in {timeout} s: {runs}"
+        time.sleep(0.2)
+
+
+def execution_log(
+    emu: EmulatorProcess, job: str, execution: str, attempt: int | None = None
+) -> list[str]:
+    """JOB's EXECUTION's log (of one attempt) as Cloud Logging has it, oldest first
+    (`gcloud logging read`)."""
+    query = (
+        f'resource.type="cloud_run_job" AND resource.labels.job_name="{job}" AND '
+        f'labels."run.googleapis.com/execution_name"="{execution}"'
+    )
+    if attempt is not None:
+        query += f' AND labels."run.googleapis.com/task_attempt"="{attempt}"'
+    r = emu.gcloud("logging", "read", query, "--order=asc", "--limit=5000", "--format=json")
+    assert r.returncode == 0, f"gcloud logging read: {r.stderr}"
+    return [e.get("textPayload") or e.get("jsonPayload", {}).get("message", "") for e in
+            json.loads(r.stdout)]  # fmt: skip

@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
+from gcp_emulator.config import dump_config
 from gcp_emulator.demo import Deployment, deployment
+from tests import chain
 from tests.harness import REPO, EmulatorProcess, needs_gcloud, needs_private_network
 
 pytestmark = [pytest.mark.e2e, needs_gcloud, needs_private_network]
@@ -56,35 +58,17 @@ class Deployed:
         return json.loads(r.stdout)
 
     def executions(self) -> list[dict[str, Any]]:
-        return [e for e in self.emu.state()["run"]["executions"] if e["job"] == JOB]
+        return chain.executions(self.emu, JOB)
 
     def wait_done(self, count: int, timeout: float = 180) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            runs = self.executions()
-            if len(runs) >= count and all(e["done"] for e in runs):
-                return runs
-            assert time.monotonic() < deadline, f"executions not ended in {timeout} s: {runs}"
-            time.sleep(0.2)
+        return chain.wait_done(self.emu, JOB, count, timeout)
 
     def fire(self) -> dict[str, Any]:
         """The scheduler's slot of now, delivered (the test clock)."""
-        r = self.emu.http.post(
-            "/_emulator/scheduler/fire", json={"job": SCHEDULER_JOB, "wait": 60}, timeout=90
-        )
-        assert r.status_code == 200, r.text
-        return r.json()
+        return chain.fire(self.emu, SCHEDULER_JOB)
 
     def log(self, execution: str) -> str:
-        query = f'labels."run.googleapis.com/execution_name"="{execution}"'
-        r = self.emu.gcloud(
-            "logging", "read", query, "--order=asc", "--limit=5000", "--format=json"
-        )
-        assert r.returncode == 0, r.stderr
-        entries = json.loads(r.stdout)
-        return "\n".join(
-            e.get("textPayload") or e.get("jsonPayload", {}).get("message", "") for e in entries
-        )
+        return "\n".join(chain.execution_log(self.emu, JOB, execution))
 
     def changes(self) -> list[str]:
         """The calls since the journal was cleared that change something."""
@@ -104,7 +88,7 @@ def deployed(emulator):
 
     def make(**kwargs: Any) -> Deployed:
         dep = deployment(base / "deployment", **kwargs)
-        emu = emulator(dep.toml(), private=True)
+        emu = emulator(dump_config(dep.config), private=True)
         return Deployed(emu, dep)
 
     yield make
@@ -122,6 +106,11 @@ def project_roles(d: Deployed) -> dict[str, list[str]]:
 
 def test_apply_from_an_empty_project_deploys_a_schedule_whose_slot_runs_the_job(deployed):
     d = deployed(job='echo "my job ran, DRY_RUN=${DRY_RUN:-0}"')
+    # a plan where no API is enabled yet: everything to make, and nothing made
+    plan = d.sh("plan")
+    assert "enable   APIs: compute.googleapis.com" in plan.stdout, plan.stdout
+    assert "exists" not in plan.stdout and "19 to change" in plan.stdout, plan.stdout
+    assert d.changes() == [], "a plan changed something"
     r = d.sh("apply")
     # it ends with a first run in test mode that took no slot and worked
     assert "first run: executing vm-job-runner in test mode" in r.stderr
