@@ -4,12 +4,15 @@ and for running the real gcloud CLI against it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +213,32 @@ def reap(proc: subprocess.Popen, grace: float = 10) -> tuple[str | bytes | None,
                 pipe.close()
         proc.wait(grace)
         return (None, None)
+
+
+class WebhookReceiver:
+    """A webhook on 127.0.0.1 (a free port), as an alert's notification channel: the JSON bodies
+    posted to it, each with when it arrived (`arrived`, epoch seconds)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.arrived: list[float] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                outer.bodies.append(json.loads(self.rfile.read(length)))
+                outer.arrived.append(time.time())
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?auth_token=t"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -100,6 +100,7 @@ class Cloud:
         await self.builds.close()
         await self.run.close()
         await self.compute.close()
+        await self.monitoring.close()
 
     def kill_all_now(self) -> None:
         self.compute.kill_all_now()

@@ -1,6 +1,7 @@
 """Cloud Monitoring's state: the time series the emulated services write (so far: Cloud Run's
 `run.googleapis.com/job/completed_execution_count`, a point for each execution that ends, with
-its `result`), the project's notification channels and alert policies."""
+its `result`), the project's notification channels and alert policies, and their evaluation
+(alerting.py: incidents, notifications)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from gcp_emulator.core.errors import ApiError
 from gcp_emulator.core.util import stamp
+from gcp_emulator.monitoring.alerting import Alerting, check_conditions
 
 if TYPE_CHECKING:
     from gcp_emulator.core.state import Cloud
@@ -23,6 +25,7 @@ class Point:
     resource: dict[str, str]
     value: int = 1
     time: float = field(default_factory=time.time)
+    resource_type: str = "global"
 
 
 class Monitoring:
@@ -33,6 +36,7 @@ class Monitoring:
         self.points: list[Point] = []
         self.channels: dict[str, dict[str, Any]] = {}  # by name: the NotificationChannel
         self.policies: dict[str, dict[str, Any]] = {}  # by name: the AlertPolicy
+        self.alerting = Alerting(self)
 
     def new_id(self) -> str:
         return str(10**18 + secrets.randbelow(9 * 10**18))
@@ -64,6 +68,7 @@ class Monitoring:
         for channel in body.get("notificationChannels") or []:
             if channel not in self.channels:
                 raise ApiError(400, "invalid", f"Notification channel {channel} does not exist.")
+        check_conditions(body["conditions"])
         conditions = [
             {**c, "name": c.get("name") or f"{name}/conditions/{self.new_id()}"}
             for c in body["conditions"]
@@ -81,6 +86,7 @@ class Monitoring:
             "mutationRecord": self.record_of(),
         }
         self.policies[name] = policy
+        self.alerting.start()
         return policy
 
     def get(self, table: dict[str, dict[str, Any]], name: str, kind: str) -> dict[str, Any]:
@@ -90,10 +96,19 @@ class Monitoring:
         return found
 
     def add_point(
-        self, metric: str, labels: dict[str, str], resource: dict[str, str], value: int = 1
+        self,
+        metric: str,
+        labels: dict[str, str],
+        resource: dict[str, str],
+        value: int = 1,
+        resource_type: str = "global",
     ) -> None:
-        self.points.append(Point(metric, labels, resource, value))
+        self.points.append(Point(metric, labels, resource, value, resource_type=resource_type))
         self.cloud.record("event", event="monitoring.point", metric=metric, labels=labels)
+        self.alerting.evaluate()  # at once: a point never waits for the next tick to alert
+
+    async def close(self) -> None:
+        await self.alerting.close()
 
     def state_json(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -105,5 +120,6 @@ class Monitoring:
                 "points": counts,
                 "channels": sorted(self.channels),
                 "policies": sorted(self.policies),
+                **self.alerting.state_json(),
             }
         }

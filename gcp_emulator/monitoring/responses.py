@@ -1,8 +1,8 @@
 """Cloud Monitoring v3's HTTP surface for alerting, as gcloud 528's `beta monitoring channels`
 and `alpha monitoring policies` call it (neither is in the GA track): notification channels
 (create, get, list with `type="X"` filtered on the server as gcloud expects, patch, delete) and
-alert policies (create, get, list, patch, delete). They are stored and listed; evaluating the
-policies and notifying the channels is not done here."""
+alert policies (create, get, list, patch, delete). The policies are evaluated, and the channels
+told, by monitoring/alerting.py."""
 
 from __future__ import annotations
 
@@ -26,10 +26,17 @@ def project_of(cloud: Cloud, m: dict[str, str]) -> str:
     return f"projects/{cloud.project}"
 
 
+def camel(field: str) -> str:
+    """A protobuf field name in JSON's spelling: notification_channels -> notificationChannels."""
+    head, *rest = field.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
 def patched(current: dict[str, Any], patch: dict[str, Any], mask: str) -> dict[str, Any]:
     """current with the top-level fields the mask names replaced; without a mask, the whole
     resource is the patch's (its name and creation record kept)."""
-    fields = [f.split(".")[0] for f in mask.split(",") if f]
+    # a mask names protobuf fields, as gcloud sends them (notification_channels), or JSON's
+    fields = [camel(f.strip().split(".")[0]) for f in mask.split(",") if f.strip()]
     if not fields:
         kept = {k: current[k] for k in ("name", "creationRecord") if k in current}
         return {**patch, **kept}

@@ -348,6 +348,7 @@ class Run:
                     "location": execution.region,
                     "project_id": self.project,
                 },
+                resource_type="cloud_run_job",
             )
             self.cloud.record(
                 "event", event="run.execution", execution=execution.name, state=result
@@ -568,6 +569,7 @@ class Run:
                         "job": e.job,
                         "done": e.done.is_set(),
                         "result": e.result,
+                        "completed": e.completed,
                         "attempts": [
                             {
                                 "index": a.index,
