@@ -11,10 +11,17 @@ KIND is one of:
   role        a custom role (`gcloud iam roles describe --format=json`)
   roles MEMBER  the roles an IAM policy (`… get-iam-policy --format=json`) grants MEMBER
   versions    a secret's versions (`gcloud secrets versions list --format=json`): name=state
+  channel DISPLAY  the notification channel named DISPLAY in a list (`gcloud beta monitoring
+              channels list --format=json`), or one channel's body (deploy/alerting.py's); a
+              webhook's URL as its SHA-256 only (it may carry a token)
+  policy DISPLAY   the alert policy named DISPLAY in a list (`gcloud alpha monitoring policies
+              list --format=json`), or one policy's body (deploy/alerting.py's)
+A resource missing from a list prints nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
@@ -73,6 +80,8 @@ def job(d: dict[str, Any]) -> dict[str, str]:
 
 def scheduler(d: dict[str, Any]) -> dict[str, str]:
     target = d.get("httpTarget") or {}
+    body = base64.b64decode(target.get("body") or "").decode(errors="replace")
+    headers = {k.lower(): v for k, v in (target.get("headers") or {}).items()}
     return {
         "schedule": d.get("schedule", ""),
         "time-zone": d.get("timeZone", "Etc/UTC"),
@@ -80,7 +89,54 @@ def scheduler(d: dict[str, Any]) -> dict[str, str]:
         "http-method": target.get("httpMethod", ""),
         "account": (target.get("oauthToken") or {}).get("serviceAccountEmail", ""),
         "state": d.get("state", ""),
+        "body": body,
+        "content-type": headers.get("content-type", "") if body else "",
     }
+
+
+def _named(data: Any, display: str) -> dict[str, Any] | None:
+    """The resource whose displayName is display, in a list (or the one resource given)."""
+    if isinstance(data, dict):
+        return data
+    hits = [d for d in data or [] if d.get("displayName") == display]
+    return hits[0] if hits else None
+
+
+def channel(d: dict[str, Any]) -> dict[str, str]:
+    labels = d.get("labels") or {}
+    out = {"type": d.get("type", ""), "enabled": str(d.get("enabled", True)).lower()}
+    if "name" in d:
+        out["name"] = d["name"]
+    if "url" in labels:
+        out["url-sha256"] = hashlib.sha256(labels["url"].encode()).hexdigest()
+    if "email_address" in labels:
+        out["address"] = labels["email_address"]
+    return out
+
+
+def policy(d: dict[str, Any]) -> dict[str, str]:
+    conditions = d.get("conditions") or [{}]
+    threshold = conditions[0].get("conditionThreshold") or {}
+    agg = (threshold.get("aggregations") or [{}])[0]
+    doc = (d.get("documentation") or {}).get("content", "")
+    out = {
+        "enabled": str(d.get("enabled", True)).lower(),
+        "channels": ",".join(sorted(d.get("notificationChannels") or [])),
+        "conditions": str(len(d.get("conditions") or [])),
+        "filter": threshold.get("filter", ""),
+        "comparison": threshold.get("comparison", ""),
+        "threshold": str(float(threshold.get("thresholdValue", 0))),
+        "duration": threshold.get("duration", ""),
+        "alignment": agg.get("alignmentPeriod", ""),
+        "aligner": agg.get("perSeriesAligner", ""),
+        "reducer": agg.get("crossSeriesReducer", ""),
+        "missing-data": threshold.get("evaluationMissingData", ""),
+        "auto-close": (d.get("alertStrategy") or {}).get("autoClose", ""),
+        "documentation": "sha256:" + hashlib.sha256(doc.encode()).hexdigest(),
+    }
+    if "name" in d:
+        out["name"] = d["name"]
+    return out
 
 
 def firewall(d: dict[str, Any]) -> dict[str, str]:
@@ -104,7 +160,7 @@ def role(d: dict[str, Any]) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"vm", "job", "scheduler", "firewall", "role", "roles",
-                                   "versions"}:  # fmt: skip
+                                   "versions", "channel", "policy"}:  # fmt: skip
         print(__doc__, file=sys.stderr)
         return 2
     data = json.load(sys.stdin)
@@ -121,7 +177,13 @@ def main(argv: list[str]) -> int:
         lines = [f"{k}={v}" for k, v in sorted(pairs.items(), key=lambda kv: int(kv[0] or 0))]
         print("\n".join(lines))
         return 0
-    fields = {"vm": vm, "job": job, "scheduler": scheduler, "firewall": firewall, "role": role}
+    if kind in ("channel", "policy"):
+        found = _named(data, argv[1] if len(argv) > 1 else "")
+        if found is None:
+            return 0
+        data = found
+    fields = {"vm": vm, "job": job, "scheduler": scheduler, "firewall": firewall, "role": role,
+              "channel": channel, "policy": policy}  # fmt: skip
     out = fields[kind](data)
     print("\n".join(f"{k}={v}" for k, v in sorted(out.items())))
     return 0

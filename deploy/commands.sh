@@ -11,7 +11,11 @@ resources() {
   ensure_account "$VM_ACCOUNT" "$ACCOUNT_VM" "vm-job-runner VM (reads its secrets)"
   ensure_account "$JOB_ACCOUNT" "$ACCOUNT_JOB" "vm-job-runner Cloud Run job (drives the VM)"
   ensure_account "$SCHEDULER_ACCOUNT" "$ACCOUNT_SCHEDULER" "vm-job-runner Cloud Scheduler (runs the job)"
-  ensure_role
+  ensure_role "$ROLE_ID" "VM job orchestrator" \
+    "What vm-job-runner's Cloud Run job needs to run the job on its VM" "${ROLE_PERMISSIONS[@]}"
+  ensure_role "$SCHEDULER_ROLE_ID" "VM job scheduler" \
+    "What vm-job-runner's Cloud Scheduler jobs need: run the job, and run it with check" \
+    "${SCHEDULER_PERMISSIONS[@]}"
   ensure_binding project "$PROJECT_ID" "serviceAccount:$ACCOUNT_JOB" "projects/$PROJECT_ID/roles/$ROLE_ID"
   ensure_token_secret
   ensure_binding secret "$TOKEN_SECRET" "serviceAccount:$ACCOUNT_JOB" roles/secretmanager.secretAccessor
@@ -24,8 +28,12 @@ resources() {
   ensure_repository
   ensure_image
   ensure_job
-  ensure_binding job "$JOB_NAME" "serviceAccount:$ACCOUNT_SCHEDULER" roles/run.invoker
-  ensure_schedule
+  ensure_binding job "$JOB_NAME" "serviceAccount:$ACCOUNT_SCHEDULER" "projects/$PROJECT_ID/roles/$SCHEDULER_ROLE_ID"
+  ensure_schedule "$SCHEDULER_JOB" "$SCHEDULE"
+  ensure_check_schedule
+  ensure_channel email
+  ensure_channel webhook
+  ensure_alert_policy
 }
 
 cmd_plan() {
@@ -80,7 +88,7 @@ first_run() {
 }
 
 cmd_status() {
-  local t0
+  local t0 job state cron tz next last code
   t0=$(now)
   printf 'Deployment in project %s (%s), from %s:\n' "$PROJECT_ID" "$ZONE" "$SETTINGS_FILE"
   resources
@@ -96,13 +104,16 @@ cmd_status() {
     IFS='|' read -r address status users <<<"$OUT"
     printf '  %s is %s, %s%s\n' "$STATIC_NAME" "$address" "$status" "${users:+ (attached to $users)}"
   fi
-  printf '\nSchedule:\n'
-  if gc scheduler jobs describe "$SCHEDULER_JOB" --location="$REGION" \
-    --format='value[separator="|"](state,schedule,timeZone,scheduleTime,lastAttemptTime,status.code)'; then
-    IFS='|' read -r state schedule zone next last code <<<"$OUT"
-    printf '  %s: %s, "%s" in %s; next slot %s; last delivery %s%s\n' "$SCHEDULER_JOB" "$state" \
-      "$schedule" "$zone" "${next:-none}" "${last:-never}" "${code:+ (status code $code)}"
-  fi
+  printf '\nSchedule (the slots, and the check of each):\n'
+  for job in "$SCHEDULER_JOB" "$CHECK_SCHEDULER_JOB"; do
+    [[ $job != "$CHECK_SCHEDULER_JOB" || $CHECK_SCHEDULE != none ]] || continue
+    if gc scheduler jobs describe "$job" --location="$REGION" \
+      --format='value[separator="|"](state,schedule,timeZone,scheduleTime,lastAttemptTime,status.code)'; then
+      IFS='|' read -r state cron tz next last code <<<"$OUT"
+      printf '  %s: %s, "%s" in %s; next %s; last delivery %s%s\n' "$job" "$state" \
+        "$cron" "$tz" "${next:-none}" "${last:-never}" "${code:+ (status code $code)}"
+    fi
+  done
   printf '\nLast executions of %s:\n' "$JOB_NAME"
   if gc run jobs executions list --job="$JOB_NAME" --region="$REGION" --limit=5 \
     --format='value[separator="|"](metadata.name,metadata.creationTimestamp,status.completionTime,status.succeededCount,status.failedCount)'; then
@@ -149,9 +160,9 @@ cmd_rotate_token() {
 
 cmd_destroy() {
   local answer
-  printf 'This deletes, in project %s: the Cloud Scheduler job %s, the Cloud Run job %s, the image repository %s, the VM %s and its disk, the firewall rule %s, the secrets %s and %s, the role %s and its binding, the service accounts %s, %s and %s%s.\n' \
-    "$PROJECT_ID" "$SCHEDULER_JOB" "$JOB_NAME" "$IMAGE_REPOSITORY" "$INSTANCE" "$FIREWALL_RULE" \
-    "$TOKEN_SECRET" "$ENV_SECRET" "$ROLE_ID" "$VM_ACCOUNT" "$JOB_ACCOUNT" "$SCHEDULER_ACCOUNT" \
+  printf 'This deletes, in project %s: the alert policy "%s" and its notification channels, the Cloud Scheduler jobs %s and %s, the Cloud Run job %s, the image repository %s, the VM %s and its disk, the firewall rule %s, the secrets %s and %s, the roles %s (and its binding) and %s, the service accounts %s, %s and %s%s.\n' \
+    "$PROJECT_ID" "$ALERT_POLICY" "$SCHEDULER_JOB" "$CHECK_SCHEDULER_JOB" "$JOB_NAME" "$IMAGE_REPOSITORY" "$INSTANCE" "$FIREWALL_RULE" \
+    "$TOKEN_SECRET" "$ENV_SECRET" "$ROLE_ID" "$SCHEDULER_ROLE_ID" "$VM_ACCOUNT" "$JOB_ACCOUNT" "$SCHEDULER_ACCOUNT" \
     "$(if ((DELETE_ADDRESS)); then printf ', and the static address %s (its IP is gone for good)' "$STATIC_NAME"; fi)" >&2
   ((DELETE_ADDRESS)) || printf 'The static address %s stays (--address deletes it too). The APIs stay enabled.\n' "$STATIC_NAME" >&2
   if ((!ASSUME_YES)); then
@@ -164,6 +175,8 @@ cmd_destroy() {
   fi
   local t0
   t0=$(now)
+  delete_alerting
+  delete "Cloud Scheduler job $CHECK_SCHEDULER_JOB" scheduler jobs delete "$CHECK_SCHEDULER_JOB" --location="$REGION"
   delete "Cloud Scheduler job $SCHEDULER_JOB" scheduler jobs delete "$SCHEDULER_JOB" --location="$REGION"
   delete "Cloud Run job $JOB_NAME" run jobs delete "$JOB_NAME" --region="$REGION"
   delete "Artifact Registry repository $IMAGE_REPOSITORY" artifacts repositories delete "$IMAGE_REPOSITORY" --location="$REGION"
@@ -175,10 +188,30 @@ cmd_destroy() {
   delete "project $PROJECT_ID: role $ROLE_ID for $ACCOUNT_JOB" projects remove-iam-policy-binding "$PROJECT_ID" \
     --member="serviceAccount:$ACCOUNT_JOB" --role="projects/$PROJECT_ID/roles/$ROLE_ID" --condition=None
   delete "role $ROLE_ID" iam roles delete "$ROLE_ID" --project="$PROJECT_ID"
+  delete "role $SCHEDULER_ROLE_ID" iam roles delete "$SCHEDULER_ROLE_ID" --project="$PROJECT_ID"
   delete "service account $ACCOUNT_VM" iam service-accounts delete "$ACCOUNT_VM"
   delete "service account $ACCOUNT_JOB" iam service-accounts delete "$ACCOUNT_JOB"
   delete "service account $ACCOUNT_SCHEDULER" iam service-accounts delete "$ACCOUNT_SCHEDULER"
   log INFO "destroy: done ($GCLOUD_CALLS gcloud calls, $(since "$t0") s)"
+}
+
+# delete_alerting: the alert policy, then the channels apply made (found by their display names:
+# whatever ALERT_EMAIL and ALERT_WEBHOOK_URL say now).
+delete_alerting() {
+  local have kind display list
+  if gc alpha monitoring policies list --format=json; then
+    have=$(canonical policy "$ALERT_POLICY" <<<"${OUT:-[]}")
+    [[ -z $have ]] || delete "alert policy \"$ALERT_POLICY\"" alpha monitoring policies delete "$(value_of name "$have")"
+  elif [[ ! $ERR =~ (SERVICE_DISABLED|has[[:space:]]not[[:space:]]been[[:space:]]used|is[[:space:]]disabled) ]]; then
+    fail "alert policy \"$ALERT_POLICY\"" "listing the alert policies"
+  fi
+  gc beta monitoring channels list --format=json || return 0
+  list=${OUT:-[]}
+  for kind in email webhook; do
+    display="$JOB_NAME alerts ($kind)"
+    have=$(canonical channel "$display" <<<"$list")
+    [[ -z $have ]] || delete "notification channel $display" beta monitoring channels delete "$(value_of name "$have")" --force
+  done
 }
 
 # delete WHAT ARGS...: gcloud ARGS (a delete); what is already gone is fine.

@@ -61,7 +61,7 @@ read_resource() {
 fail() {
   local what=$1 doing=$2 words hint=""
   # gcloud's ERROR: line (its first), else its last lines
-  words=$(grep -m 1 'ERROR:' <<<"$ERR" || grep -v '^[[:space:]]*$' <<<"$ERR" | tail -n 3 | tr '\n' ' ')
+  words=$(grep -m 1 'ERROR:' <<<"$ERR" || grep -v '^[[:space:]]*$' <<<"$ERR" | tail -n 3 | tr '\n' ' ' || true)
   if [[ $ERR =~ (SERVICE_DISABLED|has[[:space:]]not[[:space:]]been[[:space:]]used|is[[:space:]]disabled|API[[:space:]]not[[:space:]]enabled) ]]; then
     hint="an API is not enabled: ./deploy.sh apply enables them first (or: gcloud services enable ${APIS[*]} --project=$PROJECT_ID)"
   elif [[ $ERR =~ (constraints/[A-Za-z.]+) ]]; then

@@ -4,9 +4,11 @@
 # and then, through unchanged / change (deploy/lib.sh), says so in a plan or makes only the
 # difference in an apply. Each is safe to cut off and run again.
 #
-# Reads: the settings (deploy/settings.sh), ACTION, DEPLOY_DIR. Sets: IMAGE (the job's image).
+# Reads: the settings (deploy/settings.sh), ACTION, DEPLOY_DIR. Sets: IMAGE (the job's image),
+#   CHANNELS (the notification channels' names, for the alert policy), CHANNEL_LIST.
 
 readonly CLOUD_PLATFORM=https://www.googleapis.com/auth/cloud-platform
+CHANNELS=()
 
 ensure_apis() {
   local what="APIs" missing=() api
@@ -35,28 +37,30 @@ ensure_account() {
   done_ "$what"
 }
 
+# ensure_role ID TITLE DESCRIPTION PERMISSION...: a custom role of the project with exactly
+# these permissions.
 ensure_role() {
-  local what="role $ROLE_ID" want have diff permissions
-  permissions=$(printf '%s\n' "${ROLE_PERMISSIONS[@]}" | sort | paste -sd, -)
+  local id=$1 title=$2 description=$3 what="role $1" want have diff permissions
+  shift 3
+  permissions=$(printf '%s\n' "$@" | sort | paste -sd, -)
   want=$'permissions='"$permissions"$'\ndeleted=false'
-  if read_resource "$what" iam roles describe "$ROLE_ID" --project="$PROJECT_ID" --format=json; then
+  if read_resource "$what" iam roles describe "$id" --project="$PROJECT_ID" --format=json; then
     have=$(canonical role <<<"$OUT")
     diff=$(differences "$have" "$want")
     if [[ -z $diff ]]; then
-      unchanged "$what" "${#ROLE_PERMISSIONS[@]} permissions"
+      unchanged "$what" "$# permissions"
       return
     fi
     change "$what" update "$diff" || return 0
     if [[ $(value_of deleted "$have") == true ]]; then
-      gc iam roles undelete "$ROLE_ID" --project="$PROJECT_ID" || fail "$what" "undeleting it"
+      gc iam roles undelete "$id" --project="$PROJECT_ID" || fail "$what" "undeleting it"
     fi
-    gc iam roles update "$ROLE_ID" --project="$PROJECT_ID" --permissions="$permissions" ||
+    gc iam roles update "$id" --project="$PROJECT_ID" --permissions="$permissions" ||
       fail "$what" "setting its permissions"
   else
-    change "$what" create "${#ROLE_PERMISSIONS[@]} permissions" || return 0
-    gc iam roles create "$ROLE_ID" --project="$PROJECT_ID" --title="VM job orchestrator" \
-      --description="What vm-job-runner's Cloud Run job needs to run the job on its VM" \
-      --stage=GA --permissions="$permissions" || fail "$what" "creating it"
+    change "$what" create "$# permissions" || return 0
+    gc iam roles create "$id" --project="$PROJECT_ID" --title="$title" \
+      --description="$description" --stage=GA --permissions="$permissions" || fail "$what" "creating it"
   fi
   done_ "$what"
 }
@@ -311,7 +315,8 @@ ensure_image() {
 job_env() {
   printf '%s\n' "PROJECT_ID=$PROJECT_ID" "REGION=$REGION" "ZONE=$ZONE" "INSTANCE=$INSTANCE" \
     "STATIC_NAME=$STATIC_NAME" "SCHEDULE=$SCHEDULE" "TIME_ZONE=$TIME_ZONE" \
-    "START_DEADLINE=$START_DEADLINE" "AGENT_TOKEN_SECRET=$TOKEN_SECRET" "AGENT_PORT=$AGENT_PORT" \
+    "START_DEADLINE=$START_DEADLINE" "CHECK_MARGIN=$CHECK_MARGIN" \
+    "AGENT_TOKEN_SECRET=$TOKEN_SECRET" "AGENT_PORT=$AGENT_PORT" \
     "BOOT_TIMEOUT=$BOOT_TIMEOUT" "RUN_TIMEOUT=$RUN_TIMEOUT" "STOP_TIMEOUT=$STOP_TIMEOUT"
   [[ -z $FALLBACK_MACHINE_TYPES ]] || printf '%s\n' "FALLBACK_MACHINE_TYPES=$FALLBACK_MACHINE_TYPES"
 }
@@ -338,26 +343,145 @@ ensure_job() {
   done_ "$what"
 }
 
+# ensure_schedule NAME SCHEDULE [BODY]: a Cloud Scheduler job that runs the Cloud Run job at
+# SCHEDULE in TIME_ZONE as the scheduler's account, sending BODY (JSON: the run's overrides).
 ensure_schedule() {
-  local what="Cloud Scheduler job $SCHEDULER_JOB" want have diff="" verb=create
-  local -a flags=(--location="$REGION" --schedule="$SCHEDULE" --time-zone="$TIME_ZONE"
+  local name=$1 schedule=$2 body=${3:-} what="Cloud Scheduler job $1" want have diff="" verb=create
+  local -a flags=(--location="$REGION" --schedule="$schedule" --time-zone="$TIME_ZONE"
     --http-method=POST --uri="$RUN_URI" --oauth-service-account-email="$ACCOUNT_SCHEDULER")
-  want=$(printf '%s\n' "schedule=$SCHEDULE" "time-zone=$TIME_ZONE" "uri=$RUN_URI" \
-    http-method=POST "account=$ACCOUNT_SCHEDULER")
-  if read_resource "$what" scheduler jobs describe "$SCHEDULER_JOB" --location="$REGION" \
+  want=$(printf '%s\n' "schedule=$schedule" "time-zone=$TIME_ZONE" "uri=$RUN_URI" \
+    http-method=POST "account=$ACCOUNT_SCHEDULER" "body=$body" \
+    "content-type=${body:+application/json}")
+  if read_resource "$what" scheduler jobs describe "$name" --location="$REGION" \
     --format=json; then
     have=$(canonical scheduler <<<"$OUT")
     diff=$(differences "$have" "$want")
     if [[ $(value_of state "$have") == PAUSED ]]; then
-      log WARNING "$what is PAUSED: no slot runs until it is resumed (gcloud scheduler jobs resume $SCHEDULER_JOB --location=$REGION)"
+      log WARNING "$what is PAUSED: it runs nothing until it is resumed (gcloud scheduler jobs resume $name --location=$REGION)"
     fi
     if [[ -z $diff ]]; then
-      unchanged "$what" "$SCHEDULE, $TIME_ZONE"
+      unchanged "$what" "$schedule, $TIME_ZONE"
       return
     fi
     verb=update
   fi
-  change "$what" "$verb" "${diff:-$SCHEDULE in $TIME_ZONE}" || return 0
-  gc scheduler jobs "$verb" http "$SCHEDULER_JOB" "${flags[@]}" || fail "$what" "${verb%e}ing it"
+  if [[ -n $body && $verb == create ]]; then
+    flags+=(--headers=Content-Type=application/json --message-body="$body")
+  elif [[ -n $body ]]; then
+    flags+=(--update-headers=Content-Type=application/json --message-body="$body")
+  elif [[ $verb == update && -n $(value_of body "$have") ]]; then
+    flags+=(--clear-message-body)
+  fi
+  change "$what" "$verb" "${diff:-$schedule in $TIME_ZONE}" || return 0
+  gc scheduler jobs "$verb" http "$name" "${flags[@]}" || fail "$what" "${verb%e}ing it"
+  done_ "$what"
+}
+
+# ensure_check_schedule: the check of each slot (entrypoint.sh check), CHECK_SCHEDULE (SCHEDULE
+# moved START_DEADLINE + CHECK_MARGIN later); CHECK_SCHEDULE=none: no check, said loudly.
+ensure_check_schedule() {
+  if [[ $CHECK_SCHEDULE == none ]]; then
+    log WARNING "CHECK_SCHEDULE=none: no check of each slot; a slot that never runs (a paused scheduler job, a busy VM, an image that cannot start) alerts nobody"
+    return 0
+  fi
+  ensure_schedule "$CHECK_SCHEDULER_JOB" "$CHECK_SCHEDULE" "$CHECK_BODY"
+}
+
+# ensure_channel email|webhook: the notification channel ALERT_EMAIL or ALERT_WEBHOOK_URL names
+# (none when it is empty); its name is added to CHANNELS, for the alert policy. A webhook's URL
+# is compared by its digest and never printed: it may carry a token.
+ensure_channel() {
+  local kind=$1 display="$JOB_NAME alerts ($1)" what want have diff="" file verb=create name=""
+  local -a content=()
+  case $kind in
+    email)
+      [[ -n $ALERT_EMAIL ]] || return 0
+      content=(email "$display" "$ALERT_EMAIL")
+      what="notification channel $display: $ALERT_EMAIL"
+      ;;
+    webhook)
+      [[ -n $ALERT_WEBHOOK_URL ]] || return 0
+      content=(webhook "$display")
+      what="notification channel $display: $(sed -E 's|^(https?://[^/?#]*).*|\1/…|' <<<"$ALERT_WEBHOOK_URL")"
+      ;;
+  esac
+  want=$(ALERT_WEBHOOK_URL=$ALERT_WEBHOOK_URL python3 "$DEPLOY_DIR/deploy/alerting.py" channel "${content[@]}" | canonical channel)
+  list_channels "$what"
+  have=$(canonical channel "$display" <<<"$CHANNEL_LIST")
+  if [[ -n $have ]]; then
+    name=$(value_of name "$have")
+    CHANNELS+=("$name")
+    diff=$(differences "$have" "$want")
+    if [[ -z $diff ]]; then
+      unchanged "$what"
+      return
+    fi
+    verb=update
+  fi
+  change "$what" "$verb" "$diff" || return 0
+  file=$(mktemp)
+  (umask 077 && ALERT_WEBHOOK_URL=$ALERT_WEBHOOK_URL python3 "$DEPLOY_DIR/deploy/alerting.py" channel "${content[@]}" >"$file")
+  if [[ $verb == create ]]; then
+    gc beta monitoring channels create --channel-content-from-file="$file" --format='value(name)' ||
+      { rm -f "$file"; fail "$what" "creating it"; }
+    name=$(grep -oE 'projects/[^/]+/notificationChannels/[0-9]+' <<<"$OUT$ERR" | head -n 1)
+    [[ -n $name ]] || { rm -f "$file"; fail "$what" "reading the new channel's name"; }
+    CHANNELS+=("$name")
+  else
+    gc beta monitoring channels update "$name" --channel-content-from-file="$file" ||
+      { rm -f "$file"; fail "$what" "updating it"; }
+  fi
+  rm -f "$file"
+  done_ "$what"
+}
+
+# list_channels WHAT: CHANNEL_LIST, the project's notification channels (JSON), read once.
+list_channels() {
+  [[ -z ${CHANNEL_LIST+x} ]] || return 0
+  CHANNEL_LIST='[]'
+  [[ ${API_MISSING:-0} != 1 ]] || return 0
+  gc beta monitoring channels list --format=json || fail "$1" "listing the notification channels"
+  CHANNEL_LIST=${OUT:-[]}
+}
+
+# ensure_alert_policy: the alert policy on the job's failed executions (deploy/alerting.py),
+# telling CHANNELS, and any channel an operator added to it by hand (apply removes only its own
+# channels that deploy.env no longer names).
+ensure_alert_policy() {
+  local what="alert policy \"$ALERT_POLICY\"" want have="" diff="" file verb=create name=""
+  local kind ours="" channel
+  local -a channels=("${CHANNELS[@]}")
+  if [[ ${API_MISSING:-0} != 1 ]]; then
+    gc alpha monitoring policies list --format=json || fail "$what" "listing the alert policies"
+    have=$(canonical policy "$ALERT_POLICY" <<<"${OUT:-[]}")
+  fi
+  if [[ -n $have ]]; then
+    list_channels "$what"
+    for kind in email webhook; do
+      ours+=" $(value_of name "$(canonical channel "$JOB_NAME alerts ($kind)" <<<"$CHANNEL_LIST")")"
+    done
+    for channel in $(value_of channels "$have" | tr ',' ' '); do
+      [[ " $ours " == *" $channel "* ]] || channels+=("$channel")
+    done
+  fi
+  want=$(python3 "$DEPLOY_DIR/deploy/alerting.py" policy "$ALERT_POLICY" "$JOB_NAME" "$REGION" "${channels[@]}" | canonical policy)
+  if [[ -n $have ]]; then
+    name=$(value_of name "$have")
+    diff=$(differences "$have" "$want")
+    if [[ -z $diff ]]; then
+      unchanged "$what" "${#channels[@]} $(plural "${#channels[@]}" channel channels)"
+      return
+    fi
+    verb=update
+  fi
+  change "$what" "$verb" "${diff:-failed executions of $JOB_NAME}" || return 0
+  file=$(mktemp)
+  python3 "$DEPLOY_DIR/deploy/alerting.py" policy "$ALERT_POLICY" "$JOB_NAME" "$REGION" "${channels[@]}" >"$file"
+  if [[ $verb == create ]]; then
+    gc alpha monitoring policies create --policy-from-file="$file" || { rm -f "$file"; fail "$what" "creating it"; }
+  else
+    gc alpha monitoring policies update "$name" --policy-from-file="$file" || { rm -f "$file"; fail "$what" "updating it"; }
+  fi
+  rm -f "$file"
   done_ "$what"
 }

@@ -4,7 +4,8 @@
 # task timeout). deploy.env.example says what each setting is.
 #
 # Sets: every setting below, ACCOUNT_VM ACCOUNT_JOB ACCOUNT_SCHEDULER (e-mails), IMAGE_REPO,
-#   MAX_RUN_SECONDS, TASK_TIMEOUT_SECONDS, RUN_URI, ROLE_PERMISSIONS, APIS.
+#   MAX_RUN_SECONDS, TASK_TIMEOUT_SECONDS, RUN_URI, ROLE_PERMISSIONS, APIS, CHECK_BODY (what the
+#   check's scheduler job sends: the job run with `check`), ALERT_POLICY (its display name).
 # Reads: DEPLOY_ENV (the settings file; default deploy.env beside deploy.sh).
 
 # The permissions the orchestrator's account needs, and no more (docs/deploy.md says why each);
@@ -16,16 +17,21 @@ readonly ORCHESTRATOR_PERMISSIONS=(
   compute.instances.setLabels compute.zoneOperations.get compute.addresses.get
   compute.addresses.use compute.subnetworks.useExternalIp
 )
+# What the scheduler's account may do on the Cloud Run job: run it, and run it with `check` as
+# its arguments (an override; roles/run.invoker has no run.jobs.runWithOverrides, and
+# roles/run.developer could change the job).
+readonly SCHEDULER_PERMISSIONS=(run.jobs.run run.jobs.runWithOverrides)
 readonly APIS=(
   compute.googleapis.com run.googleapis.com cloudscheduler.googleapis.com
   secretmanager.googleapis.com artifactregistry.googleapis.com cloudbuild.googleapis.com
-  iam.googleapis.com storage.googleapis.com logging.googleapis.com
+  iam.googleapis.com storage.googleapis.com logging.googleapis.com monitoring.googleapis.com
 )
 
 # Every setting, its default ("" with required: it must be set).
 readonly SETTINGS=(
   "PROJECT_ID=" "REGION=" "ZONE=" "REPO_URL=" "SCHEDULE="
   "TIME_ZONE=UTC" "START_DEADLINE=900"
+  "ALERT_EMAIL=" "ALERT_WEBHOOK_URL=" "CHECK_MARGIN=60" "CHECK_SCHEDULE="
   "GIT_REF=main" "JOB_ENV_FILE=job.env"
   "INSTANCE=vm-job-runner" "MACHINE_TYPE=e2-small" "BOOT_DISK_SIZE=10GB"
   "BOOT_DISK_TYPE=pd-balanced" "IMAGE_FAMILY=debian-12" "IMAGE_PROJECT=debian-cloud"
@@ -33,10 +39,10 @@ readonly SETTINGS=(
   "VM_METADATA=" "FALLBACK_MACHINE_TYPES="
   "BOOT_TIMEOUT=300" "RUN_TIMEOUT=3600" "STOP_TIMEOUT=180" "FIRST_BOOT_TIMEOUT=900"
   "MAX_RETRIES=1"
-  "JOB_NAME=vm-job-runner" "SCHEDULER_JOB=" "IMAGE_REPOSITORY=vm-job-runner"
+  "JOB_NAME=vm-job-runner" "SCHEDULER_JOB=" "CHECK_SCHEDULER_JOB=" "IMAGE_REPOSITORY=vm-job-runner"
   "TOKEN_SECRET=agent-token" "ENV_SECRET=app-env"
   "VM_ACCOUNT=vm-agent" "JOB_ACCOUNT=vm-orchestrator" "SCHEDULER_ACCOUNT=vm-scheduler"
-  "ROLE_ID=vmJobOrchestrator" "FIREWALL_RULE=allow-vm-job-agent" "AGENT_TAG=vm-job-agent"
+  "ROLE_ID=vmJobOrchestrator" "SCHEDULER_ROLE_ID=vmJobScheduler" "FIREWALL_RULE=allow-vm-job-agent" "AGENT_TAG=vm-job-agent"
 )
 readonly REQUIRED=(PROJECT_ID REGION ZONE REPO_URL SCHEDULE)
 
@@ -91,7 +97,7 @@ check_settings() {
   local name missing=()
   for name in "${REQUIRED[@]}"; do [[ -n ${!name} ]] || missing+=("$name"); done
   ((${#missing[@]} == 0)) || die "$SETTINGS_FILE: set ${missing[*]} (deploy.env.example says what each is)"
-  for name in START_DEADLINE BOOT_TIMEOUT RUN_TIMEOUT STOP_TIMEOUT FIRST_BOOT_TIMEOUT MAX_RETRIES AGENT_PORT; do
+  for name in START_DEADLINE BOOT_TIMEOUT RUN_TIMEOUT STOP_TIMEOUT FIRST_BOOT_TIMEOUT MAX_RETRIES AGENT_PORT CHECK_MARGIN; do
     [[ ${!name} =~ ^[0-9]+$ ]] || die "$SETTINGS_FILE: $name must be a whole number of seconds (or a count), not '${!name}'"
   done
   ((AGENT_PORT >= 1 && AGENT_PORT <= 65535)) || die "$SETTINGS_FILE: AGENT_PORT must be a port, not $AGENT_PORT"
@@ -101,7 +107,17 @@ check_settings() {
     [[ ${!name} =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
       die "$SETTINGS_FILE: $name '${!name}' is not a name Google takes (lowercase letters, digits and hyphens, a letter first, 63 at most)"
   done
-  [[ $ROLE_ID =~ ^[a-zA-Z0-9_.]{3,64}$ ]] || die "$SETTINGS_FILE: ROLE_ID '$ROLE_ID' is not a role ID (letters, digits, _ and ., 3 to 64)"
+  for name in ROLE_ID SCHEDULER_ROLE_ID; do
+    [[ ${!name} =~ ^[a-zA-Z0-9_.]{3,64}$ ]] || die "$SETTINGS_FILE: $name '${!name}' is not a role ID (letters, digits, _ and ., 3 to 64)"
+  done
+  [[ -n $ALERT_EMAIL$ALERT_WEBHOOK_URL ]] ||
+    die "$SETTINGS_FILE: set ALERT_EMAIL and/or ALERT_WEBHOOK_URL: a failed or missed slot must reach someone (docs/alerts.md)"
+  [[ -z $ALERT_EMAIL || $ALERT_EMAIL =~ ^[^@[:space:],]+@[^@[:space:],]+\.[^@[:space:],]+$ ]] ||
+    die "$SETTINGS_FILE: ALERT_EMAIL '$ALERT_EMAIL' is not one e-mail address"
+  # the URL may carry a token (?auth_token=...): never echoed
+  [[ -z $ALERT_WEBHOOK_URL || $ALERT_WEBHOOK_URL =~ ^https?://[^[:space:]]+$ ]] ||
+    die "$SETTINGS_FILE: ALERT_WEBHOOK_URL is not an http(s) URL"
+  [[ $CHECK_SCHEDULE != *'|'* ]] || die "$SETTINGS_FILE: CHECK_SCHEDULE cannot hold a |"
   [[ $GIT_REF =~ ^[A-Za-z0-9._/-]+$ ]] || die "$SETTINGS_FILE: GIT_REF '$GIT_REF' is not a branch name"
   [[ -f $JOB_ENV_FILE || -f $DEPLOY_DIR/$JOB_ENV_FILE ]] ||
     die "$SETTINGS_FILE: JOB_ENV_FILE $JOB_ENV_FILE does not exist: write your job's settings there (JOB_COMMAND=…, one KEY=value a line; kept out of git), or point JOB_ENV_FILE at them"
@@ -113,7 +129,17 @@ check_settings() {
 }
 
 derive_settings() {
+  local shifted
   SCHEDULER_JOB=${SCHEDULER_JOB:-$JOB_NAME-slots}
+  CHECK_SCHEDULER_JOB=${CHECK_SCHEDULER_JOB:-$JOB_NAME-check}
+  ALERT_POLICY="$JOB_NAME: a slot failed or was missed"
+  # the check: the same job with `check` as its arguments, a task of 10 minutes at most
+  CHECK_BODY='{"overrides":{"containerOverrides":[{"args":["check"]}],"taskCount":1,"timeoutSeconds":600}}'
+  if [[ -z $CHECK_SCHEDULE ]]; then
+    shifted=$(python3 "$DEPLOY_DIR/deploy/check_schedule.py" "$SCHEDULE" "$((START_DEADLINE + CHECK_MARGIN))" 2>&1) ||
+      die "$SETTINGS_FILE: the check of each slot (entrypoint.sh check): $shifted"
+    CHECK_SCHEDULE=$shifted
+  fi
   ACCOUNT_VM=$VM_ACCOUNT@$PROJECT_ID.iam.gserviceaccount.com
   ACCOUNT_JOB=$JOB_ACCOUNT@$PROJECT_ID.iam.gserviceaccount.com
   ACCOUNT_SCHEDULER=$SCHEDULER_ACCOUNT@$PROJECT_ID.iam.gserviceaccount.com

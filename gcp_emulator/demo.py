@@ -396,6 +396,10 @@ def deployment(
         "RUN_TIMEOUT": "300",
         "STOP_TIMEOUT": "60",
         "FIRST_BOOT_TIMEOUT": "120",
+        "ALERT_EMAIL": "ops@example.com",  # the emulator records the e-mail, sends nothing
+        # a slot a minute leaves no room for a check of each (deploy/check_schedule.py): on the
+        # test clock one is deployed and fires only when a test fires it; none on the real clock
+        "CHECK_SCHEDULE": "30 3 * * *" if clock == "test" else "none",
         **(settings or {}),
     }
     deploy_env = base / "deploy.env"

@@ -5,7 +5,8 @@
 # Private: IN_CLEANUP (1 once the cleanup has begun), SIGNALLED (1 when a signal started it),
 #   SIGNAL_AT (when it arrived, in microseconds), CRITICAL and DEFERRED (a signal that came while
 #   the log's lines were printed, taken when they are).
-# Reads: the settings, START (logging.sh), STATIC_IP (address.sh). Needs: every module whose
+# Reads: the settings, START (logging.sh), STATIC_IP (address.sh), COMMAND and SUMMARY
+#   (entrypoint.sh: the command, and 1 when it ends with a summary line), CHECK_CODE (check.sh). Needs: every module whose
 #   steps it runs: children.sh, watcher.sh, vm.sh, capacity.sh, run.sh, job_log.sh, address.sh,
 #   slot.sh, claim.sh.
 
@@ -40,6 +41,7 @@ cleanup() {
     claim_keep
   fi
   t0=$(now)
+  [[ $STEP == check ]] || step cleanup
   ((!SIGNALLED)) || budget_start "$SIGNAL_BUDGET" "$SIGNAL_AT"
   if vm_owned || address_owned; then
     budget_keep 3 # the stop, the detach and the claim need about a second each
@@ -114,8 +116,21 @@ critical_end() {
   fi
 }
 
+# finish CODE: the work directory removed, the execution's summary line (a run's, a check's),
+# and the exit.
 finish() {
+  local outcome=""
   [[ -n $WORK_DIR ]] && rm -rf "$WORK_DIR"
   log INFO "exit $1 after $(since "$START")s"
+  if ((SUMMARY)); then
+    if [[ $COMMAND == check ]]; then
+      ((CHECK_CODE != 0 || $1 != 0)) || outcome=slot-ok
+    elif (($1 == 0)) && [[ -z ${RUN_ID:-} ]]; then
+      outcome=skipped # a duplicate, or a slot that already ran: no run started
+    elif [[ ${MODE:-run} == test && $1 == 0 ]]; then
+      outcome=test-succeeded
+    fi
+    summary "$1" "$outcome"
+  fi
   exit "$1"
 }

@@ -22,7 +22,7 @@ check_config() {
   for name in PROJECT_ID REGION ZONE STATIC_NAME; do
     [[ -n ${!name:-} ]] || missing+=("$name")
   done
-  [[ -v AGENT_TOKEN || $command == status ]] || missing+=(AGENT_TOKEN)
+  [[ -v AGENT_TOKEN || $command == status || $command == check ]] || missing+=(AGENT_TOKEN)
   if [[ -z ${INSTANCE:-} && -z ${INSTANCES:-} ]]; then
     missing+=("INSTANCE (or INSTANCES)")
   fi

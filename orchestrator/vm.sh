@@ -7,7 +7,9 @@
 #   start), AGENT_IP (vm_agent_address), VM_STATUS (read_vm_status, describe_vm), VM_INTERNAL
 #   and VM_NAT (describe_vm; VM_INTERNAL also from the start, for nic0), RUN_LIMIT and
 #   RUN_LIMIT_ACTION (note_run_limit: the VM's scheduling.maxRunDuration in seconds, "" when
-#   unset, and its instanceTerminationAction), LAST_START_ID (note_last_start).
+#   unset, and its instanceTerminationAction), LAST_START_ID (note_last_start), VM_UP_AT and
+#   VM_DOWN_AT (when this execution saw the VM RUNNING, or took it over, and when its stop ended,
+#   in microseconds; 0: not yet; the summary's billed seconds).
 # Private: OWN_VM (1 once this execution asked the VM to start, or took it over from the claim's
 #   earlier holder).
 # Reads: the settings, STATIC_IP (address.sh). Needs: logging.sh, compute.sh, capacity.sh
@@ -16,7 +18,7 @@
 #   (console_from_start before the start, start_watcher once it is RUNNING), agent.sh
 #   (agent_url_of).
 
-OWN_VM=0
+OWN_VM=0 VM_UP_AT=0 VM_DOWN_AT=0
 RUN_LIMIT="" RUN_LIMIT_ACTION="" LAST_START_ID=""
 VM_INTERNAL=""
 
@@ -42,6 +44,7 @@ start_vm() {
     }
     wait_for_capacity # a stockout: another machine type, or a wait (capacity.sh)
   done
+  VM_UP_AT=$(now)
   VM_INTERNAL=$(gcloud_stderr | sed -n 's/^Instance internal IP is \([0-9.]*\)$/\1/p')
   log INFO "step 3/6: $INSTANCE is RUNNING ($(since "$t0")s)"
   note_last_start
@@ -168,7 +171,10 @@ vm_owned() { ((OWN_VM)); }
 
 # vm_adopt: the claim's earlier holder left the VM up: this execution's cleanup stops it
 # (claim.sh's takeover).
-vm_adopt() { OWN_VM=1; }
+vm_adopt() {
+  OWN_VM=1
+  ((VM_UP_AT)) || VM_UP_AT=$(now)
+}
 
 # vm_disown: leave the VM as it is (KEEP_VM=1, or the VM is another run's).
 vm_disown() { OWN_VM=0; }
@@ -195,6 +201,7 @@ stop_vm() {
     follow_operation "$deadline" || rc=$?
     [[ $API_CODE != 200 ]] || ! error=$(operation_error) || rc=1
   fi
+  ((rc != 0)) || VM_DOWN_AT=$(now)
   if ((rc == 0)) && [[ -n $async ]]; then
     log INFO "cleanup: $INSTANCE is stopping; not waiting for TERMINATED (SIGKILL comes 10 s after SIGTERM): the next execution's start waits for it ($(since "$t0")s)"
   elif ((rc == 0)); then

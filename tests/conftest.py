@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +21,9 @@ from fastapi.testclient import TestClient
 
 from agent.api import create_app
 from agent.settings import Settings
-from gcp_emulator.demo import free_port
+from gcp_emulator.config import dump_config
+from gcp_emulator.demo import deployment, free_port
+from tests.deployed import Deployed
 from tests.flow import Flow
 from tests.harness import REPO, TOKEN, EmulatorProcess, stop_group
 
@@ -212,3 +217,20 @@ def make_flow(emulator, tmp_path):
         return flow
 
     return make
+
+
+@pytest.fixture
+def deployed(emulator):
+    """make(**deployment's options) -> a deployment's inputs and its empty project. The VM's disk
+    is outside pytest's tmp_path: as root, that is private to root, and the agent's user must
+    reach the disk."""
+    base = Path(tempfile.mkdtemp(prefix="vm-job-deploy-"))
+    base.chmod(0o755)
+
+    def make(**kwargs: Any) -> Deployed:
+        dep = deployment(base / "deployment", **kwargs)
+        emu = emulator(dump_config(dep.config), private=True)
+        return Deployed(emu, dep)
+
+    yield make
+    shutil.rmtree(base, ignore_errors=True)

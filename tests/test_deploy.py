@@ -6,93 +6,20 @@ side; destroy leaves nothing apply made (the static address only when asked)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gcp_emulator.config import dump_config
-from gcp_emulator.demo import Deployment, deployment
-from tests import chain
-from tests.harness import REPO, EmulatorProcess, needs_gcloud, needs_private_network
+from tests.deployed import JOB, PROJECT, REGION, SCHEDULER_JOB, Deployed
+from tests.harness import REPO, needs_gcloud, needs_private_network
 
 pytestmark = [pytest.mark.e2e, needs_gcloud, needs_private_network]
-
-PROJECT = "deploy-project"
-REGION = "asia-northeast3"
-JOB = "vm-job-runner"
-SCHEDULER_JOB = f"{JOB}-slots"
-# what only reads: every other call of an apply changes something
-READS = re.compile(r"\.(get|list|getIamPolicy|access|aggregatedList|getFromFamily|wait)$")
-
-
-@dataclass
-class Deployed:
-    emu: EmulatorProcess
-    dep: Deployment
-
-    def sh(self, *args: str, timeout: float = 600, ok: bool = True) -> subprocess.CompletedProcess:
-        """./deploy.sh ARGS in the private network, as the project's owner, with no terminal."""
-        r = self.emu.run(
-            ["bash", str(REPO / "deploy.sh"), *args],
-            timeout=timeout,
-            DEPLOY_ENV=str(self.dep.deploy_env),
-        )
-        if ok:
-            assert r.returncode == 0, f"deploy.sh {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
-        return r
-
-    def gcloud_json(self, *args: str) -> Any:
-        r = self.emu.gcloud(*args, "--format=json")
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-
-    def executions(self) -> list[dict[str, Any]]:
-        return chain.executions(self.emu, JOB)
-
-    def wait_done(self, count: int, timeout: float = 180) -> list[dict[str, Any]]:
-        return chain.wait_done(self.emu, JOB, count, timeout)
-
-    def fire(self) -> dict[str, Any]:
-        """The scheduler's slot of now, delivered (the test clock)."""
-        return chain.fire(self.emu, SCHEDULER_JOB)
-
-    def log(self, execution: str) -> str:
-        return "\n".join(chain.execution_log(self.emu, JOB, execution))
-
-    def changes(self) -> list[str]:
-        """The calls since the journal was cleared that change something."""
-        return [c["api"] for c in self.emu.calls() if not READS.search(c["api"])]
-
-    def vm(self) -> dict[str, Any]:
-        return self.emu.instance(JOB)
-
-
-@pytest.fixture
-def deployed(emulator):
-    """make(**deployment's options) -> a deployment's inputs and its empty project. The VM's disk
-    is outside pytest's tmp_path: as root, that is private to root, and the agent's user must
-    reach the disk."""
-    base = Path(tempfile.mkdtemp(prefix="vm-job-deploy-"))
-    base.chmod(0o755)
-
-    def make(**kwargs: Any) -> Deployed:
-        dep = deployment(base / "deployment", **kwargs)
-        emu = emulator(dump_config(dep.config), private=True)
-        return Deployed(emu, dep)
-
-    yield make
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def project_roles(d: Deployed) -> dict[str, list[str]]:
@@ -109,9 +36,13 @@ def test_apply_from_an_empty_project_deploys_a_schedule_whose_slot_runs_the_job(
     # a plan where no API is enabled yet: everything to make, and nothing made
     plan = d.sh("plan")
     assert "enable   APIs: compute.googleapis.com" in plan.stdout, plan.stdout
-    assert "exists" not in plan.stdout and "19 to change" in plan.stdout, plan.stdout
+    assert "exists" not in plan.stdout and "23 to change" in plan.stdout, plan.stdout
     assert d.changes() == [], "a plan changed something"
     r = d.sh("apply")
+    made = re.search(r"apply: (\d+) changes made \((\d+) gcloud calls, ([\d.]+) s\)", r.stderr)
+    assert made and made.group(1) == "23", r.stderr
+    print(f"apply from an empty project: {made.group(1)} changes, {made.group(2)} gcloud calls, "
+          f"{made.group(3)} s before its first run")  # fmt: skip
     # it ends with a first run in test mode that took no slot and worked
     assert "first run: executing vm-job-runner in test mode" in r.stderr
     [first] = d.wait_done(1)
@@ -139,6 +70,12 @@ def test_apply_from_an_empty_project_deploys_a_schedule_whose_slot_runs_the_job(
     orchestrator = f"serviceAccount:vm-orchestrator@{PROJECT}.iam.gserviceaccount.com"
     assert roles.get(orchestrator) == [f"projects/{PROJECT}/roles/vmJobOrchestrator"], roles
     assert not [m for m in roles if "vm-agent" in m or "vm-scheduler" in m], roles
+    # the scheduler's account may run the job, with or without `check`, and nothing else
+    job_policy = d.gcloud_json("run", "jobs", "get-iam-policy", JOB, f"--region={REGION}")
+    assert job_policy["bindings"] == [{
+        "members": [f"serviceAccount:vm-scheduler@{PROJECT}.iam.gserviceaccount.com"],
+        "role": f"projects/{PROJECT}/roles/vmJobScheduler",
+    }], job_policy  # fmt: skip
 
 
 def test_a_second_apply_changes_nothing_and_a_changed_schedule_changes_both(deployed):
@@ -157,20 +94,24 @@ def test_a_second_apply_changes_nothing_and_a_changed_schedule_changes_both(depl
     plan = d.sh("plan")
     assert "No changes" in plan.stdout and not re.search(r"^  (create|update)", plan.stdout, re.M)
 
-    d.dep.settings(SCHEDULE="30 9 * * 1-5", TIME_ZONE="America/New_York")
+    # CHECK_SCHEDULE unset: the check of each slot follows, START_DEADLINE + CHECK_MARGIN later
+    d.dep.settings(SCHEDULE="30 9 * * 1-5", TIME_ZONE="America/New_York", CHECK_SCHEDULE="")
     plan = d.sh("plan")
     assert "update   Cloud Run job vm-job-runner: env.SCHEDULE,env.TIME_ZONE" in plan.stdout, (
         plan.stdout
     )
     assert "update   Cloud Scheduler job vm-job-runner-slots: schedule,time-zone" in plan.stdout
-    assert "2 to change" in plan.stdout
+    assert "update   Cloud Scheduler job vm-job-runner-check: schedule,time-zone" in plan.stdout
+    assert "3 to change" in plan.stdout
     d.emu.clear_journal()
     d.sh("apply", "--no-test-run")
-    assert sorted(d.changes()) == ["cloudscheduler.jobs.patch", "run.jobs.replaceJob"]
+    assert sorted(d.changes()) == ["cloudscheduler.jobs.patch"] * 2 + ["run.jobs.replaceJob"]
     scheduler = d.gcloud_json(
         "scheduler", "jobs", "describe", SCHEDULER_JOB, f"--location={REGION}"
     )
     assert (scheduler["schedule"], scheduler["timeZone"]) == ("30 9 * * 1-5", "America/New_York")
+    check = d.gcloud_json("scheduler", "jobs", "describe", f"{JOB}-check", f"--location={REGION}")
+    assert (check["schedule"], check["timeZone"]) == ("46 9 * * 1-5", "America/New_York")
     job = d.gcloud_json("run", "jobs", "describe", JOB, f"--region={REGION}")
     env = {
         e["name"]: e.get("value")
@@ -204,7 +145,7 @@ def test_an_apply_killed_half_way_is_finished_by_the_next(deployed):
     assert "create   Cloud Run job vm-job-runner" in plan.stdout, plan.stdout
     r = d.sh("apply")
     assert "apply: nothing changed" not in r.stderr
-    assert d.sh("plan").stdout.count("  exists ") == 19, "the next apply finished the deployment"
+    assert d.sh("plan").stdout.count("  exists ") == 23, "the next apply finished the deployment"
     [first] = d.wait_done(1)
     assert first["result"] == "succeeded"
     assert d.vm()["status"] == "TERMINATED"

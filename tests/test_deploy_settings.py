@@ -18,7 +18,7 @@ from tests.harness import REPO
 EXAMPLE = REPO / "deploy.env.example"
 REQUIRED = (
     "PROJECT_ID=p-1\nREGION=asia-northeast3\nZONE=asia-northeast3-c\nREPO_URL=u\n"
-    "SCHEDULE=0 9 * * 1-5\n"
+    "SCHEDULE=0 9 * * 1-5\nALERT_EMAIL=ops@example.com\n"
 )
 
 
@@ -284,3 +284,155 @@ def test_the_emulators_run_refuses_gcloud_run_and_scheduler_without_its_private_
             main(["run", "--", *argv])
         assert exc.value.code == 2
         assert "runs only with --private-network" in capsys.readouterr().err
+
+
+# -- alerts: the settings, the check's schedule, the bodies sent to Cloud Monitoring ----------
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (REQUIRED.replace("ALERT_EMAIL=ops@example.com\n", ""), "set ALERT_EMAIL and/or"),
+        (REQUIRED.replace("ops@example.com", "ops at example"), "is not one e-mail address"),
+        (REQUIRED + "ALERT_WEBHOOK_URL=ftp://x\n", "ALERT_WEBHOOK_URL is not an http(s) URL"),
+        (REQUIRED + "CHECK_MARGIN=1m\n", "CHECK_MARGIN must be a whole number"),
+        (REQUIRED.replace("0 9 * * 1-5", "*/5 * * * *"), "fires 5 minutes apart"),
+        (REQUIRED.replace("0 9 * * 1-5", "45 23,22 * * 1-5"), "on the next day and not others"),
+    ],
+)
+def test_an_alert_setting_that_cannot_work_is_refused_before_any_gcloud_call(run, text, words):
+    r = run(text + "JOB_ENV=\n")
+    assert r.returncode == 1 and words in r.stderr, r.stderr
+    assert r.calls == []
+
+
+def test_a_gcloud_failure_with_nothing_on_stderr_still_says_which_resource_failed(run):
+    r = run(REQUIRED + "JOB_ENV=\n")  # the fake gcloud fails without a word
+    assert r.returncode == 1
+    assert "APIs: listing the enabled APIs failed: gcloud said nothing" in r.stderr, r.stderr
+
+
+def test_a_webhook_url_is_never_printed_even_when_refused(run):
+    secret_url = "https://hooks.example.com/x?auth_token=s3cr3t-value"
+    r = run(REQUIRED + f"ALERT_WEBHOOK_URL={secret_url}\nJOB_ENV=\n")
+    assert "s3cr3t-value" not in r.stdout + r.stderr
+
+
+def check_schedule(schedule: str, seconds: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "deploy/check_schedule.py"), schedule, str(seconds)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "seconds", "expected"),
+    [
+        ("0 9 * * 1-5", 960, "16 9 * * 1-5"),
+        ("50 9 * * mon-fri", 960, "6 10 * * mon-fri"),
+        ("30 23 * * 1-5", 1860, "1 0 * * 2-6"),  # past midnight: the next weekdays
+        ("50 23 * * 5", 960, "6 0 * * 6"),
+        ("0 */2 * * *", 420, "7 0-22/2 * * *"),
+        ("*/15 * * * *", 420, "7-52/15 * * * *"),
+        ("0 9,17 * * *", 61, "2 9,17 * * *"),  # 61 s: rounded up to 2 minutes
+        ("30 23 * * *", 3600, "30 0 * * *"),  # every day: midnight is no matter
+    ],
+)
+def test_the_checks_schedule_is_the_slots_moved_later(schedule, seconds, expected):
+    r = check_schedule(schedule, seconds)
+    assert r.returncode == 0 and r.stdout.strip() == expected, r.stderr
+    fires_moved_later(schedule, expected, -(-seconds // 60))
+
+
+def fires_moved_later(schedule: str, shifted: str, minutes: int) -> None:
+    """Over a year, each fire time of schedule, moved `minutes` later, is one of shifted's and
+    there are as many (cronsim: the cron Cloud Scheduler's syntax follows)."""
+    from datetime import datetime, timedelta
+
+    from cronsim import CronSim
+
+    start = datetime(2026, 1, 1)
+    end = datetime(2027, 1, 1)
+    slots = [t + timedelta(minutes=minutes) for t in _until(CronSim(schedule, start), end)]
+    checks = list(_until(CronSim(shifted, start + timedelta(minutes=minutes)), end))
+    slots = [t for t in slots if t < end]
+    assert slots == checks[: len(slots)] and len(checks) - len(slots) <= 1
+
+
+def _until(times, end):
+    for t in times:
+        if t >= end:
+            return
+        yield t
+
+
+@pytest.mark.parametrize(
+    ("schedule", "words"),
+    [
+        ("0 23 1 * *", None),  # no crossing: fine
+        ("50 23 1 * *", "next day of the month"),
+        ("50 23 * 6 *", "next day of the month (or the next month)"),
+        ("0 9 * *", "is not five cron fields"),
+        ("0 25 * * *", "out of 0-23"),
+    ],
+)
+def test_a_schedule_that_no_cron_line_can_move_says_so(schedule, words):
+    r = check_schedule(schedule, 960)
+    if words is None:
+        assert r.returncode == 0 and r.stdout.strip() == "16 23 1 * *"
+    else:
+        assert r.returncode == 2 and words in r.stderr, r.stderr
+
+
+def test_the_alert_policy_watches_the_jobs_failed_executions_and_closes_without_failures():
+    r = subprocess.run(
+        [sys.executable, str(REPO / "deploy/alerting.py"), "policy", "vm-job-runner: a slot",
+         "vm-job-runner", "asia-northeast3", "projects/p/notificationChannels/2",
+         "projects/p/notificationChannels/1"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    body = json.loads(r.stdout)
+    threshold = body["conditions"][0]["conditionThreshold"]
+    assert threshold["filter"] == (
+        'metric.type="run.googleapis.com/job/completed_execution_count" AND '
+        'resource.type="cloud_run_job" AND resource.labels.job_name="vm-job-runner" AND '
+        'metric.labels.result="failed"'
+    )
+    assert threshold["comparison"] == "COMPARISON_GT" and threshold["thresholdValue"] == 0
+    assert threshold["evaluationMissingData"] == "EVALUATION_MISSING_DATA_INACTIVE"
+    assert body["notificationChannels"] == sorted(body["notificationChannels"])
+    assert "exit codes" in body["documentation"]["content"]
+    got = canonical("policy", [body], "vm-job-runner: a slot")
+    assert got["channels"] == "projects/p/notificationChannels/1,projects/p/notificationChannels/2"
+    assert canonical("policy", [body], "another policy") == {}
+
+
+def test_a_webhook_channel_is_compared_by_its_urls_digest_and_built_from_the_environment():
+    url = "https://hooks.example.com/x?auth_token=s3cr3t"
+    r = subprocess.run(
+        [sys.executable, str(REPO / "deploy/alerting.py"), "channel", "webhook", "j (webhook)"],
+        capture_output=True, text=True, check=True, env={**os.environ, "ALERT_WEBHOOK_URL": url},
+    )  # fmt: skip
+    body = json.loads(r.stdout)
+    assert body["type"] == "webhook_tokenauth" and body["labels"] == {"url": url}
+    got = canonical("channel", [{**body, "name": "projects/p/notificationChannels/7"}],
+                    "j (webhook)")  # fmt: skip
+    assert "s3cr3t" not in json.dumps(got)
+    assert got["name"] == "projects/p/notificationChannels/7" and len(got["url-sha256"]) == 64
+
+
+def test_the_checks_scheduler_job_is_read_with_its_body():
+    job = {
+        "schedule": "16 9 * * 1-5",
+        "timeZone": "Asia/Seoul",
+        "httpTarget": {
+            "uri": "https://r/run",
+            "httpMethod": "POST",
+            "headers": {"Content-Type": "application/json", "User-Agent": "Google-Cloud-Scheduler"},
+            "body": "eyJvdmVycmlkZXMiOnt9fQ==",
+        },
+    }
+    got = canonical("scheduler", job)
+    assert got["body"] == '{"overrides":{}}' and got["content-type"] == "application/json"
