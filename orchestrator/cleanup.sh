@@ -6,9 +6,9 @@
 #   SIGNAL_AT (when it arrived, in microseconds), CRITICAL and DEFERRED (a signal that came while
 #   the log's lines were printed, taken when they are).
 # Reads: the settings, START (logging.sh), STATIC_IP (address.sh), COMMAND and SUMMARY
-#   (entrypoint.sh: the command, and 1 when it ends with a summary line), CHECK_CODE (check.sh). Needs: every module whose
-#   steps it runs: children.sh, watcher.sh, vm.sh, capacity.sh, run.sh, job_log.sh, address.sh,
-#   slot.sh, claim.sh.
+#   (entrypoint.sh: the command, and 1 when it ends with a summary line), CHECK_CODE (check.sh).
+# Needs: every module whose steps it runs: children.sh, watcher.sh, vm.sh, capacity.sh, run.sh,
+#   job_log.sh, address.sh, slot.sh, claim.sh, and logging.sh's summary.
 
 IN_CLEANUP=0
 SIGNALLED=0 SIGNAL_AT=0

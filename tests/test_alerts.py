@@ -59,6 +59,7 @@ def attempts(execution: dict[str, Any]) -> list[tuple[int, str, int | None]]:
     return [(a["attempt"], a["outcome"], a["exit_code"]) for a in execution["attempts"]]
 
 
+@pytest.mark.timeout(600)  # two waits for the next minute's slot, three executions
 def test_a_failed_slot_alerts_within_two_minutes_and_a_good_or_retried_one_alerts_nobody(
     deployed, webhook
 ):
@@ -109,6 +110,7 @@ def test_a_failed_slot_alerts_within_two_minutes_and_a_good_or_retried_one_alert
     assert summary and summary[-1].startswith("summary: failed (exit 1) slot "), summary
 
 
+@pytest.mark.timeout(600)  # two waits for the next minute, three executions, a plan
 def test_a_slot_missed_while_the_scheduler_is_paused_fails_the_check_with_12_and_alerts(
     deployed, webhook
 ):
