@@ -73,7 +73,7 @@ exit_word() {
 # execution (what Compute Engine bills it for; 0 when it did not start it), and each step's
 # duration. On Cloud Run one JSON entry, with the slot, run key and instance as Cloud Logging
 # labels (logging.googleapis.com/labels) to filter on and to build log-based metrics from;
-# elsewhere one text line. Its severity is NOTICE whatever the outcome: a record, not a second
+# elsewhere one text line. Its severity is INFO whatever the outcome: a record, not a second
 # report of the error already logged.
 summary() {
   local rc=$1 outcome=${2:-} vm_seconds=0 steps="" name secs json_steps="" up down
@@ -92,13 +92,13 @@ summary() {
   local slot=${SLOT_LABEL:-} key=${RUN_KEY:-} instance=${INSTANCE:-} run=${RUN_ID:-}
   if [[ -n ${CLOUD_RUN_JOB:-} ]]; then
     printf '{"severity":"%s","message":"%s","logging.googleapis.com/labels":{"slot":"%s","run_key":"%s","instance":"%s"},"summary":{"slot":"%s","run_key":"%s","instance":"%s","run":"%s","outcome":"%s","exit_code":%d,"vm_billed_seconds":%d,"steps":{%s}}}\n' \
-      NOTICE \
+      INFO \
       "$(json_escape "summary: $outcome (exit $rc) slot ${slot:-none}, run key ${key:-none}, $instance, VM ${vm_seconds}s")" \
       "$(json_escape "$slot")" "$(json_escape "$key")" "$(json_escape "$instance")" \
       "$(json_escape "${RUN_SLOT:-}")" "$(json_escape "$key")" "$(json_escape "$instance")" \
       "$(json_escape "$run")" "$outcome" "$rc" "$vm_seconds" "$json_steps" >&2
   else
-    log NOTICE "summary: outcome=$outcome exit=$rc slot=${RUN_SLOT:-none} run_key=${key:-none} instance=$instance run=${run:-none} vm_billed_seconds=$vm_seconds steps: ${steps:-none}"
+    log INFO "summary: outcome=$outcome exit=$rc slot=${RUN_SLOT:-none} run_key=${key:-none} instance=$instance run=${run:-none} vm_billed_seconds=$vm_seconds steps: ${steps:-none}"
   fi
 }
 

@@ -255,7 +255,7 @@ def test_on_cloud_run_the_summary_is_one_json_entry_with_labels_to_filter_on():
     assert r.returncode == 12
     entries = [json.loads(line) for line in r.stderr.splitlines()]
     last = entries[-1]
-    assert last["severity"] == "NOTICE", "a record, not a second ERROR line"
+    assert last["severity"] == "INFO", "a record, not a second ERROR line"
     assert last["logging.googleapis.com/labels"] == {
         "slot": label(MON),
         "run_key": "2026-11-30T14:00Z/0",

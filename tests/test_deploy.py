@@ -119,6 +119,38 @@ def test_a_second_apply_changes_nothing_and_a_changed_schedule_changes_both(depl
     }
     assert (env["SCHEDULE"], env["TIME_ZONE"]) == ("30 9 * * 1-5", "America/New_York")
 
+    # another address, and a webhook too: the e-mail channel changed in place, a new channel,
+    # the policy told of both; nothing else
+    d.dep.settings(
+        ALERT_EMAIL="oncall@example.com", ALERT_WEBHOOK_URL="http://127.0.0.1:9/h?auth_token=t0k"
+    )
+    plan = d.sh("plan")
+    assert (
+        "update   notification channel vm-job-runner alerts (email): oncall@example.com: address"
+        in plan.stdout
+    ), plan.stdout
+    assert (
+        "create   notification channel vm-job-runner alerts (webhook): http://127.0.0.1:9/…"
+        in plan.stdout
+    )
+    assert (
+        'update   alert policy "vm-job-runner: a slot failed or was missed": channels'
+        in plan.stdout
+    )
+    assert "t0k" not in plan.stdout + plan.stderr and "3 to change" in plan.stdout
+    d.emu.clear_journal()
+    d.sh("apply", "--no-test-run")
+    assert sorted(d.changes()) == [
+        "monitoring.projects.alertPolicies.patch",
+        "monitoring.projects.notificationChannels.create",
+        "monitoring.projects.notificationChannels.patch",
+    ]
+    channels = {c["type"]: c for c in d.gcloud_json("beta", "monitoring", "channels", "list")}
+    assert channels["email"]["labels"] == {"email_address": "oncall@example.com"}
+    [policy] = d.gcloud_json("alpha", "monitoring", "policies", "list")
+    assert sorted(policy["notificationChannels"]) == sorted(c["name"] for c in channels.values())
+    assert "No changes" in d.sh("plan").stdout
+
 
 def test_an_apply_killed_half_way_is_finished_by_the_next(deployed):
     d = deployed()
