@@ -78,6 +78,7 @@ def test_apply_from_an_empty_project_deploys_a_schedule_whose_slot_runs_the_job(
     }], job_policy  # fmt: skip
 
 
+@pytest.mark.timeout(300)
 def test_a_second_apply_changes_nothing_and_a_changed_schedule_changes_both(deployed):
     d = deployed()
     d.sh("apply", "--no-test-run")
@@ -119,8 +120,13 @@ def test_a_second_apply_changes_nothing_and_a_changed_schedule_changes_both(depl
     }
     assert (env["SCHEDULE"], env["TIME_ZONE"]) == ("30 9 * * 1-5", "America/New_York")
 
-    # another address, and a webhook too: the e-mail channel changed in place, a new channel,
-    # the policy told of both; nothing else
+
+@pytest.mark.timeout(300)
+def test_another_alert_address_and_a_new_webhook_change_only_the_alerts(deployed):
+    """The e-mail channel changed in place, a new webhook channel, the policy told of both (the
+    plan counts the channel it would make); nothing else."""
+    d = deployed()
+    d.sh("apply", "--no-test-run")
     d.dep.settings(
         ALERT_EMAIL="oncall@example.com", ALERT_WEBHOOK_URL="http://127.0.0.1:9/h?auth_token=t0k"
     )
