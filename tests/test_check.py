@@ -6,15 +6,12 @@ function that answers a VM's labels: no gcloud, no cloud."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO
+from tests.test_slot import config_only
 
 NY = "America/New_York"
 
@@ -28,30 +25,20 @@ def label(when: str) -> str:
 
 
 def shell(command: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """entrypoint.sh's functions, then COMMAND, with a configuration and no cloud, in the
-    project's environment (its python3 first on PATH: slot.py needs cronsim)."""
-    settings = {
-        "PROJECT_ID": "p",
-        "REGION": "us-east4",
-        "ZONE": "us-east4-a",
-        "INSTANCE": "vm-0",
-        "STATIC_NAME": "ip-0",
-        "SCHEDULE": "0 9 * * 1-5",
-        "TIME_ZONE": NY,
-        "START_DEADLINE": "900",
-        "RUN_TIMEOUT": "3600",
-        "STOP_TIMEOUT": "180",
-        **env,
-    }
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUD_RUN_", "SCHEDULE"))}
-    base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base['PATH']}"
-    return subprocess.run(
-        ["bash", "-c", f'source "$1"; {command}', "bash", str(REPO / "entrypoint.sh")],
-        env={**base, **settings},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    """entrypoint.sh's functions, then COMMAND, with test_slot's configuration (no cloud), a
+    weekday 09:00 schedule in New York and the timeouts the window is made of."""
+    return config_only(command, **{**SETTINGS, **env})
+
+
+SETTINGS = {
+    "REGION": "us-east4",
+    "ZONE": "us-east4-a",
+    "SCHEDULE": "0 9 * * 1-5",
+    "TIME_ZONE": NY,
+    "START_DEADLINE": "900",
+    "RUN_TIMEOUT": "3600",
+    "STOP_TIMEOUT": "180",
+}
 
 
 def record(slot: str | None, state: str = "succeeded", holder: str = "") -> dict[str, str]:
