@@ -602,7 +602,10 @@ main() {
   local t0
   trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
   t0=$(now)
-  BOOT_ID="$(TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%S)T' "${t0:0:-6}").${t0: -6:3}Z"
+  # on the clock the orchestrator reads the VM's lastStartTimestamp by, which it is compared
+  # with: date(1)'s, plus VM_JOB_CLOCK_OFFSET where the emulator moved its clock (never on
+  # Google Cloud)
+  BOOT_ID="$(TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%S)T' "$((${t0:0:-6} + ${VM_JOB_CLOCK_OFFSET:-0}))").${t0: -6:3}Z"
   log INFO "starting (pid $$, user $(id -un), boot $BOOT_ID)"
   watchdog_settings # 1. settings: environment, metadata, defaults; the boot watchdog's first,
   arm_watchdog      #    and the watchdog armed before anything else can fail

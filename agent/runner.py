@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from agent.settings import APP_DIR, Settings
@@ -35,6 +35,7 @@ from agent.store import (
     current_boot_id,
     new_run_id,
     now_iso,
+    utcnow,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class TooLate(Exception):
     """A new run was asked for after the time its caller gave as the latest (start_by)."""
 
     def __init__(self, start_by: datetime) -> None:
-        late = (datetime.now(UTC) - start_by).total_seconds()
+        late = (utcnow() - start_by).total_seconds()
         super().__init__(
             f"not starting a new run {late:.0f} s after start_by"
             f" ({start_by.isoformat().replace('+00:00', 'Z')})"
@@ -285,7 +286,7 @@ class JobRunner:
                     return earlier, False
             if self._active is not None:
                 raise BusyError(self._active.run_id)
-            if start_by is not None and datetime.now(UTC) > start_by:
+            if start_by is not None and utcnow() > start_by:
                 raise TooLate(start_by)
             try:
                 record = self.store.create(new_run_id(), mode, idempotency_key)

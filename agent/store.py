@@ -129,8 +129,15 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
+def utcnow() -> datetime:
+    """The time on the clock the orchestrator sets a run's start_by by: the system's, plus
+    VM_JOB_CLOCK_OFFSET seconds where the emulator has moved its clock (gcp_emulator/core/clock.py;
+    never set on Google Cloud)."""
+    return datetime.now(UTC) + timedelta(seconds=int(os.environ.get("VM_JOB_CLOCK_OFFSET") or 0))
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_run_id() -> str:
@@ -241,7 +248,7 @@ class RunStore:
     def prune(self, keep_runs: int, keep_days: float) -> list[str]:
         """Delete the records and logs of ended runs beyond the newest keep_runs, or started more
         than keep_days ago; a running run is never touched. Returns the ids deleted."""
-        cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
+        cutoff = (utcnow() - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
         cutoff = cutoff.replace("+00:00", "Z")
         with self._lock:
             rows = self._db.execute(

@@ -14,7 +14,7 @@ OWN_IP=0
 attach_static_ip() {
   local t0 users self_link deadline
   t0=$(now)
-  deadline=$(($(date +%s) + API_TIMEOUT))
+  deadline=$(($(epoch) + API_TIMEOUT))
   read_address "$deadline"
   users=$ADDRESS_USERS
   self_link="/projects/$PROJECT_ID/zones/$ZONE/instances/$INSTANCE"
@@ -44,7 +44,7 @@ read_address() {
     compute_api GET "regions/$REGION/addresses/$STATIC_NAME"
     api_outcome || rc=$?
     ((rc == 0)) && break
-    ((rc == 3 && $(date +%s) + delay <= deadline)) ||
+    ((rc == 3 && $(epoch) + delay <= deadline)) ||
       die "$EX_CLOUD" "static address $STATIC_NAME in $REGION: $API_ERROR"
     log WARNING "reading static address $STATIC_NAME: transient error, retrying in ${delay}s: $API_ERROR"
     nap "$delay"
@@ -102,7 +102,7 @@ detach_static_ip() {
     rc=0
     compute_api POST "zones/$ZONE/instances/$INSTANCE/deleteAccessConfig?accessConfig=$(urlencode "$ACCESS_CONFIG_NAME")&networkInterface=$NETWORK_INTERFACE"
     follow_operation "$deadline" || rc=$?
-    ((rc == 3 && $(date +%s) + delay <= deadline)) || break
+    ((rc == 3 && $(epoch) + delay <= deadline)) || break
     nap "$delay"
     delay=$((delay * 2 > 4 ? 4 : delay * 2))
   done

@@ -109,7 +109,7 @@ wait_for_agent() {
       return
     fi
     boot_failed
-    if (($(date +%s) >= BOOT_DEADLINE)); then
+    if (($(epoch) >= BOOT_DEADLINE)); then
       die "$EX_TIMEOUT" "step 4/6: the agent on $AGENT_URL/ did not answer within BOOT_TIMEOUT=${BOOT_TIMEOUT}s ($attempts $(plural "$attempts" try tries), every ${HEALTH_INTERVAL}s); last error: $(last_agent_error). The VM's serial console tells why: gcloud compute instances get-serial-port-output $INSTANCE --zone=$ZONE"
     fi
     nap "$HEALTH_INTERVAL"
@@ -125,19 +125,19 @@ verify_agent_key() {
     log WARNING "step 4/6: AGENT_TLS=0: the token crosses the network to $AGENT_URL in the clear; use it only on a private network you trust"
     return
   fi
-  deadline=$(($(date +%s) + PIN_WAIT))
+  deadline=$(($(epoch) + PIN_WAIT))
   ((deadline < BOOT_DEADLINE)) || deadline=$BOOT_DEADLINE
   stop_watcher # from here this process reads the pin itself, if the watcher has none yet
   read_pin_now
   until published_pin; do
-    if (($(date +%s) >= deadline)); then
+    if (($(epoch) >= deadline)); then
       die "$EX_AGENT" "step 4/6: $INSTANCE's agent answers, but the VM never published its TLS key (guest attribute $PIN_ATTRIBUTE): is enable-guest-attributes=TRUE set in its metadata (gcloud compute instances add-metadata $INSTANCE --zone=$ZONE --metadata=enable-guest-attributes=TRUE), and may this job's service account read it (compute.instances.getGuestAttributes)? Last answer: $(pin_error). Nothing was sent with the token."
     fi
     nap 1
     read_pin_now
   done
   use_pin "$PUBLISHED_PIN"
-  deadline=$(($(date +%s) + API_TIMEOUT))
+  deadline=$(($(epoch) + API_TIMEOUT))
   while :; do
     call_agent GET / 5 "${PINNED[@]}"
     if ((CURL_RC == 90)) && reread_pin; then
@@ -145,7 +145,7 @@ verify_agent_key() {
     fi
     ((CURL_RC == 90)) && impostor
     [[ $HTTP_CODE == 200 ]] && break
-    if ! is_transient_http || (($(date +%s) >= deadline)); then
+    if ! is_transient_http || (($(epoch) >= deadline)); then
       die "$EX_AGENT" "step 4/6: the agent answered, then not over the pinned connection: $(last_agent_error)"
     fi
     nap 0.5

@@ -38,12 +38,12 @@ wait_for_capacity() {
   log WARNING "step 3/6: zone $ZONE has no capacity for $INSTANCE as $TYPE_NOW ($NO_CAPACITY_CODE)"
   at=$(type_index "$TYPE_NOW")
   if ((at + 1 < ${#MACHINE_TYPES[@]})); then
-    (($(date +%s) + 5 < BOOT_DEADLINE)) || no_capacity # no time left to move it and start it
+    (($(epoch) + 5 < BOOT_DEADLINE)) || no_capacity # no time left to move it and start it
     set_machine_type "${MACHINE_TYPES[at + 1]}"
     return
   fi
   # another start is worth it only with time left for it (a gcloud start takes seconds)
-  (($(date +%s) + CAPACITY_DELAY + 5 < BOOT_DEADLINE)) || no_capacity
+  (($(epoch) + CAPACITY_DELAY + 5 < BOOT_DEADLINE)) || no_capacity
 
   log INFO "step 3/6: starting $INSTANCE again in ${CAPACITY_DELAY}s (until BOOT_TIMEOUT=${BOOT_TIMEOUT}s)"
   nap "$CAPACITY_DELAY"

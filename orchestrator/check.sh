@@ -102,7 +102,7 @@ slot_verdict() {
 check_slot() {
   local now t0
   t0=$(now)
-  now=$(date +%s)
+  now=$(epoch)
   check_settings
   step check
   check_target "$now" "${1:-}"

@@ -44,9 +44,9 @@ claim_vm() {
   local t0 until deadline rc delay=1 takeover=0 told=""
   t0=$(now)
   need_token
-  until=$(($(date +%s) + 3 * API_TIMEOUT + BOOT_TIMEOUT + RUN_TIMEOUT + STOP_TIMEOUT + 60))
+  until=$(($(epoch) + 3 * API_TIMEOUT + BOOT_TIMEOUT + RUN_TIMEOUT + STOP_TIMEOUT + 60))
   CLAIM_OWNER=$(owner_id) # once: by hand it is random
-  deadline=$(($(date +%s) + API_TIMEOUT))
+  deadline=$(($(epoch) + API_TIMEOUT))
   while :; do
     rc=0
     read_labels || rc=$?
@@ -87,7 +87,7 @@ claim_vm() {
         die "$EX_CLOUD" "step 2/6: claiming $INSTANCE (label $CLAIM_LABEL): $CLAIM_ERROR"
         ;;
     esac
-    (($(date +%s) + delay <= deadline)) ||
+    (($(epoch) + delay <= deadline)) ||
       die "$EX_CLOUD" "step 2/6: claiming $INSTANCE: still failing at API_TIMEOUT=${API_TIMEOUT}s: $CLAIM_ERROR"
     if ((rc == 3)); then
       log WARNING "step 2/6: claiming $INSTANCE: transient error, retrying in ${delay}s: $CLAIM_ERROR"
@@ -135,7 +135,7 @@ check_label_room() {
 release_claim() {
   local try rc value="" lapse=${1:-}
   ((CLAIMED)) || return 0
-  [[ -z $lapse ]] || value="$(($(date +%s) - 1))-$CLAIM_OWNER${SLOT_LABEL:+-$SLOT_LABEL}"
+  [[ -z $lapse ]] || value="$(($(epoch) - 1))-$CLAIM_OWNER${SLOT_LABEL:+-$SLOT_LABEL}"
   for try in 1 2 3 4 5 6; do
     rc=0
     read_labels || rc=$?
@@ -215,7 +215,7 @@ claim_relabel() {
 }
 
 # claim_lapsed VALUE: true when VALUE is <until>-<owner> and <until> has passed.
-claim_lapsed() { [[ $1 =~ ^([0-9]+)- ]] && ((BASH_REMATCH[1] < $(date +%s))); }
+claim_lapsed() { [[ $1 =~ ^([0-9]+)- ]] && ((BASH_REMATCH[1] < $(epoch))); }
 
 # claim_lapse VALUE: when a claim lapses: "lapses at <UTC time>", or "never lapses" for a value
 # not of the form <until>-<owner>.
@@ -279,7 +279,7 @@ set_labels() {
   [[ -z $1 ]] || labels+="${labels:+,}\"$CLAIM_LABEL\":\"$1\""
   compute_api POST "zones/$ZONE/instances/$INSTANCE/setLabels" \
     -H 'Content-Type: application/json' --data "{\"labels\":{$labels},\"labelFingerprint\":\"$LABEL_FP\"}"
-  follow_operation $(($(date +%s) + API_TIMEOUT)) || rc=$?
+  follow_operation $(($(epoch) + API_TIMEOUT)) || rc=$?
   if ((rc == 3)) && [[ $API_CODE == 200 ]]; then
     CLAIM_ERROR="the setLabels operation was not done within ${API_TIMEOUT}s"
     return 3

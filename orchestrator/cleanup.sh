@@ -49,14 +49,14 @@ cleanup() {
     log_to_end # what the job printed until it ended (its closing lines after a cancel)
     budget_keep 2
     if ((SIGNALLED)); then
-      stop_vm "$(($(date +%s) + STOP_TIMEOUT))" --async || { rc=$(failed "$rc") && done=0; }
-    elif stop_vm "$(($(date +%s) + STOP_TIMEOUT))"; then
-      restore_home_type "$(($(date +%s) + API_TIMEOUT))" || rc=$(failed "$rc")
+      stop_vm "$(($(epoch) + STOP_TIMEOUT))" --async || { rc=$(failed "$rc") && done=0; }
+    elif stop_vm "$(($(epoch) + STOP_TIMEOUT))"; then
+      restore_home_type "$(($(epoch) + API_TIMEOUT))" || rc=$(failed "$rc")
     else
       rc=$(failed "$rc")
     fi
     budget_keep 1
-    detach_static_ip "$(($(date +%s) + API_TIMEOUT))" || { rc=$(failed "$rc") && done=0; }
+    detach_static_ip "$(($(epoch) + API_TIMEOUT))" || { rc=$(failed "$rc") && done=0; }
   fi
   budget_keep 0
   slot_ended "$(run_end_word "$rc")"

@@ -24,7 +24,7 @@ gcloud_call() {
   GCLOUD_OUT=""
   while :; do
     rc=0
-    budget=$((deadline - $(date +%s)))
+    budget=$((deadline - $(epoch)))
     ((budget > 0)) || budget=1
     in_background "$WORK_DIR/gcloud.out" "$WORK_DIR/gcloud.err" \
       timeout -k 5 "$budget" gcloud "$@" --project="$PROJECT_ID" --quiet || rc=$?
@@ -35,7 +35,7 @@ gcloud_call() {
       return "$rc"
     fi
     gcloud_said "$TRANSIENT_RE" && ! gcloud_said "$NO_CAPACITY_RE" || return "$rc"
-    if (($(date +%s) + delay > deadline)); then
+    if (($(epoch) + delay > deadline)); then
       log ERROR "gcloud $1 $2: still failing at the deadline: $(last_error)"
       return "$rc"
     fi
@@ -110,7 +110,7 @@ follow_operation() {
       ((rc == 3)) || return "$rc"
       nap 1
     fi
-    left=$((deadline - $(date +%s)))
+    left=$((deadline - $(epoch)))
     ((left > 0)) || {
       API_ERROR="the operation $name was not done in time${API_ERROR:+ (last: $API_ERROR)}"
       return 3

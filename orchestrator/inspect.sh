@@ -13,7 +13,7 @@ status() {
   printf 'instance  %s in %s: %s (internal address %s, external %s)\n' "$INSTANCE" "$ZONE" \
     "$VM_STATUS" "${VM_INTERNAL:-none}" "${VM_NAT:-none}"
   need_token
-  read_address $(($(date +%s) + API_TIMEOUT))
+  read_address $(($(epoch) + API_TIMEOUT))
   if [[ -n $ADDRESS_USERS ]]; then
     printf 'address   %s %s: attached to %s\n' "$STATIC_NAME" "$STATIC_IP" "${ADDRESS_USERS##*/}"
   else
@@ -82,7 +82,7 @@ show_logs() {
   if [[ $AGENT_ADDRESS == internal ]]; then
     agent_url_of "$VM_INTERNAL"
   else
-    read_address $(($(date +%s) + API_TIMEOUT))
+    read_address $(($(epoch) + API_TIMEOUT))
     agent_url_of "$STATIC_IP"
   fi
   if ((AGENT_TLS)); then

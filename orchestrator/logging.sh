@@ -36,6 +36,16 @@ die() {
 
 now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }            # microseconds since the epoch
 
+# epoch: the time, seconds since the epoch, by the clock every time the flow compares is read on
+# (a slot, a claim's lapse, a deadline): date(1)'s, plus VM_JOB_CLOCK_OFFSET where the emulator
+# has moved its clock (gcp_emulator/core/clock.py; never set on Google Cloud). `now` above takes
+# time spans only.
+epoch() {
+  local s
+  s=$(date +%s)
+  printf '%s' "$((s + ${VM_JOB_CLOCK_OFFSET:-0}))"
+}
+
 # since T0: seconds since T0 (from now), with two decimals.
 since() {
   local d

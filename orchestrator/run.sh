@@ -61,12 +61,12 @@ start_run() {
 # in HTTP_CODE and BODY.
 post_run() {
   local key=$1 body=$2 deadline delay=1
-  deadline=$(($(date +%s) + API_TIMEOUT))
+  deadline=$(($(epoch) + API_TIMEOUT))
   while :; do
     agent POST /runs 30 -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
       --data "$body"
     is_transient_http || return 0
-    (($(date +%s) + delay <= deadline)) ||
+    (($(epoch) + delay <= deadline)) ||
       die "$EX_AGENT" "step 5/6: could not start the run: $(last_agent_error)"
     log WARNING "step 5/6: POST /runs: $(last_agent_error); retrying in ${delay}s"
     nap "$delay"
@@ -79,10 +79,10 @@ post_run() {
 wait_for_run() {
   local t0 deadline remaining wait status code error delay=1
   t0=$(now)
-  deadline=$(($(date +%s) + RUN_TIMEOUT))
+  deadline=$(($(epoch) + RUN_TIMEOUT))
   log INFO "step 6/6: following run $RUN_ID; the job's output follows on stdout, line by line"
   while :; do
-    remaining=$((deadline - $(date +%s)))
+    remaining=$((deadline - $(epoch)))
     if ((remaining <= 0)); then
       log ERROR "step 6/6: run $RUN_ID still running after RUN_TIMEOUT=${RUN_TIMEOUT}s; cancelling it"
       cancel_run
@@ -133,12 +133,12 @@ check_vm_still_there() {
 # The run's record once it has ended (transient errors retried within API_TIMEOUT).
 final_record() {
   local deadline delay=1
-  deadline=$(($(date +%s) + API_TIMEOUT))
+  deadline=$(($(epoch) + API_TIMEOUT))
   while :; do
     agent GET "/runs/$RUN_ID" 30
     [[ $HTTP_CODE == 200 ]] && return
     [[ $HTTP_CODE != 000 ]] || check_vm_still_there # an interrupted run: the VM stopping?
-    if ! is_transient_http || (($(date +%s) + delay > deadline)); then
+    if ! is_transient_http || (($(epoch) + delay > deadline)); then
       die "$EX_AGENT" "step 6/6: reading run $RUN_ID: $(last_agent_error)"
     fi
     nap "$delay"

@@ -42,7 +42,7 @@ slot_of() {
   local out py_path next_epoch
   py_path="$(dirname "$ORCHESTRATOR")/python"
   [[ -d $py_path ]] || py_path=""
-  out=$(PYTHONPATH="$py_path${PYTHONPATH:+:$PYTHONPATH}" python3 "$ORCHESTRATOR/slot.py" "$SCHEDULE" "$TIME_ZONE" "$@" 2>&1) ||
+  out=$(PYTHONPATH="$py_path${PYTHONPATH:+:$PYTHONPATH}" python3 "$ORCHESTRATOR/slot.py" "$SCHEDULE" "$TIME_ZONE" "${1:-$(epoch)}" 2>&1) ||
     die "$EX_CONFIG" "configuration: ${out:-slot.py failed}"
   read -r SLOT_EPOCH RUN_SLOT next_epoch NEXT_SLOT <<<"${out%%$'\n'*}"
   SLOT_DST=""
@@ -54,7 +54,7 @@ slot_of() {
 # slot_setup: step 1: this execution's slot and key (or, without SCHEDULE or in test mode, the
 # execution's key); the daylight-saving warning, once.
 slot_setup() {
-  local task=${CLOUD_RUN_TASK_INDEX:-0} execution=${CLOUD_RUN_EXECUTION:-manual-$(date +%s)-$$-$RANDOM}
+  local task=${CLOUD_RUN_TASK_INDEX:-0} execution=${CLOUD_RUN_EXECUTION:-manual-$(epoch)-$$-$RANDOM}
   if [[ -z $SCHEDULE ]]; then
     RUN_KEY="$execution/$task"
     log INFO "step 1/6: SCHEDULE is not set: a duplicate execution of one scheduled time (Cloud Scheduler delivers at least once) is not detected"
@@ -124,7 +124,7 @@ slot_check() {
 slot_window_open() {
   local late
   ((SLOTTED)) && [[ -n $START_DEADLINE ]] && ((!SLOT_RETRY)) || return 0
-  late=$(($(date +%s) - SLOT_EPOCH))
+  late=$(($(epoch) - SLOT_EPOCH))
   ((late > START_DEADLINE)) || return 0
   die "$EX_TOO_LATE" "step $1/6: too late for slot $RUN_SLOT: ${late}s after it, past START_DEADLINE=${START_DEADLINE}s (by $(slot_deadline_words)); the job is not started"
 }
@@ -217,7 +217,7 @@ slot_status() {
   printf 'slot      next: %s\n' "$NEXT_SLOT"
   grace=${START_DEADLINE:-$BOOT_TIMEOUT}
   if [[ $RAN_SLOT != "$SLOT_LABEL" && $(claim_slot "${HOLDER:-}") != "$SLOT_LABEL" ]] &&
-    (($(date +%s) - SLOT_EPOCH > grace)); then
+    (($(epoch) - SLOT_EPOCH > grace)); then
     log WARNING "slot $RUN_SLOT passed with no run on $INSTANCE (more than ${grace}s ago)"
   fi
 }

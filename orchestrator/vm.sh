@@ -28,7 +28,7 @@ VM_INTERNAL=""
 start_vm() {
   local t0
   t0=$(now)
-  BOOT_DEADLINE=$(($(date +%s) + BOOT_TIMEOUT))
+  BOOT_DEADLINE=$(($(epoch) + BOOT_TIMEOUT))
   check_run_limit
   start_on_home_type # moved to a fallback type by an earlier run: back to its own first
   log INFO "step 3/6: starting $INSTANCE (its boot follows as [vm] lines)"
@@ -116,7 +116,7 @@ vm_agent_address() {
   fi
   AGENT_IP=$VM_INTERNAL
   if [[ $NETWORK_INTERFACE != nic0 || -z $AGENT_IP ]]; then
-    gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+    gcloud_call $(($(epoch) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
       --zone="$ZONE" --format="value(networkInterfaces[${NETWORK_INTERFACE#nic}].networkIP)" ||
       die "$EX_CLOUD" "reading $INSTANCE's internal address: $(last_error)"
     AGENT_IP=$GCLOUD_OUT
@@ -127,7 +127,7 @@ vm_agent_address() {
 # read_vm_status: VM_STATUS now, or "gone (deleted)" when the instance is not found; false when
 # it cannot be told (the error: last_error).
 read_vm_status() {
-  if gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+  if gcloud_call $(($(epoch) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
     --zone="$ZONE" --format='value(status)'; then
     VM_STATUS=$GCLOUD_OUT
     return 0
@@ -139,7 +139,7 @@ read_vm_status() {
 # describe_vm: VM_STATUS, VM_INTERNAL and VM_NAT of the instance's interface.
 describe_vm() {
   local n=${NETWORK_INTERFACE#nic}
-  gcloud_call $(($(date +%s) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
+  gcloud_call $(($(epoch) + API_TIMEOUT)) compute instances describe "$INSTANCE" \
     --zone="$ZONE" --format="value[separator=' '](status,networkInterfaces[$n].networkIP,networkInterfaces[$n].accessConfigs[0].natIP)" ||
     die "$EX_CLOUD" "describing $INSTANCE: $(last_error)"
   read -r VM_STATUS VM_INTERNAL VM_NAT <<<"$GCLOUD_OUT"
@@ -193,7 +193,7 @@ stop_vm() {
     rc=0
     compute_api POST "zones/$ZONE/instances/$INSTANCE/stop"
     api_outcome || rc=$?
-    ((rc == 3 && $(date +%s) + delay <= deadline)) || break
+    ((rc == 3 && $(epoch) + delay <= deadline)) || break
     nap "$delay"
     delay=$((delay * 2 > 4 ? 4 : delay * 2))
   done

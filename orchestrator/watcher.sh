@@ -63,7 +63,7 @@ start_watcher() {
           mv -f "$WORK_DIR/boot-state.tmp" "$WORK_DIR/boot-state"
         fi
       fi
-      (($(date +%s) < deadline)) || exit 1
+      (($(epoch) < deadline)) || exit 1
       nap 0.25
     done
   ) &

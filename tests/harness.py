@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,12 @@ class EmulatorProcess:
     """`python -m gcp_emulator serve --config F --state-dir D` on a free loopback port; with
     private, in a network of its own (`--private-network`), where `inside` runs commands."""
 
-    def __init__(self, config: Path | None, state_dir: Path, private: bool = False) -> None:
+    def __init__(
+        self,
+        config: Path | None,
+        state_dir: Path,
+        private: bool = False,
+    ) -> None:
         self.state_dir = state_dir
         self.private = private
         argv = [sys.executable, "-m", "gcp_emulator", "serve", "--state-dir", str(state_dir), "-v"]
@@ -62,6 +68,7 @@ class EmulatorProcess:
                 start_new_session=True,
             )
         self.env: dict[str, str] = {}
+        self.clock_env: dict[str, str] = {}  # the emulator's clock, once a test moved it
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith("export "):
@@ -121,6 +128,15 @@ class EmulatorProcess:
         body = {"zone": zone, "machine_type": machine_type, "code": code, "count": count}
         self.http.post("/_emulator/stockouts", json=body).raise_for_status()
 
+    def move_clock(self, to: float | None = None, by: float | None = None) -> float:
+        """The emulator's clock forward, to the epoch TO or BY seconds (while nothing runs): its
+        new time. What `run` starts from then on keeps that clock."""
+        body = {"to": to} if to is not None else {"by": by}
+        r = self.http.post("/_emulator/clock", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        self.clock_env = {"VM_JOB_CLOCK_OFFSET": str(r.json()["offset"])}
+        return datetime.fromisoformat(r.json()["time"].replace("Z", "+00:00")).timestamp()
+
     def set_instance(self, zone: str, name: str, **fields: Any) -> dict[str, Any]:
         r = self.http.post(f"/_emulator/instances/{zone}/{name}", json=fields)
         r.raise_for_status()
@@ -164,7 +180,7 @@ class EmulatorProcess:
         words = [a for a in argv[1:] if not a.startswith("-") and a not in ("alpha", "beta")]
         if Path(argv[0]).name == "gcloud" and words[:1] in (["run"], ["scheduler"]):
             assert self.private, f"gcloud {words[0]} on an emulator without its private network"
-        full_env = {**os.environ, **self.env, **env}
+        full_env = {**os.environ, **self.env, **self.clock_env, **env}
         return subprocess.run(
             self.inside(argv),
             env={k: v for k, v in full_env.items() if v is not None},

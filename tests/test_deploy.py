@@ -243,6 +243,7 @@ def test_destroy_removes_what_apply_made_and_the_address_only_when_asked(deploye
     assert d.emu.state()["addresses"] == []
 
 
+@pytest.mark.timeout(600)  # apply, two slots a minute apart, destroy: 2 min idle, more in CI
 def test_the_scheduled_demo_deploys_fires_two_slots_and_removes_it_all():
     r = subprocess.run(
         [sys.executable, "-m", "gcp_emulator", "demo", "--scheduled", "--slots", "2", "--fast"],

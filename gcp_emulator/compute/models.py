@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gcp_emulator.compute import catalog
 from gcp_emulator.compute.capacity import MACHINE_TYPE, Stockout, refusal
 from gcp_emulator.config import NAME_RE, AddressConfig, InstanceConfig
+from gcp_emulator.core import clock
 from gcp_emulator.core.errors import ApiError, not_found
 from gcp_emulator.core.util import fingerprint, now_rfc3339, same_fingerprint
 from gcp_emulator.guests import qemu, vm_image
@@ -588,6 +589,7 @@ class Compute:
         )
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("UV_")}
         env["PATH"] = SYSTEMD_PATH
+        env.update(clock.env())
         metadata_host = f"{self.cloud.base_url.removeprefix('http://')}/vm/{inst.zone}/{inst.name}"
         config_dir = inst.dir / "gcloud"
         config_dir.mkdir(exist_ok=True)

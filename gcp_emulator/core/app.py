@@ -31,16 +31,18 @@ from gcp_emulator.compute.models import Instance
 from gcp_emulator.compute.permissions import REQUIRED as COMPUTE_REQUIRED
 from gcp_emulator.compute.permissions import check as compute_permissions
 from gcp_emulator.compute.permissions import resource_of
+from gcp_emulator.core import clock
 from gcp_emulator.core.errors import ApiError, error_response, fault_error
 from gcp_emulator.core.routing import RouteDef, json_body, match
 from gcp_emulator.core.state import Cloud
-from gcp_emulator.core.util import fingerprint, now_rfc3339
+from gcp_emulator.core.util import fingerprint, now_rfc3339, stamp
 from gcp_emulator.iam import responses as _iam  # noqa: F401
 from gcp_emulator.logging import responses as _logging  # noqa: F401
 from gcp_emulator.metadata import responses as _metadata  # noqa: F401
 from gcp_emulator.monitoring import responses as _monitoring  # noqa: F401
 from gcp_emulator.run import responses as _run  # noqa: F401
 from gcp_emulator.scheduler import responses as _scheduler  # noqa: F401
+from gcp_emulator.scheduler.models import parse_time
 from gcp_emulator.secretmanager import responses as _secretmanager  # noqa: F401
 from gcp_emulator.secretmanager.models import Secret
 from gcp_emulator.serviceusage import responses as _serviceusage  # noqa: F401
@@ -234,6 +236,19 @@ class EmulatorApp:
                 body = await json_body(request)
                 member = f"serviceAccount:{cloud.iam.account(str(body['account'])).email}"
                 return JSONResponse({"access_token": cloud.iam.token_for(member)})
+            if hook == "clock" and method == "GET":
+                return JSONResponse({"time": stamp(), "offset": clock.offset()})
+            if hook == "clock" and method == "POST":
+                # the clock forward {"to": epoch or RFC 3339} or {"by": seconds}: only while no
+                # task runs and no VM is up (core/clock.py)
+                body = await json_body(request)
+                to, by = body.get("to"), body.get("by")
+                at = clock.advance(
+                    to=None if to is None else parse_time(to),
+                    by=None if by is None else float(by),
+                )
+                cloud.record("event", event="clock.moved", to=stamp(at), offset=clock.offset())
+                return JSONResponse({"time": stamp(at), "offset": clock.offset()})
             if hook == "scheduler/clock" and method == "POST":
                 body = await json_body(request)
                 cloud.scheduler.set_clock(str(body["mode"]))
@@ -246,7 +261,7 @@ class EmulatorApp:
                     str(body["name"]), Path(str(body["context"])), create_repository=True
                 )
                 return JSONResponse({"name": body["name"], "digest": image.digest})
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, clock.ClockError) as exc:
             return JSONResponse({"error": f"bad test-hook request: {exc}"}, status_code=400)
         except ApiError as err:
             return error_response("compute", err)

@@ -5,7 +5,6 @@ only through its methods."""
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from gcp_emulator.artifactregistry.models import ArtifactRegistry
 from gcp_emulator.cloudbuild.models import CloudBuild
 from gcp_emulator.compute.models import Compute
 from gcp_emulator.config import EmulatorConfig
+from gcp_emulator.core import clock
 from gcp_emulator.iam.models import Iam
 from gcp_emulator.logging.models import Logging
 from gcp_emulator.monitoring.models import Monitoring
@@ -62,7 +62,7 @@ class Cloud:
         self.app: Any = None  # the HTTP front (core/app.py): what Cloud Scheduler calls
 
     def record(self, kind: str, **fields: Any) -> None:
-        self.journal.append({"seq": next(self._seq), "time": time.time(), "kind": kind, **fields})
+        self.journal.append({"seq": next(self._seq), "time": clock.now(), "kind": kind, **fields})
 
     def gcloud_env(self, config_dir: Path) -> dict[str, str]:
         """What points the real gcloud at this emulator, with endpoint overrides (in its private

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from datetime import UTC, datetime
+
+from gcp_emulator.core import clock
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "-00:00")
+    return clock.utcnow().isoformat(timespec="milliseconds").replace("+00:00", "-00:00")
 
 
 def fingerprint() -> str:
@@ -37,7 +38,7 @@ def same_fingerprint(given: object, current: str) -> bool:
 
 def stamp(epoch: float | None = None) -> str:
     """A protobuf Timestamp in JSON: UTC, "Z", the fraction's digits only where there is one."""
-    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC)
+    moment = datetime.fromtimestamp(clock.now() if epoch is None else epoch, UTC)
     text = moment.strftime("%Y-%m-%dT%H:%M:%S")
     if moment.microsecond:
         text += f".{moment.microsecond:06d}".rstrip("0")

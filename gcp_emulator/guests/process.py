@@ -36,9 +36,9 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
+from gcp_emulator.core import clock
 from gcp_emulator.guests.serial_port import SerialPort
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class ProcessGuest:
         elif self.runner in MERGED:
             self.serial.write(f"{RUNNER}: {message}")
         else:
-            when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-2] + "Z"
+            when = clock.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-2] + "Z"
             self.serial.write(f"{RUNNER}: {when} [{level}]: {message}")
 
     def _script_line(self, line: str, stream: str) -> None:

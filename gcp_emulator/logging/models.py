@@ -20,9 +20,10 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gcp_emulator.core import clock
 from gcp_emulator.core.errors import ApiError
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ _seq = itertools.count(1)
 
 def stamp(when: datetime | None = None) -> str:
     """RFC 3339 in UTC with nanoseconds, as Cloud Logging writes timestamps."""
-    when = when or datetime.now(UTC)
+    when = when or clock.utcnow()
     return when.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from gcp_emulator.core import clock
 from gcp_emulator.core.errors import ApiError
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class Alerting:
     # -- evaluation --------------------------------------------------------------------------
 
     def evaluate(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = clock.now() if now is None else now
         for policy in list(self.monitoring.policies.values()):
             if not policy.get("enabled", True):
                 continue
@@ -285,7 +286,7 @@ class Alerting:
             kind = channel.get("type", "")
             labels = channel.get("labels") or {}
             note: dict[str, Any] = {
-                "time": time.time(),
+                "time": clock.now(),
                 "channel": name,
                 "type": kind,
                 "state": state,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gcp_emulator.core import clock
 from gcp_emulator.core.errors import ApiError
 from gcp_emulator.core.util import now_rfc3339
 from gcp_emulator.guests import container
@@ -458,6 +459,7 @@ class Run:
             "CLOUD_RUN_TASK_ATTEMPT": str(attempt.attempt),
             "CLOUD_RUN_TASK_COUNT": str(execution.spec.task_count),
             MARKER: attempt.marker,
+            **clock.env(),
         }
         # its metadata server (where gcloud finds its account and token): 169.254.169.254 in
         # the private network, with a path of this attempt's (a task on Cloud Run reaches its

@@ -24,12 +24,12 @@ import contextlib
 import importlib.util
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gcp_emulator.core import clock
 from gcp_emulator.core.errors import ApiError
 from gcp_emulator.core.util import stamp
 
@@ -132,7 +132,7 @@ class Scheduler:
 
     def check(self, schedule: str, zone: str) -> None:
         try:
-            SLOT.slot_and_next(schedule, zone, time.time())
+            SLOT.slot_and_next(schedule, zone, clock.now())
         except Exception as exc:  # cronsim's errors, a bad zone
             raise ApiError(
                 400,
@@ -142,7 +142,7 @@ class Scheduler:
 
     def put(self, job: SchedulerJob) -> SchedulerJob:
         self.check(job.schedule, job.time_zone)
-        job.next_fire = self.next_after(job, time.time())
+        job.next_fire = self.next_after(job, clock.now())
         job.updated = stamp()
         self.jobs[job.name] = job
         self.start()
@@ -172,7 +172,7 @@ class Scheduler:
             await asyncio.sleep(0.5)
             if self.test_clock:
                 continue
-            for job, schedule_time in self.due(time.time()):
+            for job, schedule_time in self.due(clock.now()):
                 self.spawn(self.deliver(job, schedule_time))
 
     def due(self, now: float) -> list[tuple[SchedulerJob, float]]:
@@ -206,7 +206,7 @@ class Scheduler:
         if mode not in ("real", "test"):
             raise ValueError("mode must be real or test")
         self.test_clock = mode == "test"
-        now = time.time()
+        now = clock.now()
         for job in self.jobs.values():
             job.next_fire = self.next_after(job, now)
 
@@ -221,7 +221,7 @@ class Scheduler:
         """The test clock's hook: deliver the slot of time `at` (now, by default) now, or `delay`
         seconds late; `copies` times (Cloud Scheduler delivers at least once); or not at all
         (`drop`: the slot's delivery is lost). The schedule time sent is the slot's."""
-        schedule_time = self.slot_at(job, at if at is not None else time.time())
+        schedule_time = self.slot_at(job, at if at is not None else clock.now())
         if drop:
             self.cloud.record(
                 "event",
@@ -266,7 +266,7 @@ class Scheduler:
 
     async def run_now(self, job: SchedulerJob) -> None:
         """jobs.run: a delivery now, whatever the schedule says (its schedule time: now)."""
-        self.spawn(self.deliver(job, time.time()))
+        self.spawn(self.deliver(job, clock.now()))
 
     # -- a delivery --------------------------------------------------------------------------
 
@@ -283,7 +283,7 @@ class Scheduler:
         cap = seconds(retry.get("maxBackoffDuration"), 3600)
         doublings = int(retry.get("maxDoublings") or 0)
         limit = seconds(retry.get("maxRetryDuration"), 0)
-        first = time.time()
+        first = clock.now()
         stop_at = self.next_after(job, schedule_time)
         attempt = 0
         while True:
@@ -292,7 +292,7 @@ class Scheduler:
             if outcome["ok"]:
                 break
             wait = backoff(attempt, low, cap, doublings)
-            now = time.time()
+            now = clock.now()
             if not may_retry(attempt, count, limit, now + wait - first) or now + wait >= stop_at:
                 break  # and never past the next scheduled time
             await asyncio.sleep(wait)
@@ -317,7 +317,7 @@ class Scheduler:
             headers["Authorization"] = f"Bearer {token}"
         body = target_body(target)
         job.last_attempt = stamp()
-        started = time.time()
+        started = clock.now()
         status, text = 0, ""
         import httpx  # here: its import costs the emulator's start-up a tenth of a second
 
@@ -351,7 +351,7 @@ class Scheduler:
             "status": status,
             "ok": ok,
             "time": started,
-            "duration": round(time.time() - started, 3),
+            "duration": round(clock.now() - started, 3),
             "answer": text,
         }
         self.cloud.record(
