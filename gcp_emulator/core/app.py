@@ -249,6 +249,9 @@ class EmulatorApp:
                 )
                 cloud.record("event", event="clock.moved", to=stamp(at), offset=clock.offset())
                 return JSONResponse({"time": stamp(at), "offset": clock.offset()})
+            if hook == "run/kill" and method == "POST":
+                body = await json_body(request)
+                return JSONResponse({"killed": cloud.run.kill(str(body["execution"]))})
             if hook == "scheduler/clock" and method == "POST":
                 body = await json_body(request)
                 cloud.scheduler.set_clock(str(body["mode"]))

@@ -29,7 +29,6 @@ import contextlib
 import ipaddress
 import re
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -140,9 +139,9 @@ class Incident:
     resource_type: str
     resource_labels: dict[str, str]
     value: float
-    started: float = field(default_factory=time.time)
+    started: float = field(default_factory=clock.now)
     ended: float | None = None
-    last_data: float = field(default_factory=time.time)
+    last_data: float = field(default_factory=clock.now)
     id: str = field(default_factory=lambda: "0." + secrets.token_hex(6))
 
 

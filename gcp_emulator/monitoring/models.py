@@ -6,10 +6,10 @@ its `result`), the project's notification channels and alert policies, and their
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gcp_emulator.core import clock
 from gcp_emulator.core.errors import ApiError
 from gcp_emulator.core.util import stamp
 from gcp_emulator.monitoring.alerting import Alerting, check_conditions
@@ -24,7 +24,7 @@ class Point:
     labels: dict[str, str]
     resource: dict[str, str]
     value: int = 1
-    time: float = field(default_factory=time.time)
+    time: float = field(default_factory=clock.now)
     resource_type: str = "global"
 
 

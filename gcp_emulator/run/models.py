@@ -531,6 +531,22 @@ class Run:
             why=why,
         )
 
+    def kill(self, name: str) -> int:
+        """A test's hook: SIGKILL every running attempt of the execution NAME at once, as a
+        crashed instance would end it (no SIGTERM first); Cloud Run retries it as a failed
+        attempt. How many attempts were killed."""
+        execution = next((e for e in self.executions.values() if e.name == name), None)
+        if execution is None:
+            raise ApiError(404, "notFound", f"no execution {name!r}")
+        killed = 0
+        for attempts in execution.attempts.values():
+            for attempt in attempts:
+                if attempt.outcome == "running" and attempt.proc is not None:
+                    self._signalled(attempt, "SIGKILL", "killed")
+                    self._kill_rest(attempt)
+                    killed += 1
+        return killed
+
     def _kill_rest(self, attempt: Attempt) -> None:
         """SIGKILL to every process of the attempt (the container is gone with its main one)."""
         if attempt.proc is not None:
@@ -571,6 +587,7 @@ class Run:
                         "job": e.job,
                         "done": e.done.is_set(),
                         "result": e.result,
+                        "created": e.created,
                         "completed": e.completed,
                         "attempts": [
                             {
