@@ -19,7 +19,9 @@ import pytest
 from tests.deployed import JOB, PROJECT, REGION, SCHEDULER_JOB, Deployed
 from tests.harness import REPO, needs_gcloud, needs_private_network
 
-pytestmark = [pytest.mark.e2e, needs_gcloud, needs_private_network]
+# each test runs deploy.sh apply from an empty project (35-50 s alone) and more: 45-90 s on an
+# idle machine, past pytest's default 180 s under CI's load (three workers on two cores)
+pytestmark = [pytest.mark.e2e, needs_gcloud, needs_private_network, pytest.mark.timeout(400)]
 
 
 def project_roles(d: Deployed) -> dict[str, list[str]]:
