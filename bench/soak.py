@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -258,35 +259,41 @@ class Soak:
             time.sleep(0.3)
         raise RuntimeError(f"executions still running after {timeout} s: {self.running()}")
 
-    def kill_agent(self) -> int:
-        """SIGKILL the agent's process on the VM (uvicorn fastapi_app:app of the guest)."""
-        killed = 0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                env = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if b"fastapi_app:app" in cmd and b"GCP_EMULATOR_GUEST=" in env:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-        return killed
-
-    def leftover_processes(self) -> list[str]:
+    def own_processes(self) -> list[tuple[int, bytes, list[bytes]]]:
+        """This soak's tasks and guests (pid, command line, environment): the processes in its
+        emulator's private network that carry a task's or a guest's marker. Other emulators on
+        the machine (a test suite running alongside) have networks of their own."""
+        netns = os.readlink(f"/proc/{self.emu.env['GCP_EMULATOR_NETNS']}/ns/net")
         out = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
+                if os.readlink(entry / "ns" / "net") != netns:
+                    continue
                 env = (entry / "environ").read_bytes().split(b"\0")
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
             if any(v.startswith((b"GCP_EMULATOR_TASK=", b"GCP_EMULATOR_GUEST=")) for v in env):
-                out.append(f"{entry.name} {cmd}")
+                out.append((int(entry.name), cmd, env))
         return out
+
+    def kill_agent(self) -> int:
+        """SIGKILL the agent's process on the VM (uvicorn fastapi_app:app of the guest)."""
+        killed = 0
+        for pid, cmd, env in self.own_processes():
+            guest = any(v.startswith(b"GCP_EMULATOR_GUEST=") for v in env)
+            if guest and b"uvicorn" in cmd and b"fastapi_app:app" in cmd:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        return killed
+
+    def leftover_processes(self) -> list[str]:
+        return [
+            f"{pid} {cmd.decode(errors='replace')[:120]}" for pid, cmd, _ in self.own_processes()
+        ]
 
     # -- one slot -------------------------------------------------------------------------
 
