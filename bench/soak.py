@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from gcp_emulator.config import dump_config  # noqa: E402
 from gcp_emulator.demo import deployment  # noqa: E402
+from tests import chain  # noqa: E402
 from tests.deployed import CHECK_JOB, JOB, REGION, SCHEDULER_JOB, Deployed  # noqa: E402
 from tests.harness import EmulatorProcess, WebhookReceiver  # noqa: E402
 
@@ -56,7 +57,8 @@ SCHEDULE = "0 * * * *"
 SLOT_SECONDS = 3600
 START_DEADLINE = 900
 CHECK_MARGIN = 60
-CHECK_AFTER = 16 * 60  # deploy/check_schedule.py: START_DEADLINE + CHECK_MARGIN, whole minutes
+# the check runs this long after each slot: deploy/check_schedule.py, in whole minutes (16)
+CHECK_AFTER = -(-(START_DEADLINE + CHECK_MARGIN) // 60) * 60
 SETTINGS = {
     "SCHEDULE": SCHEDULE,
     "CHECK_SCHEDULE": "",  # derived: 16 * * * *
@@ -152,7 +154,7 @@ class Slot:
     finished: bool = False  # the job ran to its end (its end line)
     succeeded: bool = False  # the slot's check exited 0
     alerts: list[float] = field(default_factory=list)  # incidents opened: when, emulator's clock
-    alert_seen: list[int] = field(default_factory=list)  # the notifications taken so far
+    notifications: int = 0  # the webhook's notifications taken for it so far
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -229,14 +231,29 @@ class Soak:
         """The emulator's clock."""
         return time.time() + self.emu.http.get("/_emulator/clock").json()["offset"]
 
-    def executions(self, job: str = JOB) -> list[dict[str, Any]]:
-        return [e for e in self.emu.state()["run"]["executions"] if e["job"] == job]
+    def executions(self) -> list[dict[str, Any]]:
+        return chain.executions(self.emu, JOB)
 
     def gcloud(self, *args: str) -> str:
         r = self.emu.gcloud(*args, timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"gcloud {' '.join(args)}: {r.stderr.strip()}")
         return r.stdout
+
+    def set_task_timeout(self, seconds: int) -> None:
+        self.gcloud(
+            "run", "jobs", "update", JOB, f"--region={REGION}", f"--task-timeout={seconds}s"
+        )
+
+    def switch_env_secret(self, how: str) -> None:
+        """`disable` (a failed boot: startup.sh cannot read the .env) or `enable` every version
+        of the job's .env secret that is not so already."""
+        state = "enabled" if how == "disable" else "disabled"
+        for version in self.gcloud(
+            "secrets", "versions", "list", "app-env", f"--filter=state:{state}",
+            "--format=value(name)",
+        ).split():  # fmt: skip
+            self.gcloud("secrets", "versions", how, version, "--secret=app-env")
 
     def wait_started(self, key: str, timeout: float = 60) -> bool:
         """Until the job's run for KEY has started (its start line), at most TIMEOUT s."""
@@ -247,10 +264,10 @@ class Soak:
             time.sleep(0.2)
         return False
 
-    def running(self, job: str = JOB) -> list[dict[str, Any]]:
-        return [e for e in self.executions(job) if not e["done"]]
+    def running(self) -> list[dict[str, Any]]:
+        return [e for e in self.executions() if not e["done"]]
 
-    def wait_quiet(self, known: set[str], timeout: float = 600) -> None:
+    def wait_quiet(self, timeout: float = 600) -> None:
         """Until every execution of the job has ended and no delivery is left to come."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -316,18 +333,13 @@ class Soak:
             self.directive(f"sleep {MID_RUN_SLEEP}")
         if slot.main == "task-timeout":
             self.directive(f"sleep {TASK_TIMEOUT * 2}")
-            timeout = f"--task-timeout={TASK_TIMEOUT}s"
-            self.gcloud("run", "jobs", "update", JOB, f"--region={REGION}", timeout)
+            self.set_task_timeout(TASK_TIMEOUT)
         if slot.main == "job-fails":
             self.directive("fail")
         if slot.main == "stockout-long":
             emu.stockout(self.zone, count=-1)
         if slot.main == "boot-fails":
-            for version in self.gcloud(
-                "secrets", "versions", "list", "app-env", "--filter=state:enabled",
-                "--format=value(name)",
-            ).split():  # fmt: skip
-                self.gcloud("secrets", "versions", "disable", version, "--secret=app-env")
+            self.switch_env_secret("disable")
         if "stockout-short" in kinds:
             emu.stockout(self.zone, count=2)
         if "api-burst" in kinds:
@@ -339,9 +351,7 @@ class Soak:
         copies = 2 if "scheduler-duplicate" in kinds else 1
         slot.fault_at = self.now()
         if slot.main == "scheduler-dropped":
-            emu.http.post(
-                "/_emulator/scheduler/fire", json={"job": SCHEDULER_JOB, "drop": True}
-            ).raise_for_status()
+            self.fire(drop=True)
         elif slot.main == "scheduler-late":
             emu.move_clock(to=slot.at + START_DEADLINE + 30)
             slot.fault_at = self.now()
@@ -370,24 +380,17 @@ class Soak:
                     slot.violations.append("no agent process to kill")
             elif slot.main == "operator":
                 self.operator(slot)
-        self.wait_quiet(before)
+        self.wait_quiet()
         time.sleep(0.5)
-        self.wait_quiet(before)
+        self.wait_quiet()
         self.take_alerts(slot, alerts_before)
         # what the faults changed goes back
         emu.http.delete("/_emulator/stockouts")
         emu.http.delete("/_emulator/faults")
         if slot.main == "task-timeout":
-            self.gcloud(
-                "run", "jobs", "update", JOB, f"--region={REGION}",
-                f"--task-timeout={self.task_timeout}s",
-            )  # fmt: skip
+            self.set_task_timeout(self.task_timeout)
         if slot.main == "boot-fails":
-            for version in self.gcloud(
-                "secrets", "versions", "list", "app-env", "--filter=state:disabled",
-                "--format=value(name)",
-            ).split():  # fmt: skip
-                self.gcloud("secrets", "versions", "enable", version, "--secret=app-env")
+            self.switch_env_secret("enable")
         ops = {e["name"] for e in slot.operator}
         slot.executions = [
             e for e in self.executions() if e["name"] not in before and e["name"] not in ops
@@ -403,7 +406,7 @@ class Soak:
         emu.move_clock(to=slot.at + CHECK_AFTER + 1)
         checks_before = {e["name"] for e in self.executions()}
         self.fire(job=CHECK_JOB)
-        self.wait_quiet(before)
+        self.wait_quiet()
         new = [e for e in self.executions() if e["name"] not in checks_before]
         slot.check = new[0] if new else None
         slot.succeeded = check_code(slot) == 0  # the system's own verdict on the slot
@@ -414,8 +417,8 @@ class Soak:
         """The incidents opened since the webhook's SINCE-th notification, when they arrived on
         the emulator's clock (the clock has not moved since they came)."""
         offset = self.emu.http.get("/_emulator/clock").json()["offset"]
-        for n in range(since + len(slot.alert_seen), len(self.hook.bodies)):
-            slot.alert_seen.append(n)
+        for n in range(since + slot.notifications, len(self.hook.bodies)):
+            slot.notifications += 1
             if self.hook.bodies[n].get("incident", {}).get("state") == "open":
                 slot.alerts.append(self.hook.arrived[n] + offset)
 
@@ -431,11 +434,7 @@ class Soak:
         slot.operator = [{"name": n, "what": w} for n, w in zip(names, OPERATOR_CODES, strict=True)]
 
     def fire(self, job: str = SCHEDULER_JOB, **how: Any) -> dict[str, Any]:
-        r = self.emu.http.post(
-            "/_emulator/scheduler/fire", json={"job": job, "wait": 60, **how}, timeout=90
-        )
-        r.raise_for_status()
-        return r.json()
+        return chain.fire(self.emu, job, **how)
 
     # -- the whole soak -------------------------------------------------------------------
 
