@@ -4,7 +4,9 @@
 # attribute vm-job-agent/tls-pin, brings APP_DIR to the tip of origin/GIT_REF, writes .env from
 # Secret Manager, syncs dependencies with uv, and starts the agent (fastapi_app.py) over HTTPS
 # as APP_USER: as a systemd service where systemd runs, in the foreground (exec) elsewhere, as
-# in the emulator's guest.
+# in the emulator's guest. The key, the code, the secrets and uv's install run side by side.
+# It needs bash, curl and python3 (its standard library), no gcloud: the secrets are read with
+# the VM's own token from the metadata server through Secret Manager's REST API.
 #
 # Settings, each from the environment first, then the VM's metadata attribute, then a default:
 #   APP_DIR     (attribute app-dir)     /opt/vm-job-runner   the checkout
@@ -37,12 +39,109 @@ readonly GUEST_NAMESPACE=vm-job-agent # guest attributes: vm-job-agent/tls-pin
 GA_WARNED=0 BOOT_STATE_OFF=0
 BOOT_ID="" # this boot's id: when startup.sh began, UTC to the millisecond (main sets it)
 readonly GA_RETRY_SECONDS=8 # how long a guest-attribute write is retried through 503s
+# how long a secret's read is tried again through 429s, 5xx, no answer or no token yet (60 s;
+# from the environment for tests)
+[[ ${SECRET_RETRY_SECONDS:-} =~ ^[0-9]+$ ]] || SECRET_RETRY_SECONDS=60
+readonly SECRET_RETRY_SECONDS
+STEP_PID=$$    # the process whose failure is the boot's: the script, or a step running beside it
+STATES_QUIET=0 # 1 while steps run side by side: only failures are published (never a step's
+#               progress over another's failure)
+STAGE=""       # a private directory (0700, /run: memory) for what the steps hand over: the .env
+declare -A JOBS=() # the steps running beside the script: name -> pid
 readonly NOFILE=65536                 # the agent's open files: far above its MAX_CONNECTIONS
 readonly IDLE_SHUTDOWN_ON_VM=900       # the agent's idle shutdown here, unless .env sets its own
 # bounded connections (agent/connections.py): accepted at most 256 at a time, so a burst can
 # not outrun the cap to the open-file limit; and a short graceful stop
 readonly -a UVICORN_ARGS=(--http agent.connections:GuardedH11Protocol --backlog 256
   --timeout-graceful-shutdown 5)
+
+# What startup.sh asks of python3 (its standard library only), where bash and curl fall short:
+#   attributes          stdin: instance/attributes/?recursive=true's JSON; out: NAME\0VALUE\0...
+#   payload RESP OUT    a versions/latest:access answer: the data decoded into OUT (0600), its
+#                       CRC32C checked; prints checked|unchecked; exit 3: no match, 4: no payload
+#   error RESP          a Google error answer: STATUS, REASON, MESSAGE (separated by \x1f)
+#   uv INDEX DEST       uv's wheel for this machine from PyPI's JSON API at INDEX, its sha256
+#                       checked, the uv binary in it unpacked to DEST; prints what it installed
+read -r -d '' HELPER_PY <<'PY' || true
+import base64, hashlib, json, os, platform, sys, time, urllib.request, zipfile
+
+def crc32c(data):
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+def fetch(url, tries=4):
+    for n in range(tries):
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                return r.read()
+        except Exception as e:  # noqa: BLE001 (any failure is tried again, then reported)
+            if n == tries - 1 or getattr(e, "code", 500) < 500 and getattr(e, "code", 0) != 429:
+                sys.exit(f"{url}: {e}")
+            time.sleep(2 ** n)
+
+def uv(index, dest):
+    info = json.loads(fetch(f"{index.rstrip('/')}/pypi/uv/json"))
+    version, arch = info["info"]["version"], platform.machine()
+    def fits(name):
+        tags = name[:-4].split("-")[-1].split(".")
+        return any(t.startswith("manylinux") and t.endswith("_" + arch) for t in tags)
+    wheels = sorted((u for u in info["urls"] if u["filename"].endswith(".whl")
+                     and fits(u["filename"]) and not u.get("yanked")), key=lambda u: u["filename"])
+    if not wheels:
+        sys.exit(f"PyPI has no uv {version} wheel for {arch} Linux")
+    wheel = wheels[0]
+    data = fetch(wheel["url"])
+    got = hashlib.sha256(data).hexdigest()
+    if got != wheel["digests"]["sha256"]:
+        sys.exit(f"{wheel['filename']}: its sha256 is {got}, PyPI says {wheel['digests']['sha256']}")
+    tmp = dest + ".tmp"
+    with zipfile.ZipFile(__import__("io").BytesIO(data)) as z, open(tmp, "wb") as f:
+        f.write(z.read(f"uv-{version}.data/scripts/uv"))
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, dest)
+    print(f"uv {version} ({wheel['filename']}, sha256 checked)")
+
+def payload(resp, out):
+    try:
+        p = json.load(open(resp))["payload"]
+        data = base64.b64decode(p.get("data", ""), validate=True)
+        claimed = p.get("dataCrc32c")
+        claimed = None if claimed is None else int(claimed)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        print(f"Secret Manager's answer is not a payload ({type(e).__name__})")
+        sys.exit(4)
+    if claimed is not None and claimed != crc32c(data):
+        print("its CRC32C does not match its data: it was damaged on the way")
+        sys.exit(3)
+    with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(data)
+    print("unchecked" if claimed is None else "checked")
+
+def error(resp):
+    text = open(resp, errors="replace").read()
+    try:
+        e = json.loads(text)["error"]
+        reasons = [d.get("reason", "") for d in e.get("details", []) if isinstance(d, dict)]
+        fields = [e.get("status", ""), ",".join(r for r in reasons if r), e.get("message", "")]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        fields = ["", "", " ".join(text.split())[:300]]
+    print("\x1f".join(" ".join(str(f).split()) for f in fields))
+
+def attributes():
+    for key, value in json.load(sys.stdin).items():
+        if isinstance(value, str) and "\0" not in key + value:
+            sys.stdout.write(f"{key}\0{value}\0")
+
+{"attributes": attributes, "payload": payload, "error": error, "uv": uv}[sys.argv[1]](*sys.argv[2:])
+PY
 
 # log SEVERITY MESSAGE...: one line, stamped in UTC (`2026-12-02T06:00:00Z`): the orchestrator
 # takes the console's lines for this boot's from the first one stamped after its start.
@@ -60,22 +159,66 @@ die() {
   [[ $message == boot\ * || -z ${BOOT_STEP:-} ]] || message="$BOOT_STEP: $message"
   log ERROR "$message"
   boot_state "failed: $message"
+  ((BASHPID != $$)) || end_steps
   exit 1
 }
 
 # on_error STATUS LINE COMMAND (the ERR trap): a command failed where no check of ours was, and
 # set -e ends the script (uv sync refused a download, git reset, useradd): that is a failed boot
 # too, published like any other, so the orchestrator knows in seconds, not at BOOT_TIMEOUT. In a
-# subshell ($(…)), only that subshell ends: the command around it fails in turn and says so.
+# subshell ($(…)), only that subshell ends: the command around it fails in turn and says so. A
+# step running beside the script (spawn) is a boot of its own here: it publishes its failure.
 on_error() {
   trap - ERR
-  ((BASHPID == $$)) || exit "$1"
+  ((BASHPID == STEP_PID)) || exit "$1"
   local where="startup.sh line $2" i
   for ((i = 1; i + 1 < ${#FUNCNAME[@]}; i++)); do # the functions it was in, innermost first
     [[ ${FUNCNAME[i]} == main ]] || where+=", called from ${FUNCNAME[i + 1]} line ${BASH_LINENO[i]}"
   done
   die "'$3' failed with exit status $1 ($where)"
 }
+# spawn NAME FUNCTION: FUNCTION run beside the script, as a step of its own: a failure in it
+# (die, or a command no check caught) is published by the step itself, naming it.
+spawn() {
+  (
+    STEP_PID=$BASHPID
+    "$2"
+  ) &
+  JOBS[$1]=$!
+}
+
+# await_steps NAME...: wait for those steps; 0 when each succeeded. One that failed has published
+# why (exit 1); one that ended any other way (a signal) is published here.
+await_steps() {
+  local name rc failed=0
+  for name; do
+    [[ -n ${JOBS[$name]:-} ]] || continue
+    rc=0
+    wait "${JOBS[$name]}" || rc=$?
+    unset "JOBS[$name]"
+    if ((rc == 1)); then
+      failed=1
+    elif ((rc != 0)); then
+      log ERROR "boot: the $name step ended with status $rc"
+      boot_state "failed: boot: the $name step ended with status $rc"
+      failed=1
+    fi
+  done
+  return "$failed"
+}
+
+# end_steps: the boot stops: the steps still running are waited for (not killed: an apt-get cut
+# short leaves dpkg half done for the next boot), and what they handed over is removed.
+end_steps() {
+  local pid
+  for pid in "${JOBS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  JOBS=()
+  if [[ -n $STAGE ]]; then rm -rf "$STAGE"; fi
+  STAGE=""
+}
+
 now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }
 since() {
   local d
@@ -83,11 +226,40 @@ since() {
   printf '%d.%02d' $((d / 1000000)) $((d / 10000 % 100))
 }
 
-# metadata_attr KEY: the VM's metadata attribute KEY, or nothing (404, no metadata server).
-metadata_attr() {
+# metadata_get PATH: the metadata server's value at PATH (computeMetadata/v1/PATH), or nothing
+# (404, no metadata server).
+metadata_get() {
   local host=${GCE_METADATA_HOST:-metadata.google.internal}
   curl -sf --max-time 2 -H 'Metadata-Flavor: Google' \
-    "http://$host/computeMetadata/v1/instance/attributes/$1" 2>/dev/null || true
+    "http://$host/computeMetadata/v1/$1" 2>/dev/null || true
+}
+
+# load_attributes: every metadata attribute in one read (instance/attributes/?recursive=true, as
+# the script runner reads them) into ATTRS, instead of one read a setting: each costs a curl,
+# a third of a second in a small VM's first seconds. Unreadable (no python3, no metadata
+# server): metadata_attr reads them one by one.
+declare -A ATTRS=()
+ATTRS_LOADED=0
+load_attributes() {
+  local json pairs i
+  command -v python3 >/dev/null || return 0
+  json=$(metadata_get 'instance/attributes/?recursive=true&alt=json')
+  [[ -n $json ]] || return 0
+  mapfile -d '' -t pairs < <(python3 -c "$HELPER_PY" attributes <<<"$json" || printf 'x\0')
+  ((${#pairs[@]} % 2 == 0)) || return 0 # not JSON: read them one by one
+  for ((i = 0; i < ${#pairs[@]}; i += 2)); do
+    ATTRS[${pairs[i]}]=${pairs[i + 1]}
+  done
+  ATTRS_LOADED=1
+}
+
+# metadata_attr KEY: the VM's metadata attribute KEY, or nothing.
+metadata_attr() {
+  if ((ATTRS_LOADED)); then
+    printf '%s' "${ATTRS[$1]:-}"
+  else
+    metadata_get "instance/attributes/$1"
+  fi
 }
 
 # guest_attribute KEY VALUE: publish VALUE as the guest attribute vm-job-agent/KEY, which
@@ -132,6 +304,7 @@ guest_attribute() {
 boot_state() {
   [[ $1 != boot\ * ]] || BOOT_STEP=$1
   ((BOOT_STATE_OFF)) && return 0
+  ((STATES_QUIET)) && [[ $1 != failed:* ]] && return 0
   local rc=0
   guest_attribute boot "${BOOT_ID:+$BOOT_ID }${1:0:500}" || rc=$?
   ((rc != 2)) || BOOT_STATE_OFF=1 # refused: off for the rest of the boot; a lost write is not
@@ -216,25 +389,37 @@ redact() { sed -E 's#(://)[^/@[:space:]]+@#\1***@#g' <<<"$1"; }
 # need_command CMD PACKAGE: install PACKAGE with apt-get (no Recommends: no compiler on a small
 # VM's first boot) when CMD is missing, as on a stock Debian image, which has no git. The package
 # index is fetched once a boot, not once a package: on a real VM (Debian 12 under QEMU) each
-# `apt-get update` took most of a minute.
+# `apt-get update` took most of a minute. Steps side by side take turns (a lock in STAGE), so
+# two never run apt-get at once, and the second finds the index, or its command, there.
 APT_UPDATED=0
 need_command() {
-  local cmd=$1 package=$2 t0 err
+  local cmd=$1 package=$2 t0 err lock
   command -v "$cmd" >/dev/null && return 0
   t0=$(now)
   if ((EUID != 0)) || ! command -v apt-get >/dev/null; then
     die "$cmd is not installed and cannot be installed here (not root, or no apt-get): install $package on the image"
+  fi
+  if [[ -n $STAGE ]]; then
+    exec {lock}>>"$STAGE/apt.lock"
+    flock "$lock"
+    [[ ! -e $STAGE/apt-updated ]] || APT_UPDATED=1
+    if command -v "$cmd" >/dev/null; then # installed by the step that held the lock
+      exec {lock}>&-
+      return 0
+    fi
   fi
   log INFO "$cmd is not installed: installing $package with apt-get"
   if ! err=$( { ((APT_UPDATED)) || apt-get update -qq; } 2>&1 >/dev/null); then
     die "installing $package failed: apt-get update: ${err//$'\n'/ }"
   fi
   APT_UPDATED=1
+  if [[ -n $STAGE ]]; then : >"$STAGE/apt-updated"; fi
   if ! err=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "$package" 2>&1 >/dev/null); then
     die "installing $package failed: ${err//$'\n'/ }"
   fi
   command -v "$cmd" >/dev/null || die "$package was installed but $cmd cannot be found"
+  if [[ -n ${lock:-} ]]; then exec {lock}>&-; fi
   log INFO "installed $package ($(since "$t0")s)"
 }
 
@@ -316,8 +501,7 @@ ensure_tls_key() {
   local t0 how=""
   t0=$(now)
   boot_state "boot 2/6 tls"
-  TLS_KEY=$TLS_DIR/agent-key.pem
-  TLS_CERT=$TLS_DIR/agent-cert.pem
+  tls_paths
   if ((AGENT_TLS == 0)); then
     log WARNING "boot 2/6 tls: AGENT_TLS=0: the agent serves plain HTTP, and the orchestrator's token crosses the network in the clear"
     return
@@ -346,10 +530,16 @@ ensure_tls_key() {
       -subj "/CN=$SERVICE"
   fi
   TLS_PIN="sha256//$(openssl pkey -in "$TLS_KEY" -pubout -outform der | openssl dgst -sha256 -binary | base64)"
+  if [[ -n $STAGE ]]; then printf '%s' "$TLS_PIN" >"$STAGE/tls-pin"; fi # for the agent's start
   if guest_attribute tls-pin "$TLS_PIN"; then
     how+="; published its pin as the guest attribute $GUEST_NAMESPACE/tls-pin"
   fi
   log INFO "boot 2/6 tls: $how: $TLS_PIN ($(since "$t0")s)"
+}
+
+tls_paths() {
+  TLS_KEY=$TLS_DIR/agent-key.pem
+  TLS_CERT=$TLS_DIR/agent-cert.pem
 }
 
 # new_tls_file PATH MODE CMD...: CMD writes PEM on stdout; it lands in PATH (via a temp file in
@@ -432,30 +622,170 @@ first_clone() {
 # (its path in SECRET_TMP), mode 0600 and APP_USER's, for the caller to check and rename over
 # DEST; a failed read leaves nothing behind and dies: "WHAT: cannot read secret SECRET: …MORE".
 fetch_secret() {
-  local err
+  need_command python3 python3 # Secret Manager's answer: base64, CRC32C
   SECRET_TMP=$(mktemp "$2.XXXXXX")
-  if ! err=$(timeout 120 gcloud secrets versions access latest --secret="$1" --quiet \
-    2>&1 >"$SECRET_TMP"); then
+  if ! secret_access "$1" "$SECRET_TMP"; then
     rm -f "$SECRET_TMP"
-    die "$3: cannot read secret $1: ${err//$'\n'/ }${4:-}"
+    die "$3: cannot read secret $1: $SECRET_ERROR${4:-}"
   fi
   chmod 600 "$SECRET_TMP"
   if ((EUID == 0)); then chown "$APP_USER:" "$SECRET_TMP"; fi
 }
 
-# 4. .env from Secret Manager: written to a temp file, checked, then renamed, mode 0600, owned
-# by APP_USER. A failed fetch leaves the old file alone and the agent unstarted. With
-# TOKEN_SECRET, the agent's token is that secret's, the one the Cloud Run job reads too (one
-# copy: a rotation is one new version), and an AGENT_TOKEN= line in .env is dropped.
-write_env() {
-  local t0 token="" from="secret $ENV_SECRET" kept
+# vm_token: ACCESS_TOKEN, the VM's service account's OAuth token, from the metadata server
+# (instance/service-accounts/default/token: {"access_token", "expires_in", "token_type"}), kept
+# until a minute before it expires. Tried again for SECRET_RETRY_SECONDS while the server does
+# not answer, answers 429/5xx, or has no token yet (404: early in a boot, or no account). On
+# failure: 1, the reason in SECRET_ERROR. The token is never logged, nor put on a command line.
+ACCESS_TOKEN="" TOKEN_UNTIL=0
+vm_token() {
+  local host=${GCE_METADATA_HOST:-metadata.google.internal} answer code rc delay=0.5
+  local deadline=$((SECONDS + SECRET_RETRY_SECONDS)) re_token re_expires
+  ((SECONDS >= TOKEN_UNTIL)) || return 0
+  re_token='"access_token"[[:space:]]*:[[:space:]]*"([A-Za-z0-9._~+/=-]+)"'
+  re_expires='"expires_in"[[:space:]]*:[[:space:]]*([0-9]+)'
+  while :; do
+    rc=0
+    answer=$(curl -s --max-time 5 -w '\n%{http_code}' -H 'Metadata-Flavor: Google' \
+      "http://$host/computeMetadata/v1/instance/service-accounts/default/token" 2>/dev/null) ||
+      rc=$?
+    code=${answer##*$'\n'}
+    ((rc == 0)) || code=000
+    if [[ $code == 200 && $answer =~ $re_token ]]; then
+      ACCESS_TOKEN=${BASH_REMATCH[1]}
+      [[ $answer =~ $re_expires ]] && TOKEN_UNTIL=$((SECONDS + BASH_REMATCH[1] - 60)) || TOKEN_UNTIL=0
+      return 0
+    fi
+    [[ $code == 000 || $code == 404 || $code == 429 || $code == 5?? ]] || break
+    ((SECONDS + ${delay%.*} < deadline)) || break
+    sleep "$delay"
+    [[ $delay == 0.5 ]] && delay=1 || delay=$((delay * 2 > 8 ? 8 : delay * 2))
+  done
+  case $code in
+    404) SECRET_ERROR="the metadata server has no token for the VM's default service account (HTTP 404 for ${SECRET_RETRY_SECONDS}s): give the VM one (stop it, then gcloud compute instances set-service-account INSTANCE --service-account=EMAIL --scopes=cloud-platform)" ;;
+    000) SECRET_ERROR="the metadata server ($host) did not answer for its token (after ${SECRET_RETRY_SECONDS}s)" ;;
+    200) SECRET_ERROR="the metadata server's token answer is not one (no access_token in it)" ;;
+    429 | 5??) SECRET_ERROR="the metadata server answered HTTP $code for the VM's token (still after ${SECRET_RETRY_SECONDS}s)" ;;
+    *) SECRET_ERROR="the metadata server answered HTTP $code for the VM's token" ;;
+  esac
+  return 1
+}
+
+# secretmanager_base: SM_BASE, Secret Manager's endpoint: CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER
+# when set (what gcloud honours: the emulator), else Google's. The token goes in the clear only
+# to this machine or the metadata server's address (the emulator's relay), never across a
+# network: anything else must be https, whose certificate curl checks.
+secretmanager_base() {
+  local base=${CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER:-https://secretmanager.googleapis.com/}
+  [[ $base == */ ]] || base+=/
+  if [[ $base != https://* ]] &&
+    ! [[ $base =~ ^http://(127\.[0-9.]+|localhost|\[::1\]|169\.254\.169\.254)(:[0-9]+)?/ ]]; then
+    SECRET_ERROR="CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER=$base is neither https nor this machine: the VM's token would cross the network in the clear"
+    return 1
+  fi
+  SM_BASE=$base
+}
+
+# secret_access NAME OUT: the latest version of secret NAME, in the VM's project
+# (CLOUDSDK_CORE_PROJECT when set, else the metadata server's project-id), into OUT: Secret
+# Manager's `versions/latest:access` with the VM's token, the base64 payload decoded and its
+# CRC32C (dataCrc32c) checked. 429, 5xx, no answer, a checksum that does not match: tried again,
+# with backoff, for SECRET_RETRY_SECONDS; a 401 once with a new token. On failure: 1, the reason
+# in SECRET_ERROR, with what to do about it.
+secret_access() {
+  local name=$1 out=$2 project url resp code rc delay=0.5 renewed=0 detail status reason
+  local message email who deadline=$((SECONDS + SECRET_RETRY_SECONDS))
+  if ! [[ $name =~ ^[A-Za-z0-9_-]{1,255}$ ]]; then
+    SECRET_ERROR="'$name' is not a secret's name (letters, digits, - and _)"
+    return 1
+  fi
+  secretmanager_base || return 1
+  project=${CLOUDSDK_CORE_PROJECT:-$(metadata_get project/project-id)}
+  if [[ -z $project ]]; then
+    SECRET_ERROR="no project: the metadata server does not say project/project-id"
+    return 1
+  fi
+  vm_token || return 1
+  url="${SM_BASE}v1/projects/$project/secrets/$name/versions/latest:access"
+  resp=$(mktemp "$out.answer.XXXXXX")
+  while :; do
+    rc=0
+    code=$(printf 'header = "Authorization: Bearer %s"\n' "$ACCESS_TOKEN" |
+      curl -s --proto =https,http --max-time 30 -K - -o "$resp" -w '%{http_code}' "$url" \
+        2>/dev/null) || rc=$?
+    ((rc == 0)) || code=000
+    if [[ $code == 200 ]]; then
+      rc=0
+      detail=$(python3 -c "$HELPER_PY" payload "$resp" "$out") || rc=$?
+      if ((rc == 0)); then
+        rm -f "$resp"
+        SECRET_DETAIL=$detail
+        return 0
+      fi
+      ((rc == 3)) || break # not a payload: not a thing to retry
+    elif [[ $code == 401 ]] && ((!renewed)); then
+      renewed=1 TOKEN_UNTIL=0
+      vm_token || { rm -f "$resp"; return 1; }
+      continue
+    elif ! [[ $code == 000 || $code == 429 || $code == 5?? ]]; then
+      break
+    fi
+    ((SECONDS + ${delay%.*} < deadline)) || break
+    sleep "$delay"
+    [[ $delay == 0.5 ]] && delay=1 || delay=$((delay * 2 > 8 ? 8 : delay * 2))
+  done
+  if [[ $code == 200 ]]; then
+    SECRET_ERROR="$detail"
+    rm -f "$resp"
+    return 1
+  fi
+  if [[ $code == 000 ]]; then
+    SECRET_ERROR="no answer from $url (after ${SECRET_RETRY_SECONDS}s)"
+    rm -f "$resp"
+    return 1
+  fi
+  IFS=$'\x1f' read -r status reason message < <(python3 -c "$HELPER_PY" error "$resp") || true
+  rm -f "$resp"
+  email=$(metadata_get instance/service-accounts/default/email)
+  who="the VM's service account${email:+ $email}"
+  email=${email:-EMAIL}
+  case "$code $status $reason" in
+    *SERVICE_DISABLED*)
+      SECRET_ERROR="the Secret Manager API is not enabled in project $project: $message (gcloud services enable secretmanager.googleapis.com --project=$project)" ;;
+    *ACCESS_TOKEN_SCOPE_INSUFFICIENT*)
+      SECRET_ERROR="the VM's access scopes do not reach Secret Manager: $message (stop the VM, then gcloud compute instances set-service-account INSTANCE --service-account=$email --scopes=cloud-platform)" ;;
+    403*)
+      SECRET_ERROR="permission denied: $message: $who needs roles/secretmanager.secretAccessor on secret $name (gcloud secrets add-iam-policy-binding $name --project=$project --member=serviceAccount:$email --role=roles/secretmanager.secretAccessor)" ;;
+    404*)
+      SECRET_ERROR="not found: $message (no secret $name with an enabled version in project $project: gcloud secrets versions add $name --data-file=FILE, or name the right secret in the VM's metadata)" ;;
+    401*)
+      SECRET_ERROR="the VM's token was refused (${status:-HTTP 401}): $message" ;;
+    *FAILED_PRECONDITION*)
+      SECRET_ERROR="$message (enable a version, or add one: gcloud secrets versions add $name --data-file=FILE)" ;;
+    429* | 5*)
+      SECRET_ERROR="HTTP $code ${status:+$status: }$message (still after ${SECRET_RETRY_SECONDS}s)" ;;
+    *)
+      SECRET_ERROR="HTTP $code ${status:+$status: }$message" ;;
+  esac
+  return 1
+}
+
+# 4. .env from Secret Manager, read beside the other steps into STAGE (env: mode 0600), checked;
+# install_env puts it in APP_DIR once the code is there. With TOKEN_SECRET, the agent's token is
+# that secret's, the one the Cloud Run job reads too (one copy: a rotation is one new version),
+# and an AGENT_TOKEN= line in .env is dropped. A failed read leaves the old .env alone and the
+# agent unstarted.
+read_env() {
+  local t0 token="" from="secret $ENV_SECRET" kept crc="CRC32C checked"
   t0=$(now)
   boot_state "boot 4/6 .env"
   if [[ -n $TOKEN_SECRET ]]; then
     read_token
     from+=", its token from secret $TOKEN_SECRET"
+    [[ $SECRET_DETAIL == checked ]] || crc="no CRC32C given to check"
   fi
-  fetch_secret "$ENV_SECRET" "$APP_DIR/.env" "boot 4/6 .env" "; the agent is not started"
+  fetch_secret "$ENV_SECRET" "$STAGE/env" "boot 4/6 .env" "; the agent is not started"
+  [[ $SECRET_DETAIL == checked ]] || crc="no CRC32C given to check"
   if [[ -n $token ]]; then
     if grep -q '^AGENT_TOKEN=' "$SECRET_TMP"; then
       log WARNING "boot 4/6 .env: secret $ENV_SECRET's AGENT_TOKEN= line is ignored: the token is secret $TOKEN_SECRET's (remove the line from $ENV_SECRET)"
@@ -466,15 +796,26 @@ write_env() {
     rm -f "$SECRET_TMP"
     die "boot 4/6 .env: secret $ENV_SECRET has no AGENT_TOKEN= line; the agent is not started (the token goes there, or in a secret of its own that the VM's token-secret names)"
   fi
-  mv -f "$SECRET_TMP" "$APP_DIR/.env"
-  log INFO "boot 4/6 .env: written from $from ($(wc -l <"$APP_DIR/.env") lines, mode 0600) ($(since "$t0")s)"
+  mv -f "$SECRET_TMP" "$STAGE/env"
+  log INFO "boot 4/6 .env: read from $from ($(wc -l <"$STAGE/env") lines, $crc) ($(since "$t0")s)"
 }
 
-# read_token: `token` (write_env's) from secret TOKEN_SECRET: one line of 16 or more characters
+# install_env: the .env read_env checked, renamed over APP_DIR/.env (mode 0600, APP_USER's).
+install_env() {
+  local tmp
+  tmp=$(mktemp "$APP_DIR/.env.XXXXXX")
+  cat "$STAGE/env" >"$tmp"
+  chmod 600 "$tmp"
+  if ((EUID == 0)); then chown "$APP_USER:" "$tmp"; fi
+  mv -f "$tmp" "$APP_DIR/.env"
+  log INFO "boot 4/6 .env: in place at $APP_DIR/.env (mode 0600)"
+}
+
+# read_token: `token` (read_env's) from secret TOKEN_SECRET: one line of 16 or more characters
 # that .env carries as they are (letters, digits and . _ ~ + / = -: what a generated token and
 # base64 use). Never logged.
 read_token() {
-  fetch_secret "$TOKEN_SECRET" "$APP_DIR/.env" "boot 4/6 .env: the agent's token" "; the agent is not started"
+  fetch_secret "$TOKEN_SECRET" "$STAGE/env" "boot 4/6 .env: the agent's token" "; the agent is not started"
   token=$(<"$SECRET_TMP")
   rm -f "$SECRET_TMP"
   token=${token%$'\r'}
@@ -482,29 +823,42 @@ read_token() {
     die "boot 4/6 .env: secret $TOKEN_SECRET does not hold a token: one line of 16 or more letters, digits or . _ ~ + / = - (it holds ${#token} characters); the agent is not started"
 }
 
-# 5. Dependencies: uv sync from the committed lock (uv installed from PyPI first if missing).
+# 5. Dependencies: uv sync from the committed lock, once the code and uv are there.
 sync_deps() {
   local t0
   t0=$(now)
   boot_state "boot 5/6 dependencies"
-  ensure_uv
+  uv_usable || die "boot 5/6 uv cannot be run by $APP_USER ($UV_BIN)"
   as_app "$UV_BIN" sync --frozen --no-dev --quiet --directory "$APP_DIR"
   log INFO "boot 5/6 dependencies: uv sync --frozen ($(since "$t0")s)"
 }
 
-ensure_uv() {
-  UV_BIN=$(command -v uv || true)
-  if [[ -n $UV_BIN ]] && as_app "$UV_BIN" --version >/dev/null 2>&1; then
-    return
+# uv_usable: UV_BIN, uv on PATH or where install_uv puts it, runs as APP_USER.
+uv_usable() {
+  UV_BIN=$(PATH="$PATH:$(uv_home)" command -v uv || true)
+  [[ -n $UV_BIN ]] && as_app "$UV_BIN" --version >/dev/null 2>&1
+}
+
+# uv_home: where install_uv puts uv: /usr/local/bin as root, else ~/.local/bin.
+uv_home() {
+  if ((EUID == 0)); then printf /usr/local/bin; else printf '%s/.local/bin' "$APP_HOME"; fi
+}
+
+# install_uv (beside the other steps, first boot): uv's own wheel from PyPI (its JSON API,
+# PYPI_URL in the environment for a mirror), its sha256 checked against PyPI's, the binary
+# unpacked with python3's zipfile: no pip, which a stock image lacks and apt-get takes most of a
+# minute to bring.
+install_uv() {
+  local t0 what index=${PYPI_URL:-https://pypi.org}
+  t0=$(now)
+  boot_state "boot 5/6 dependencies"
+  need_command python3 python3
+  log INFO "boot 5/6 uv: not installed (or not usable by $APP_USER): installing it from $index"
+  mkdir -p "$(uv_home)"
+  if ! what=$(python3 -c "$HELPER_PY" uv "$index" "$(uv_home)/uv" 2>&1); then
+    die "boot 5/6 installing uv from $index failed: ${what//$'\n'/ }"
   fi
-  log INFO "boot 5/6 uv is missing (or not usable by $APP_USER): installing it from PyPI with pip"
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    need_command pip3 python3-pip
-  fi
-  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --root-user-action=ignore uv
-  hash -r
-  UV_BIN=$(command -v uv || true)
-  [[ -n $UV_BIN ]] || die "boot 5/6 uv was installed but is not on PATH ($PATH)"
+  log INFO "boot 5/6 uv: installed $what in $(uv_home) ($(since "$t0")s)"
 }
 
 # 6. The agent: a systemd service where systemd runs (written each boot, so a changed setting
@@ -546,7 +900,6 @@ start_service() {
   local t0 tries=0
   t0=$(now)
   unit_text >"$UNIT_FILE.tmp"
-  mv -f "$UNIT_FILE.tmp" "$UNIT_FILE"
   if command -v sudo >/dev/null; then
     printf '%s ALL=(root) NOPASSWD: /usr/sbin/poweroff\n' "$APP_USER" >"$SUDOERS_FILE.tmp"
     chmod 440 "$SUDOERS_FILE.tmp"
@@ -554,7 +907,11 @@ start_service() {
   else
     log WARNING "boot 6/6 no sudo: the agent's idle shutdown cannot power the VM off"
   fi
-  systemctl daemon-reload
+  if ! cmp -s "$UNIT_FILE.tmp" "$UNIT_FILE"; then # a reload costs seconds on a small VM
+    mv -f "$UNIT_FILE.tmp" "$UNIT_FILE"
+    systemctl daemon-reload
+  fi
+  rm -f "$UNIT_FILE.tmp"
   systemctl restart "$SERVICE"
   local -a pinned=()
   ((AGENT_TLS)) && pinned=(-k --pinnedpubkey "$TLS_PIN")
@@ -607,16 +964,35 @@ main() {
   # Google Cloud)
   BOOT_ID="$(TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%S)T' "$((${t0:0:-6} + ${VM_JOB_CLOCK_OFFSET:-0}))").${t0: -6:3}Z"
   log INFO "starting (pid $$, user $(id -un), boot $BOOT_ID)"
-  watchdog_settings # 1. settings: environment, metadata, defaults; the boot watchdog's first,
-  arm_watchdog      #    and the watchdog armed before anything else can fail
+  load_attributes   # 1. settings: environment, metadata (read at once), defaults; the boot
+  watchdog_settings #    watchdog's first, and the watchdog armed before anything else can fail
+  arm_watchdog
   boot_state "boot 1/6 settings"
   read_settings
-  ensure_tls_key  # 2. the agent's TLS key, its pin published as a guest attribute
-  update_code     # 3. code at origin/GIT_REF
-  write_env       # 4. .env from Secret Manager
-  sync_deps       # 5. uv sync
+  # 2.-5. side by side: the key, the code (then uv sync, once uv is there too), the secrets
+  STAGE=$(mktemp -d "$( ((EUID == 0)) && [[ -w /run ]] && printf /run || printf '%s' "${TMPDIR:-/tmp}")/$SERVICE.XXXXXX")
+  boot_state "boot 2/6 tls, code, .env and dependencies, side by side"
+  STATES_QUIET=1
+  spawn tls ensure_tls_key    # 2. the agent's TLS key, its pin published as a guest attribute
+  spawn code update_code      # 3. code at origin/GIT_REF
+  spawn .env read_env         # 4. .env from Secret Manager, into STAGE
+  uv_usable || spawn uv install_uv
+  if ! await_steps code uv; then
+    end_steps # each failed step has published why
+    exit 1
+  fi
+  sync_deps                   # 5. uv sync
+  if ! await_steps tls .env; then
+    end_steps
+    exit 1
+  fi
+  install_env
+  tls_paths # what the key step made, for the agent's start
+  if [[ -s $STAGE/tls-pin ]]; then TLS_PIN=$(<"$STAGE/tls-pin"); fi
+  end_steps
+  STATES_QUIET=0
   log INFO "boot steps done in $(since "$t0")s"
-  start_agent     # 6. the agent
+  start_agent                 # 6. the agent
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

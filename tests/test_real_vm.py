@@ -36,7 +36,14 @@ ZONE = "us-central1-a"
 SCRIPT = r"""#!/bin/bash
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) real-vm: to stdout"
 echo "real-vm: to stderr" >&2
-pin=$(gcloud secrets versions access latest --secret=vm-secret) || pin="gcloud failed: $?"
+echo "real-vm: gcloud: $(command -v gcloud || echo none)"
+md=http://metadata.google.internal/computeMetadata/v1
+token=$(curl -sf -H 'Metadata-Flavor: Google' "$md/instance/service-accounts/default/token" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+pin=$(curl -sf -H "Authorization: Bearer $token" \
+  "${CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER%/}/v1/projects/$(curl -sf -H 'Metadata-Flavor: Google' "$md/project/project-id")/secrets/vm-secret/versions/latest:access" |
+  python3 -c 'import base64, json, sys; print(base64.b64decode(json.load(sys.stdin)["payload"]["data"]).decode())') ||
+  pin="reading it failed: $?"
 echo "real-vm: the secret is $pin"
 curl -sf -X PUT --data "$pin" -H 'Metadata-Flavor: Google' \
   http://metadata.google.internal/computeMetadata/v1/instance/guest-attributes/vm-job-agent/probe
@@ -56,8 +63,10 @@ def test_a_real_vm_runs_its_startup_script_with_googles_runner_and_powers_itself
 ):
     """Google's script runner (Debian's 20211116) fetches the startup-script from the metadata
     server at 169.254.169.254 and runs it; its lines reach the serial console through rsyslog;
-    gcloud inside finds its credentials on the metadata server and reads a secret from the
-    emulator; a guest attribute PUT lands; `poweroff` inside ends the VM: TERMINATED."""
+    the VM's token from the metadata server reads a secret from the emulator's Secret Manager
+    (through the relay, the endpoint the image gives the script runner's environment), with no
+    gcloud on the image; a guest attribute PUT lands; `poweroff` inside ends the VM:
+    TERMINATED."""
     config = f"""project = "real-vm-project"
 zone = "{ZONE}"
 guest = "qemu"
@@ -81,6 +90,7 @@ value = "s3cret-from-secret-manager"
     emu.wait_status("vm-real", "TERMINATED", timeout=300)
     took = time.monotonic() - started
     serial = (emu.state_dir / "instances" / ZONE / "vm-real" / "serial-port-1.log").read_text()
+    assert "real-vm: gcloud: none" in serial, "the image has no Cloud SDK"
     for line in ("real-vm: to stdout", "real-vm: to stderr", "real-vm: powering off"):
         assert "google_metadata_script_runner[" in serial and line in serial, line
     assert "Linux version" in serial, "the kernel's console is the serial port"

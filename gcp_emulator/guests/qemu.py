@@ -65,7 +65,7 @@ def qemu_missing() -> str | None:
     """Why a QEMU guest cannot run here, or None."""
     if shutil.which("qemu-system-x86_64") is None:
         return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-    return Image.missing()  # root, debootstrap, qemu-img, gcloud
+    return Image.missing()  # root, debootstrap, qemu-img
 
 
 class QemuGuest:

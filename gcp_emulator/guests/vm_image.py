@@ -7,21 +7,24 @@ What it has, as a stock image has it: systemd, udev, Debian's cloud kernel, Debi
 `google-guest-agent` package (the guest agent, `google_metadata_script_runner` and the
 google-startup-scripts unit), rsyslog with guest-configs' console rule (`daemon,kern.*
 /dev/console`: the script runner's lines reach the serial console through it), curl, sudo,
-openssl, python3, the Google Cloud CLI (the host's own installation, without its bundled Python,
-emulators and kubectl), and `metadata.google.internal` in /etc/hosts. What it lacks, as a stock
-image does: git and uv (startup.sh installs them). What differs, and why:
+openssl, python3, and `metadata.google.internal` in /etc/hosts. What it lacks, as a stock image
+does: git and uv (startup.sh installs them); and, unlike Google's image, the Google Cloud CLI:
+startup.sh needs none (it reads its secrets with curl and python3), and this image shows it. What
+differs, and why:
 - the guest agent is Debian's 20211116 package, not Google's current build (not in Debian);
 - the kernel boots straight from the image's files (no boot loader), on the kernel command line
   `root=/dev/vda rw console=ttyS0 systemd.hostname=NAME`;
 - the network is QEMU's user-mode network (169.254.169.0/24, the metadata server at
   169.254.169.254 relayed to the emulator), not a VPC;
-- gcloud's Secret Manager endpoint is pointed at the emulator (http://169.254.169.254/);
+- the startup script's Secret Manager endpoint is the emulator's (http://169.254.169.254/, what
+  the relay passes on): CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER in the environment of
+  google-startup-scripts.service (a drop-in; the script runner passes its environment on);
 - where this machine reaches the package indexes through a proxy that signs with its own CA,
   the CAs in /usr/local/share/ca-certificates are copied in and trusted, and uv is told to use
   the system's trust store (/etc/uv/uv.toml).
 
-The cache key is the package list, this file and the host's gcloud version: a second build with
-the same inputs takes no time. Building needs root (debootstrap, chroot) and debootstrap and
+The cache key is the package list and this file: a second build with the same inputs takes no
+time. Building needs root (debootstrap, chroot) and debootstrap and
 mkfs.ext4 on PATH; Image.missing() says what is not there.
 """
 
@@ -58,7 +61,6 @@ PACKAGES = (
 )
 DISK_SIZE = "6G"  # sparse: the image's files, and room for what the boots add (git, uv, .venv)
 METADATA_IP = "169.254.169.254"
-GCLOUD_KEEP = ("bin/gcloud", "bin/bootstrapping", "lib", "data", "VERSION", ".install")
 # guest-configs' src/etc/rsyslog.d/90-google.conf
 CONSOLE_RULE = """\
 # Google Compute Engine default console logging (guest-configs' 90-google.conf).
@@ -75,15 +77,10 @@ Name=en* eth*
 [Network]
 DHCP=ipv4
 """
-GCLOUD_PROPERTIES = f"""\
-[core]
-disable_usage_reporting = True
-
-[component_manager]
-disable_update_check = True
-
-[api_endpoint_overrides]
-secretmanager = http://{METADATA_IP}/
+# the startup script's Secret Manager: the emulator, through the metadata server's relay
+STARTUP_ENV = f"""\
+[Service]
+Environment=CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER=http://{METADATA_IP}/
 """
 
 
@@ -95,14 +92,6 @@ def cache_root() -> Path:
     return Path(xdg) / "vm-job-runner" / "images"
 
 
-def host_gcloud() -> Path | None:
-    found = shutil.which("gcloud")
-    if found is None:
-        return None
-    root = Path(found).resolve().parent.parent
-    return root if (root / "lib" / "googlecloudsdk").is_dir() else None
-
-
 def host_cas() -> list[Path]:
     return sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
 
@@ -111,9 +100,6 @@ def image_key() -> str:
     h = hashlib.sha256()
     h.update(json.dumps([SUITE, MIRROR, PACKAGES, DISK_SIZE]).encode())
     h.update(Path(__file__).read_bytes())
-    gcloud = host_gcloud()
-    if gcloud is not None:
-        h.update((gcloud / "VERSION").read_bytes())
     for ca in host_cas():
         h.update(ca.read_bytes())
     return h.hexdigest()[:16]
@@ -146,8 +132,6 @@ class Image:
         for tool in ("debootstrap", "mkfs.ext4", "qemu-img"):
             if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
                 return f"{tool} is not installed (apt-get install debootstrap qemu-utils)"
-        if host_gcloud() is None:
-            return "the Google Cloud CLI is not installed here (the image takes the host's copy)"
         return None
 
 
@@ -190,22 +174,9 @@ def configure(root: Path, log: Path) -> None:
         (root / "etc/uv/uv.toml").write_text(
             "# this machine's proxy signs with a CA of its own (vm_image.py)\nnative-tls = true\n"
         )
-    gcloud = host_gcloud()
-    if gcloud is None:
-        raise RuntimeError("the Google Cloud CLI is not installed here")
-    dest = root / "usr/lib/google-cloud-sdk"
-    for rel in GCLOUD_KEEP:
-        src = gcloud / rel
-        if src.is_dir():
-            shutil.copytree(
-                src, dest / rel, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
-            )
-        elif src.exists():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    (dest / "properties").write_text(GCLOUD_PROPERTIES)
-    (root / "usr/bin/gcloud").unlink(missing_ok=True)
-    (root / "usr/bin/gcloud").symlink_to("/usr/lib/google-cloud-sdk/bin/gcloud")
+    dropin = root / "etc/systemd/system/google-startup-scripts.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "emulator.conf").write_text(STARTUP_ENV)
     units = ["systemd-networkd", "systemd-resolved", "google-guest-agent"]
     units += ["google-startup-scripts", "google-shutdown-scripts", "rsyslog"]
     _run(["chroot", str(root), "systemctl", "enable", *units], log)
