@@ -63,7 +63,7 @@ readonly -a UVICORN_ARGS=(--http agent.connections:GuardedH11Protocol --backlog 
 #   uv INDEX DEST       uv's wheel for this machine from PyPI's JSON API at INDEX, its sha256
 #                       checked, the uv binary in it unpacked to DEST; prints what it installed
 read -r -d '' HELPER_PY <<'PY' || true
-import base64, hashlib, json, os, platform, sys, time, urllib.request, zipfile
+import base64, hashlib, json, os, platform, sys, time, urllib.parse, urllib.request, zipfile
 
 def crc32c(data):
     table = []
@@ -88,7 +88,8 @@ def fetch(url, tries=4):
             time.sleep(2 ** n)
 
 def uv(index, dest):
-    info = json.loads(fetch(f"{index.rstrip('/')}/pypi/uv/json"))
+    page = f"{index.rstrip('/')}/pypi/uv/json"
+    info = json.loads(fetch(page))
     version, arch = info["info"]["version"], platform.machine()
     def fits(name):
         tags = name[:-4].split("-")[-1].split(".")
@@ -98,7 +99,7 @@ def uv(index, dest):
     if not wheels:
         sys.exit(f"PyPI has no uv {version} wheel for {arch} Linux")
     wheel = wheels[0]
-    data = fetch(wheel["url"])
+    data = fetch(urllib.parse.urljoin(page, wheel["url"]))  # a mirror may answer relative URLs
     got = hashlib.sha256(data).hexdigest()
     if got != wheel["digests"]["sha256"]:
         sys.exit(f"{wheel['filename']}: its sha256 is {got}, PyPI says {wheel['digests']['sha256']}")

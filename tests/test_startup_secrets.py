@@ -294,7 +294,10 @@ def pypi(fake: Fake, data: bytes, sha: str | None = None) -> None:
         urls.append(
             {
                 "filename": filename,
-                "url": f"{fake.url}/files/{filename}",
+                # absolute, as pypi.org answers, and relative, as a mirror may
+                "url": f"../../files/{filename}"
+                if filename == name
+                else f"{fake.url}/files/{filename}",
                 "digests": {"sha256": digest},
                 "packagetype": "bdist_wheel",
             }
