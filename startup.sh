@@ -63,7 +63,7 @@ readonly -a UVICORN_ARGS=(--http agent.connections:GuardedH11Protocol --backlog 
 #   uv INDEX DEST       uv's wheel for this machine from PyPI's JSON API at INDEX, its sha256
 #                       checked, the uv binary in it unpacked to DEST; prints what it installed
 read -r -d '' HELPER_PY <<'PY' || true
-import base64, hashlib, json, os, platform, sys, time, urllib.parse, urllib.request, zipfile
+import json, os, sys  # each mode imports the rest it needs: a start costs less on a small VM
 
 def crc32c(data):
     table = []
@@ -78,6 +78,7 @@ def crc32c(data):
     return crc ^ 0xFFFFFFFF
 
 def fetch(url, tries=4):
+    import time, urllib.request
     for n in range(tries):
         try:
             with urllib.request.urlopen(url, timeout=60) as r:
@@ -88,6 +89,7 @@ def fetch(url, tries=4):
             time.sleep(2 ** n)
 
 def uv(index, dest):
+    import hashlib, io, platform, urllib.parse, zipfile
     page = f"{index.rstrip('/')}/pypi/uv/json"
     info = json.loads(fetch(page))
     version, arch = info["info"]["version"], platform.machine()
@@ -104,13 +106,14 @@ def uv(index, dest):
     if got != wheel["digests"]["sha256"]:
         sys.exit(f"{wheel['filename']}: its sha256 is {got}, PyPI says {wheel['digests']['sha256']}")
     tmp = dest + ".tmp"
-    with zipfile.ZipFile(__import__("io").BytesIO(data)) as z, open(tmp, "wb") as f:
+    with zipfile.ZipFile(io.BytesIO(data)) as z, open(tmp, "wb") as f:
         f.write(z.read(f"uv-{version}.data/scripts/uv"))
     os.chmod(tmp, 0o755)
     os.replace(tmp, dest)
     print(f"uv {version} ({wheel['filename']}, sha256 checked)")
 
 def payload(resp, out):
+    import base64
     try:
         p = json.load(open(resp))["payload"]
         data = base64.b64decode(p.get("data", ""), validate=True)
@@ -246,7 +249,7 @@ load_attributes() {
   command -v python3 >/dev/null || return 0
   json=$(metadata_get 'instance/attributes/?recursive=true&alt=json')
   [[ -n $json ]] || return 0
-  mapfile -d '' -t pairs < <(python3 -c "$HELPER_PY" attributes <<<"$json" || printf 'x\0')
+  mapfile -d '' -t pairs < <(python3 -I -S -c "$HELPER_PY" attributes <<<"$json" || printf 'x\0')
   ((${#pairs[@]} % 2 == 0)) || return 0 # not JSON: read them one by one
   for ((i = 0; i < ${#pairs[@]}; i += 2)); do
     ATTRS[${pairs[i]}]=${pairs[i + 1]}
@@ -499,7 +502,7 @@ as_app() {
 # published at every boot, before the agent starts: the orchestrator sends the token to no
 # other key.
 ensure_tls_key() {
-  local t0 how=""
+  local t0 how="" pub
   t0=$(now)
   boot_state "boot 2/6 tls"
   tls_paths
@@ -514,23 +517,28 @@ ensure_tls_key() {
     chown "$APP_USER:" "$TLS_DIR"
     [[ ! -e $TLS_KEY ]] || chown "$APP_USER:" "$TLS_KEY"
   fi
-  if [[ ! -e $TLS_KEY ]]; then
+  # the key's public half, read as APP_USER: readable, a key, and what the pin and the
+  # certificate are checked against (one openssl, not one a check: each costs on a small VM)
+  if [[ -e $TLS_KEY ]]; then
+    pub=$(as_app openssl pkey -in "$TLS_KEY" -pubout 2>/dev/null) || pub=""
+    [[ -n $pub ]] || how="the key in $TLS_DIR could not be read: made a new one (its pin changes)"
+  else
     how="no key yet: made one"
-  elif ! as_app openssl pkey -in "$TLS_KEY" -noout >/dev/null 2>&1; then
-    how="the key in $TLS_DIR could not be read: made a new one (its pin changes)"
   fi
   if [[ -n $how ]]; then
     new_tls_file "$TLS_KEY" 600 openssl genpkey -algorithm EC \
       -pkeyopt ec_paramgen_curve:P-256 -pkeyopt ec_param_enc:named_curve
     rm -f "$TLS_CERT"
+    pub=$(openssl pkey -in "$TLS_KEY" -pubout)
   else
     how="kept the key in $TLS_DIR"
   fi
-  if [[ ! -s $TLS_CERT ]] || [[ $(openssl x509 -in "$TLS_CERT" -noout -pubkey 2>/dev/null) != "$(openssl pkey -in "$TLS_KEY" -pubout)" ]]; then
+  if [[ ! -s $TLS_CERT ]] || [[ $(openssl x509 -in "$TLS_CERT" -noout -pubkey 2>/dev/null) != "$pub" ]]; then
     new_tls_file "$TLS_CERT" 644 openssl req -x509 -new -key "$TLS_KEY" -days 3650 \
       -subj "/CN=$SERVICE"
   fi
-  TLS_PIN="sha256//$(openssl pkey -in "$TLS_KEY" -pubout -outform der | openssl dgst -sha256 -binary | base64)"
+  # the PEM's body is the DER public key in base64
+  TLS_PIN="sha256//$(sed '/^-----/d' <<<"$pub" | base64 -d | openssl dgst -sha256 -binary | base64)"
   if [[ -n $STAGE ]]; then printf '%s' "$TLS_PIN" >"$STAGE/tls-pin"; fi # for the agent's start
   if guest_attribute tls-pin "$TLS_PIN"; then
     how+="; published its pin as the guest attribute $GUEST_NAMESPACE/tls-pin"
@@ -717,7 +725,7 @@ secret_access() {
     ((rc == 0)) || code=000
     if [[ $code == 200 ]]; then
       rc=0
-      detail=$(python3 -c "$HELPER_PY" payload "$resp" "$out") || rc=$?
+      detail=$(python3 -I -S -c "$HELPER_PY" payload "$resp" "$out") || rc=$?
       if ((rc == 0)); then
         rm -f "$resp"
         SECRET_DETAIL=$detail
@@ -745,7 +753,7 @@ secret_access() {
     rm -f "$resp"
     return 1
   fi
-  IFS=$'\x1f' read -r status reason message < <(python3 -c "$HELPER_PY" error "$resp") || true
+  IFS=$'\x1f' read -r status reason message < <(python3 -I -S -c "$HELPER_PY" error "$resp") || true
   rm -f "$resp"
   email=$(metadata_get instance/service-accounts/default/email)
   who="the VM's service account${email:+ $email}"
@@ -856,7 +864,7 @@ install_uv() {
   need_command python3 python3
   log INFO "boot 5/6 uv: not installed (or not usable by $APP_USER): installing it from $index"
   mkdir -p "$(uv_home)"
-  if ! what=$(python3 -c "$HELPER_PY" uv "$index" "$(uv_home)/uv" 2>&1); then
+  if ! what=$(python3 -I -S -c "$HELPER_PY" uv "$index" "$(uv_home)/uv" 2>&1); then
     die "boot 5/6 installing uv from $index failed: ${what//$'\n'/ }"
   fi
   log INFO "boot 5/6 uv: installed $what in $(uv_home) ($(since "$t0")s)"
@@ -918,10 +926,10 @@ start_service() {
   ((AGENT_TLS)) && pinned=(-k --pinnedpubkey "$TLS_PIN")
   until curl -sf --max-time 1 "${pinned[@]}" "$(agent_scheme)://127.0.0.1:$AGENT_PORT/" >/dev/null; do
     tries=$((tries + 1))
-    if ((tries > 150)); then
+    if ((tries > 60)); then
       die "boot 6/6 agent: $SERVICE did not answer on port $AGENT_PORT within 30 s: journalctl -u $SERVICE"
     fi
-    sleep 0.2
+    sleep 0.5 # each try is a curl, which a small VM's CPU, busy importing the agent, pays for
   done
   log INFO "boot 6/6 agent: $SERVICE answers on $(agent_scheme)://$AGENT_HOST:$AGENT_PORT as $APP_USER ($(since "$t0")s)"
   boot_state ready

@@ -144,6 +144,9 @@ def process_rows(base: Path, warm: int) -> list[tuple[str, list[dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", type=int, default=2, help="warm boots of each guest")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the VMs' state (their consoles) and say where"
+    )
     args = parser.parse_args()
     why = qemu_missing()
     if why is not None:
@@ -156,7 +159,13 @@ def main() -> None:
     try:
         rows = real_rows(base, args.warm) + process_rows(base, args.warm)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if args.keep:
+            print(
+                f"kept: {base} (the real VM's console: "
+                "real-emulator/instances/*/*/serial-port-1.log)"
+            )
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     keys = [*COLUMNS, "startup.sh", "stop"]
     print(f"{'median seconds':30}" + "".join(f"{k:>14}" for k in keys))
     for name, results in rows:

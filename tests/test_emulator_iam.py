@@ -5,8 +5,11 @@ gcloud acting as the account (a token of its, from the emulator's hook)."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
+from gcp_emulator.core.crc32c import crc32c
 from tests.harness import EmulatorProcess, needs_gcloud, needs_private_network
 
 pytestmark = [pytest.mark.e2e, needs_gcloud]
@@ -91,6 +94,34 @@ def test_a_secret_is_read_only_where_the_account_has_access(emu):
     assert ok(emu, *read, "--secret=mine", **as_it) == "my value"
     other = emu.gcloud(*read, "--secret=theirs", **as_it)
     assert other.returncode != 0, "a binding on one secret is not one on the project"
+
+
+def test_a_vms_metadata_token_reads_a_secret_over_rest_only_where_its_account_may(emu):
+    """What startup.sh does without gcloud: the VM's token from its metadata server (Google's
+    JSON: access_token, expires_in, token_type) on Secret Manager's REST API, checked against
+    the VM's account's roles; the payload base64 with its CRC32C."""
+    member, _ = account(emu, "vm-agent")
+    ok(emu, "compute", "instances", "set-service-account", "vm-1", f"--zone={ZONE}",
+       f"--service-account={member.split(':', 1)[1]}", "--scopes=cloud-platform")  # fmt: skip
+    answer = emu.http.get(
+        f"/vm/{ZONE}/vm-1/computeMetadata/v1/instance/service-accounts/default/token",
+        headers={"Metadata-Flavor": "Google"},
+    )
+    assert answer.status_code == 200 and answer.headers["metadata-flavor"] == "Google"
+    token = answer.json()
+    assert set(token) == {"access_token", "expires_in", "token_type"}
+    assert token["token_type"] == "Bearer" and token["expires_in"] > 0
+    read = f"/v1/projects/{PROJECT}/secrets/mine/versions/latest:access"
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    refused = emu.http.get(read, headers=bearer)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["status"] == "PERMISSION_DENIED"
+    assert "secretmanager.versions.access" in refused.json()["error"]["message"]
+    ok(emu, "secrets", "add-iam-policy-binding", "mine", f"--member={member}",
+       "--role=roles/secretmanager.secretAccessor")  # fmt: skip
+    payload = emu.http.get(read, headers=bearer).json()["payload"]
+    assert base64.b64decode(payload["data"]) == b"my value"
+    assert int(payload["dataCrc32c"]) == crc32c(b"my value")
 
 
 def test_an_api_that_is_not_enabled_answers_as_google_does_until_it_is(tmp_path):

@@ -40,9 +40,12 @@ echo "real-vm: gcloud: $(command -v gcloud || echo none)"
 md=http://metadata.google.internal/computeMetadata/v1
 token=$(curl -sf -H 'Metadata-Flavor: Google' "$md/instance/service-accounts/default/token" |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+project=$(curl -sf -H 'Metadata-Flavor: Google' "$md/project/project-id")
+sm=${CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER%/}
+decode='import base64, json, sys; p = json.load(sys.stdin)["payload"]
+print(base64.b64decode(p["data"]).decode())'
 pin=$(curl -sf -H "Authorization: Bearer $token" \
-  "${CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER%/}/v1/projects/$(curl -sf -H 'Metadata-Flavor: Google' "$md/project/project-id")/secrets/vm-secret/versions/latest:access" |
-  python3 -c 'import base64, json, sys; print(base64.b64decode(json.load(sys.stdin)["payload"]["data"]).decode())') ||
+  "$sm/v1/projects/$project/secrets/vm-secret/versions/latest:access" | python3 -c "$decode") ||
   pin="reading it failed: $?"
 echo "real-vm: the secret is $pin"
 curl -sf -X PUT --data "$pin" -H 'Metadata-Flavor: Google' \

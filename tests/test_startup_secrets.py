@@ -307,7 +307,7 @@ def pypi(fake: Fake, data: bytes, sha: str | None = None) -> None:
 
 def test_uv_is_installed_from_its_wheel_on_pypi_with_its_sha256_checked(fake, tmp_path):
     pypi(fake, wheel("9.9.9"))
-    r = run(fake, tmp_path, f'python3 -c "$HELPER_PY" uv {fake.url} {tmp_path}/uv && ./uv')
+    r = run(fake, tmp_path, f'python3 -I -S -c "$HELPER_PY" uv {fake.url} {tmp_path}/uv && ./uv')
     assert r.returncode == 0, r.stderr
     assert "uv 9.9.9 (uv-9.9.9-py3-none-manylinux_2_17_" in r.stdout
     assert "uv 9.9.9 (fake)" in r.stdout, "the binary from the wheel runs"
@@ -319,7 +319,7 @@ def test_uv_is_installed_from_its_wheel_on_pypi_with_its_sha256_checked(fake, tm
 
 def test_a_wheel_whose_sha256_does_not_match_pypis_is_not_installed(fake, tmp_path):
     pypi(fake, wheel("9.9.9"), sha="0" * 64)
-    r = run(fake, tmp_path, f'python3 -c "$HELPER_PY" uv {fake.url} {tmp_path}/uv')
+    r = run(fake, tmp_path, f'python3 -I -S -c "$HELPER_PY" uv {fake.url} {tmp_path}/uv')
     assert r.returncode != 0
     assert "its sha256 is" in r.stderr and "PyPI says 0000" in r.stderr
     assert not (tmp_path / "uv").exists() and not (tmp_path / "uv.tmp").exists()
