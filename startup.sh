@@ -809,6 +809,11 @@ read_env() {
   log INFO "boot 4/6 .env: read from $from ($(wc -l <"$STAGE/env") lines, $crc) ($(since "$t0")s)"
 }
 
+env_then_key() {
+  read_env
+  ensure_tls_key
+}
+
 # install_env: the .env read_env checked, renamed over APP_DIR/.env (mode 0600, APP_USER's).
 install_env() {
   local tmp
@@ -978,20 +983,21 @@ main() {
   arm_watchdog
   boot_state "boot 1/6 settings"
   read_settings
-  # 2.-5. side by side: the key, the code (then uv sync, once uv is there too), the secrets
+  # 2.-5. side by side: the code (then uv sync, once uv is there too); the secrets, then the key
+  # (one after the other: each step beside the others slows them down on a small VM's CPUs, and
+  # these two together take less time than the code and its sync); uv's install on a first boot
   STAGE=$(mktemp -d "$( ((EUID == 0)) && [[ -w /run ]] && printf /run || printf '%s' "${TMPDIR:-/tmp}")/$SERVICE.XXXXXX")
   boot_state "boot 2/6 tls, code, .env and dependencies, side by side"
   STATES_QUIET=1
-  spawn tls ensure_tls_key    # 2. the agent's TLS key, its pin published as a guest attribute
-  spawn code update_code      # 3. code at origin/GIT_REF
-  spawn .env read_env         # 4. .env from Secret Manager, into STAGE
+  spawn code update_code       # 3. code at origin/GIT_REF
+  spawn .env+tls env_then_key  # 4. .env from Secret Manager, into STAGE; 2. the agent's TLS key
   uv_usable || spawn uv install_uv
   if ! await_steps code uv; then
     end_steps # each failed step has published why
     exit 1
   fi
-  sync_deps                   # 5. uv sync
-  if ! await_steps tls .env; then
+  sync_deps                    # 5. uv sync
+  if ! await_steps .env+tls; then
     end_steps
     exit 1
   fi

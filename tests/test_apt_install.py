@@ -14,8 +14,13 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="need_command installs only as root")
 
 FAKE_APT = """#!/bin/bash
-# apt-get that notes each call; `install PKG` puts the command PKG-cmd in place
-printf '%s\\n' "$*" >> "$APT_LOG"
+# apt-get that notes each call (and, with APT_SLOW, its start and end, a moment apart); `install
+# PKG` puts the command PKG-cmd in place
+if [[ -n ${APT_SLOW:-} ]]; then
+  printf 'start %s\\n' "$*" >> "$APT_LOG"; sleep "$APT_SLOW"; printf 'end %s\\n' "$*" >> "$APT_LOG"
+else
+  printf '%s\\n' "$*" >> "$APT_LOG"
+fi
 if [[ ${FAIL_UPDATE:-0} == 1 && $1 == update ]]; then
   echo "E: Could not resolve deb.debian.org" >&2; exit 100
 fi
@@ -79,3 +84,21 @@ def test_a_failed_index_update_fails_the_boot_with_apts_reason(tmp_path):
     assert (
         "installing pkg-git failed: apt-get update: E: Could not resolve deb.debian.org" in r.stderr
     )
+
+
+def test_steps_side_by_side_take_turns_with_apt_get_and_share_one_index(tmp_path):
+    """Two boot steps that each miss a command (the key's openssl, the code's git) run at once:
+    apt-get never runs twice at a time (dpkg's lock would refuse the second), and the package
+    index is fetched once."""
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    r, calls = need(
+        tmp_path,
+        f"STAGE={stage}; (need_command git-cmd pkg-git) & (need_command ssl-cmd pkg-ssl) & wait",
+        APT_SLOW="0.3",
+    )
+    assert "DONE" in r.stdout, r.stderr
+    assert [c.split()[0] for c in calls] == ["start", "end"] * 3, f"apt-get overlapped: {calls}"
+    assert [c for c in calls if c.startswith("start")].count("start update -qq") == 1
+    installed = {c.split()[-1] for c in calls if c.startswith("start install")}
+    assert installed == {"pkg-git", "pkg-ssl"}
