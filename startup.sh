@@ -55,27 +55,13 @@ readonly IDLE_SHUTDOWN_ON_VM=900       # the agent's idle shutdown here, unless 
 readonly -a UVICORN_ARGS=(--http agent.connections:GuardedH11Protocol --backlog 256
   --timeout-graceful-shutdown 5)
 
-# What startup.sh asks of python3 (its standard library only), where bash and curl fall short:
-#   attributes          stdin: instance/attributes/?recursive=true's JSON; out: NAME\0VALUE\0...
-#   payload RESP OUT    a versions/latest:access answer: the data decoded into OUT (0600), its
-#                       CRC32C checked; prints checked|unchecked; exit 3: no match, 4: no payload
+# What startup.sh asks of python3 (its standard library only), where bash and curl fall short,
+# neither on a warm boot's way (a Python start costs a second or two on a small VM's cold disk):
 #   error RESP          a Google error answer: STATUS, REASON, MESSAGE (separated by \x1f)
 #   uv INDEX DEST       uv's wheel for this machine from PyPI's JSON API at INDEX, its sha256
 #                       checked, the uv binary in it unpacked to DEST; prints what it installed
 read -r -d '' HELPER_PY <<'PY' || true
 import json, os, sys  # each mode imports the rest it needs: a start costs less on a small VM
-
-def crc32c(data):
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-        table.append(c)
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
 
 def fetch(url, tries=4):
     import time, urllib.request
@@ -112,23 +98,6 @@ def uv(index, dest):
     os.replace(tmp, dest)
     print(f"uv {version} ({wheel['filename']}, sha256 checked)")
 
-def payload(resp, out):
-    import base64
-    try:
-        p = json.load(open(resp))["payload"]
-        data = base64.b64decode(p.get("data", ""), validate=True)
-        claimed = p.get("dataCrc32c")
-        claimed = None if claimed is None else int(claimed)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        print(f"Secret Manager's answer is not a payload ({type(e).__name__})")
-        sys.exit(4)
-    if claimed is not None and claimed != crc32c(data):
-        print("its CRC32C does not match its data: it was damaged on the way")
-        sys.exit(3)
-    with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(data)
-    print("unchecked" if claimed is None else "checked")
-
 def error(resp):
     text = open(resp, errors="replace").read()
     try:
@@ -139,12 +108,7 @@ def error(resp):
         fields = ["", "", " ".join(text.split())[:300]]
     print("\x1f".join(" ".join(str(f).split()) for f in fields))
 
-def attributes():
-    for key, value in json.load(sys.stdin).items():
-        if isinstance(value, str) and "\0" not in key + value:
-            sys.stdout.write(f"{key}\0{value}\0")
-
-{"attributes": attributes, "payload": payload, "error": error, "uv": uv}[sys.argv[1]](*sys.argv[2:])
+{"error": error, "uv": uv}[sys.argv[1]](*sys.argv[2:])
 PY
 
 # log SEVERITY MESSAGE...: one line, stamped in UTC (`2026-12-02T06:00:00Z`): the orchestrator
@@ -238,32 +202,28 @@ metadata_get() {
     "http://$host/computeMetadata/v1/$1" 2>/dev/null || true
 }
 
-# load_attributes: every metadata attribute in one read (instance/attributes/?recursive=true, as
-# the script runner reads them) into ATTRS, instead of one read a setting: each costs a curl,
-# a third of a second in a small VM's first seconds. Unreadable (no python3, no metadata
-# server): metadata_attr reads them one by one.
-declare -A ATTRS=()
-ATTRS_LOADED=0
+# load_attributes: the names of the VM's metadata attributes, in one read (instance/attributes/
+# lists them), so that a setting without an attribute costs no request: each is a curl, a
+# tenth of a second or more in a small VM's first seconds. Unreadable (no metadata server):
+# metadata_attr asks for each.
+declare -A ATTR_NAMES=()
+ATTRS_LISTED=0
 load_attributes() {
-  local json pairs i
-  command -v python3 >/dev/null || return 0
-  json=$(metadata_get 'instance/attributes/?recursive=true&alt=json')
-  [[ -n $json ]] || return 0
-  mapfile -d '' -t pairs < <(python3 -I -S -c "$HELPER_PY" attributes <<<"$json" || printf 'x\0')
-  ((${#pairs[@]} % 2 == 0)) || return 0 # not JSON: read them one by one
-  for ((i = 0; i < ${#pairs[@]}; i += 2)); do
-    ATTRS[${pairs[i]}]=${pairs[i + 1]}
-  done
-  ATTRS_LOADED=1
+  local listing name
+  listing=$(metadata_get instance/attributes/)
+  [[ -n $listing ]] || return 0
+  while IFS= read -r name; do
+    [[ -z $name ]] || ATTR_NAMES[$name]=1
+  done <<<"$listing"
+  ATTRS_LISTED=1
 }
 
 # metadata_attr KEY: the VM's metadata attribute KEY, or nothing.
 metadata_attr() {
-  if ((ATTRS_LOADED)); then
-    printf '%s' "${ATTRS[$1]:-}"
-  else
-    metadata_get "instance/attributes/$1"
+  if ((ATTRS_LISTED)) && [[ -z ${ATTR_NAMES[$1]:-} ]]; then
+    return 0
   fi
+  metadata_get "instance/attributes/$1"
 }
 
 # guest_attribute KEY VALUE: publish VALUE as the guest attribute vm-job-agent/KEY, which
@@ -631,7 +591,6 @@ first_clone() {
 # (its path in SECRET_TMP), mode 0600 and APP_USER's, for the caller to check and rename over
 # DEST; a failed read leaves nothing behind and dies: "WHAT: cannot read secret SECRET: …MORE".
 fetch_secret() {
-  need_command python3 python3 # Secret Manager's answer: base64, CRC32C
   SECRET_TMP=$(mktemp "$2.XXXXXX")
   if ! secret_access "$1" "$SECRET_TMP"; then
     rm -f "$SECRET_TMP"
@@ -702,7 +661,7 @@ secretmanager_base() {
 # with backoff, for SECRET_RETRY_SECONDS; a 401 once with a new token. On failure: 1, the reason
 # in SECRET_ERROR, with what to do about it.
 secret_access() {
-  local name=$1 out=$2 project url resp code rc delay=0.5 renewed=0 detail status reason
+  local name=$1 out=$2 project url resp code rc delay=0.5 renewed=0 status reason
   local message email who deadline=$((SECONDS + SECRET_RETRY_SECONDS))
   if ! [[ $name =~ ^[A-Za-z0-9_-]{1,255}$ ]]; then
     SECRET_ERROR="'$name' is not a secret's name (letters, digits, - and _)"
@@ -725,10 +684,9 @@ secret_access() {
     ((rc == 0)) || code=000
     if [[ $code == 200 ]]; then
       rc=0
-      detail=$(python3 -I -S -c "$HELPER_PY" payload "$resp" "$out") || rc=$?
+      decode_payload "$resp" "$out" || rc=$?
       if ((rc == 0)); then
         rm -f "$resp"
-        SECRET_DETAIL=$detail
         return 0
       fi
       ((rc == 3)) || break # not a payload: not a thing to retry
@@ -744,7 +702,7 @@ secret_access() {
     [[ $delay == 0.5 ]] && delay=1 || delay=$((delay * 2 > 8 ? 8 : delay * 2))
   done
   if [[ $code == 200 ]]; then
-    SECRET_ERROR="$detail"
+    SECRET_ERROR=$SECRET_DETAIL
     rm -f "$resp"
     return 1
   fi
@@ -753,7 +711,11 @@ secret_access() {
     rm -f "$resp"
     return 1
   fi
-  IFS=$'\x1f' read -r status reason message < <(python3 -I -S -c "$HELPER_PY" error "$resp") || true
+  if command -v python3 >/dev/null; then
+    IFS=$'\x1f' read -r status reason message < <(python3 -I -S -c "$HELPER_PY" error "$resp") || true
+  else # the answer as it is, on one line
+    message=$(tr -s '[:space:]' ' ' <"$resp" | head -c 300)
+  fi
   rm -f "$resp"
   email=$(metadata_get instance/service-accounts/default/email)
   who="the VM's service account${email:+ $email}"
@@ -777,6 +739,52 @@ secret_access() {
       SECRET_ERROR="HTTP $code ${status:+$status: }$message" ;;
   esac
   return 1
+}
+
+# decode_payload RESP OUT: a versions/latest:access answer's payload (Google's JSON:
+# {"name", "payload": {"data": BASE64, "dataCrc32c": INT64, as a string or a number}}) decoded
+# into OUT (mode 0600), its CRC32C checked when given: 0, with SECRET_DETAIL checked|unchecked;
+# 3: the CRC32C does not match; 4: not a payload (then no OUT). With bash and coreutils: no Python start on a
+# boot's way.
+decode_payload() {
+  local answer data crc
+  answer=$(<"$1")
+  if ! [[ $answer =~ \"data\"[[:space:]]*:[[:space:]]*\"([A-Za-z0-9+/=]*)\" ]]; then
+    SECRET_DETAIL="Secret Manager's answer is not a payload"
+    return 4
+  fi
+  data=${BASH_REMATCH[1]}
+  if ! (umask 077 && base64 -d <<<"$data" >"$2") 2>/dev/null; then
+    rm -f "$2"
+    SECRET_DETAIL="Secret Manager's answer is not a payload (its data is not base64)"
+    return 4
+  fi
+  SECRET_DETAIL=unchecked
+  [[ $answer =~ \"dataCrc32c\"[[:space:]]*:[[:space:]]*\"?([0-9]+)\"? ]] || return 0
+  crc=${BASH_REMATCH[1]}
+  if [[ $(crc32c_file "$2") != "$((10#$crc))" ]]; then
+    rm -f "$2"
+    SECRET_DETAIL="its CRC32C does not match its data: it was damaged on the way"
+    return 3
+  fi
+  SECRET_DETAIL=checked
+}
+
+# crc32c_file FILE: the CRC32C (Castagnoli, as Secret Manager's dataCrc32c) of FILE's bytes.
+CRC32C_TABLE=()
+crc32c_file() {
+  local crc=0xFFFFFFFF b i j c
+  if ((${#CRC32C_TABLE[@]} == 0)); then
+    for ((i = 0; i < 256; i++)); do
+      c=$i
+      for ((j = 0; j < 8; j++)); do c=$(((c >> 1) ^ (0x82F63B78 & -(c & 1)))); done
+      CRC32C_TABLE[i]=$c
+    done
+  fi
+  for b in $(od -An -v -tu1 "$1"); do
+    crc=$((CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)))
+  done
+  printf '%d' $((crc ^ 0xFFFFFFFF))
 }
 
 # 4. .env from Secret Manager, read beside the other steps into STAGE (env: mode 0600), checked;

@@ -136,6 +136,21 @@ def test_a_secret_is_read_with_the_vms_token_and_its_crc32c_checked(fake, tmp_pa
     assert "ya29" not in r.stdout + r.stderr, "the token is never printed"
 
 
+def test_a_crc32c_given_as_a_number_is_checked_and_none_given_is_said(fake, tmp_path):
+    value = b"-----BEGIN KEY-----\n" + bytes(range(256)) * 8 + b"\n"  # every byte value
+    status, body = payload(value)
+    body["payload"]["dataCrc32c"] = int(body["payload"]["dataCrc32c"])
+    fake.answers[ACCESS] = [(status, body)]
+    r = run(fake, tmp_path, READ)
+    assert r.stdout.strip() == "OK checked", r.stdout + r.stderr
+    assert (tmp_path / "out").read_bytes() == value
+
+    del body["payload"]["dataCrc32c"]
+    fake.answers[ACCESS] = [(status, body)]
+    r = run(fake, tmp_path, READ)
+    assert r.stdout.strip() == "OK unchecked", r.stdout + r.stderr
+
+
 def test_a_damaged_payload_is_read_again_and_refused_if_it_stays_damaged(fake, tmp_path):
     good = payload(b"AGENT_TOKEN=abc\n")
     fake.answers[ACCESS] = [payload(b"AGENT_TOKEN=abc\n", crc=12345), good]
