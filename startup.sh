@@ -202,20 +202,26 @@ metadata_get() {
     "http://$host/computeMetadata/v1/$1" 2>/dev/null || true
 }
 
-# load_attributes: the names of the VM's metadata attributes, in one read (instance/attributes/
-# lists them), so that a setting without an attribute costs no request: each is a curl, a
-# tenth of a second or more in a small VM's first seconds. Unreadable (no metadata server):
-# metadata_attr asks for each.
+# load_attributes: the names of the VM's metadata attributes (instance/attributes/ lists them),
+# so that a setting without an attribute costs no request (each is a curl, a tenth of a second
+# or more in a small VM's first seconds), and the project's id (PROJECT_ID, for Secret
+# Manager), both in one request over one connection. Unreadable (no metadata server):
+# metadata_attr asks for each, secret_access for the project.
 declare -A ATTR_NAMES=()
-ATTRS_LISTED=0
+ATTRS_LISTED=0 PROJECT_ID=""
 load_attributes() {
-  local listing name
-  listing=$(metadata_get instance/attributes/)
-  [[ -n $listing ]] || return 0
-  while IFS= read -r name; do
-    [[ -z $name ]] || ATTR_NAMES[$name]=1
-  done <<<"$listing"
-  ATTRS_LISTED=1
+  local md="http://${GCE_METADATA_HOST:-metadata.google.internal}/computeMetadata/v1" codes name
+  codes=$(curl -s --max-time 2 -H 'Metadata-Flavor: Google' -w '%{http_code} ' \
+    -o "$STAGE/attributes" "$md/instance/attributes/" \
+    -o "$STAGE/project-id" "$md/project/project-id" 2>/dev/null) || true
+  if [[ $codes == "200 200 " ]]; then PROJECT_ID=$(<"$STAGE/project-id"); fi
+  if [[ $codes == 200\ * ]]; then
+    while IFS= read -r name; do
+      [[ -z $name ]] || ATTR_NAMES[$name]=1
+    done <"$STAGE/attributes"
+    ATTRS_LISTED=1
+  fi
+  rm -f "$STAGE/attributes" "$STAGE/project-id"
 }
 
 # metadata_attr KEY: the VM's metadata attribute KEY, or nothing.
@@ -668,7 +674,7 @@ secret_access() {
     return 1
   fi
   secretmanager_base || return 1
-  project=${CLOUDSDK_CORE_PROJECT:-$(metadata_get project/project-id)}
+  project=${CLOUDSDK_CORE_PROJECT:-${PROJECT_ID:-$(metadata_get project/project-id)}}
   if [[ -z $project ]]; then
     SECRET_ERROR="no project: the metadata server does not say project/project-id"
     return 1
@@ -986,6 +992,8 @@ main() {
   # Google Cloud)
   BOOT_ID="$(TZ=UTC0 printf '%(%Y-%m-%dT%H:%M:%S)T' "$((${t0:0:-6} + ${VM_JOB_CLOCK_OFFSET:-0}))").${t0: -6:3}Z"
   log INFO "starting (pid $$, user $(id -un), boot $BOOT_ID)"
+  # what the steps hand each other: private (0700), in memory (/run) where we may
+  STAGE=$(mktemp -d "$( ((EUID == 0)) && [[ -w /run ]] && printf /run || printf '%s' "${TMPDIR:-/tmp}")/$SERVICE.XXXXXX")
   load_attributes   # 1. settings: environment, metadata (read at once), defaults; the boot
   watchdog_settings #    watchdog's first, and the watchdog armed before anything else can fail
   arm_watchdog
@@ -994,7 +1002,6 @@ main() {
   # 2.-5. side by side: the code (then uv sync, once uv is there too); the secrets, then the key
   # (one after the other: each step beside the others slows them down on a small VM's CPUs, and
   # these two together take less time than the code and its sync); uv's install on a first boot
-  STAGE=$(mktemp -d "$( ((EUID == 0)) && [[ -w /run ]] && printf /run || printf '%s' "${TMPDIR:-/tmp}")/$SERVICE.XXXXXX")
   boot_state "boot 2/6 tls, code, .env and dependencies, side by side"
   STATES_QUIET=1
   spawn code update_code       # 3. code at origin/GIT_REF
