@@ -5,8 +5,9 @@
 # Secret Manager, syncs dependencies with uv, and starts the agent (fastapi_app.py) over HTTPS
 # as APP_USER: as a systemd service where systemd runs, in the foreground (exec) elsewhere, as
 # in the emulator's guest. The key, the code, the secrets and uv's install run side by side.
-# It needs bash, curl and python3 (its standard library), no gcloud: the secrets are read with
-# the VM's own token from the metadata server through Secret Manager's REST API.
+# It needs bash, curl and coreutils (python3's standard library to install uv and to word a
+# refusal), no gcloud: the secrets are read with the VM's own token from the metadata server
+# through Secret Manager's REST API.
 #
 # Settings, each from the environment first, then the VM's metadata attribute, then a default:
 #   APP_DIR     (attribute app-dir)     /opt/vm-job-runner   the checkout
