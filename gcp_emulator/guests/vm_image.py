@@ -9,7 +9,7 @@ google-startup-scripts unit), rsyslog with guest-configs' console rule (`daemon,
 /dev/console`: the script runner's lines reach the serial console through it), curl, sudo,
 openssl, python3, and `metadata.google.internal` in /etc/hosts. What it lacks, as a stock image
 does: git and uv (startup.sh installs them); and, unlike Google's image, the Google Cloud CLI:
-startup.sh needs none (it reads its secrets with curl and python3), and this image shows it. What
+startup.sh needs none (it reads its secrets with curl and bash), and this image shows it. What
 differs, and why:
 - the guest agent is Debian's 20211116 package, not Google's current build (not in Debian);
 - the kernel boots straight from the image's files (no boot loader), on the kernel command line
