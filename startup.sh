@@ -607,6 +607,14 @@ fetch_secret() {
   if ((EUID == 0)); then chown "$APP_USER:" "$SECRET_TMP"; fi
 }
 
+# retry_pause DEADLINE: the pause before another try: sleep `delay` (the caller's local: 0.5 s
+# at first, then 1, 2, 4, up to 8 s), unless that would pass DEADLINE (in SECONDS): 1 then.
+retry_pause() {
+  ((SECONDS + ${delay%.*} < $1)) || return 1
+  sleep "$delay"
+  [[ $delay == 0.5 ]] && delay=1 || delay=$((delay * 2 > 8 ? 8 : delay * 2))
+}
+
 # vm_token: ACCESS_TOKEN, the VM's service account's OAuth token, from the metadata server
 # (instance/service-accounts/default/token: {"access_token", "expires_in", "token_type"}), kept
 # until a minute before it expires. Tried again for SECRET_RETRY_SECONDS while the server does
@@ -632,9 +640,7 @@ vm_token() {
       return 0
     fi
     [[ $code == 000 || $code == 404 || $code == 429 || $code == 5?? ]] || break
-    ((SECONDS + ${delay%.*} < deadline)) || break
-    sleep "$delay"
-    [[ $delay == 0.5 ]] && delay=1 || delay=$((delay * 2 > 8 ? 8 : delay * 2))
+    retry_pause "$deadline" || break
   done
   case $code in
     404) SECRET_ERROR="the metadata server has no token for the VM's default service account (HTTP 404 for ${SECRET_RETRY_SECONDS}s): give the VM one (stop it, then gcloud compute instances set-service-account INSTANCE --service-account=EMAIL --scopes=cloud-platform)" ;;
@@ -646,8 +652,9 @@ vm_token() {
   return 1
 }
 
-# secretmanager_base: SM_BASE, Secret Manager's endpoint: CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER
-# when set (what gcloud honours: the emulator), else Google's. The token goes in the clear only
+# secretmanager_base: SM_BASE, Secret Manager's endpoint:
+# CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER when set (what gcloud honours: the emulator), else
+# Google's. The token goes in the clear only
 # to this machine or the metadata server's address (the emulator's relay), never across a
 # network: anything else must be https, whose certificate curl checks.
 secretmanager_base() {
@@ -704,9 +711,7 @@ secret_access() {
     elif ! [[ $code == 000 || $code == 429 || $code == 5?? ]]; then
       break
     fi
-    ((SECONDS + ${delay%.*} < deadline)) || break
-    sleep "$delay"
-    [[ $delay == 0.5 ]] && delay=1 || delay=$((delay * 2 > 8 ? 8 : delay * 2))
+    retry_pause "$deadline" || break
   done
   if [[ $code == 200 ]]; then
     SECRET_ERROR=$SECRET_DETAIL
@@ -751,8 +756,8 @@ secret_access() {
 # decode_payload RESP OUT: a versions/latest:access answer's payload (Google's JSON:
 # {"name", "payload": {"data": BASE64, "dataCrc32c": INT64, as a string or a number}}) decoded
 # into OUT (mode 0600), its CRC32C checked when given: 0, with SECRET_DETAIL checked|unchecked;
-# 3: the CRC32C does not match; 4: not a payload (then no OUT). With bash and coreutils: no Python start on a
-# boot's way.
+# 3: the CRC32C does not match; 4: not a payload (then no OUT). With bash and coreutils: no
+# Python start on a boot's way.
 decode_payload() {
   local answer data crc
   answer=$(<"$1")
@@ -857,15 +862,18 @@ sync_deps() {
   local t0
   t0=$(now)
   boot_state "boot 5/6 dependencies"
-  uv_usable || die "boot 5/6 uv cannot be run by $APP_USER ($UV_BIN)"
+  [[ -n $UV_BIN ]] || uv_usable || die "boot 5/6 uv cannot be run by $APP_USER (uv on PATH or in $(uv_home))"
   as_app "$UV_BIN" sync --frozen --no-dev --quiet --directory "$APP_DIR"
   log INFO "boot 5/6 dependencies: uv sync --frozen ($(since "$t0")s)"
 }
 
-# uv_usable: UV_BIN, uv on PATH or where install_uv puts it, runs as APP_USER.
+# uv_usable: UV_BIN, uv on PATH or where install_uv puts it, when it runs as APP_USER (else
+# UV_BIN is empty: install_uv's, in a step of its own, is looked for again by sync_deps).
 uv_usable() {
   UV_BIN=$(PATH="$PATH:$(uv_home)" command -v uv || true)
-  [[ -n $UV_BIN ]] && as_app "$UV_BIN" --version >/dev/null 2>&1
+  [[ -n $UV_BIN ]] && as_app "$UV_BIN" --version >/dev/null 2>&1 && return 0
+  UV_BIN=""
+  return 1
 }
 
 # uv_home: where install_uv puts uv: /usr/local/bin as root, else ~/.local/bin.
@@ -995,8 +1003,8 @@ main() {
   log INFO "starting (pid $$, user $(id -un), boot $BOOT_ID)"
   # what the steps hand each other: private (0700), in memory (/run) where we may
   STAGE=$(mktemp -d "$( ((EUID == 0)) && [[ -w /run ]] && printf /run || printf '%s' "${TMPDIR:-/tmp}")/$SERVICE.XXXXXX")
-  load_attributes   # 1. settings: environment, metadata (read at once), defaults; the boot
-  watchdog_settings #    watchdog's first, and the watchdog armed before anything else can fail
+  load_attributes   # 1. settings: environment, metadata (the names listed once), defaults; the
+  watchdog_settings #    boot watchdog's first, and the watchdog armed before anything can fail
   arm_watchdog
   boot_state "boot 1/6 settings"
   read_settings
